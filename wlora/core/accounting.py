@@ -1,0 +1,45 @@
+"""Parameter and memory accounting: what every method reports."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from wlora.core.layer import LoRALinear
+
+
+def count_parameters(model: nn.Module, head_names: list[str] | tuple[str, ...] = ()) -> dict[str, int]:
+    """Trainable parameters split into adapters (A, B), gates, head and other, plus the model total.
+
+    ``total_model`` counts every parameter of the model including the frozen base (the denominator
+    of the papers' "# Params (%)" column).
+    """
+    adapter = gates = head = other = 0
+    head_ids = {id(p) for h in head_names for p in model.get_submodule(h).parameters()}
+    lora_ids: dict[int, str] = {}
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            lora_ids[id(m.lora_A)] = lora_ids[id(m.lora_B)] = "adapter"
+            if m.gate is not None:
+                lora_ids[id(m.gate)] = "gate"
+    total_model = 0
+    for p in model.parameters():
+        total_model += p.numel()
+        if not p.requires_grad:
+            continue
+        kind = lora_ids.get(id(p))
+        if kind == "adapter":
+            adapter += p.numel()
+        elif kind == "gate":
+            gates += p.numel()
+        elif id(p) in head_ids:
+            head += p.numel()
+        else:
+            other += p.numel()
+    return {
+        "adapter": adapter,
+        "gates": gates,
+        "head": head,
+        "other": other,
+        "trainable": adapter + gates + head + other,
+        "total_model": total_model,
+    }

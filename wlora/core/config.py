@@ -1,0 +1,128 @@
+"""Frozen, validated config dataclasses shared by the methods.
+
+Every field is checked in ``__post_init__``; errors name the field and the value. ``from_dict``
+rejects unknown keys, so a typo in a sweep or CLI config never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Fields every LoRA-style method shares (peft names where peft has one)."""
+
+    r: int = 8
+    """Adapter rank (> 0)."""
+    alpha: float = 32.0
+    """LoRA α; the adapter scale is α / r (paper default 32, never tuned)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input, in [0, 1)."""
+    target_modules: str | tuple[str, ...] | None = None
+    """Module-name patterns (peft semantics), a regex string, 'all-linear', or None = family default."""
+    head_modules: tuple[str, ...] | None = None
+    """Task-head modules kept fully trainable; None = auto-detect (classifier / score / qa_outputs)."""
+
+    def __post_init__(self) -> None:
+        for f in ("target_modules", "head_modules"):
+            v = getattr(self, f)
+            if isinstance(v, list):
+                object.__setattr__(self, f, tuple(v))
+        _require(
+            isinstance(self.r, int) and not isinstance(self.r, bool) and self.r > 0,
+            f"`r` must be a positive integer, got {self.r!r}",
+        )
+        _require(
+            isinstance(self.alpha, int | float) and math.isfinite(self.alpha) and self.alpha > 0,
+            f"`alpha` must be a positive number, got {self.alpha!r}",
+        )
+        _require(0.0 <= self.dropout < 1.0, f"`dropout` must be in [0, 1), got {self.dropout!r}")
+        tm = self.target_modules
+        _require(
+            tm is None or isinstance(tm, str) or (len(tm) > 0 and all(isinstance(t, str) for t in tm)),
+            f"`target_modules` must be None, a string or a non-empty list of names, got {tm!r}",
+        )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Self:
+        """Build from a plain dict (CLI / Tune); unknown keys raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class KSelectionConfig(AdapterConfig):
+    """An adapter config that keeps K of the n adapters (WeightLoRA, WeightLoRA+, random selection)."""
+
+    k: int | None = None
+    """Adapters to keep, in [1, n]. Mutually exclusive with `k_fraction`."""
+    k_fraction: float | None = None
+    """Keep round(k_fraction · n) adapters (at least 1); used when `k` is None. Default 0.25."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.k is not None:
+            _require(
+                isinstance(self.k, int) and not isinstance(self.k, bool) and self.k > 0,
+                f"`k` must be a positive integer, got {self.k!r}",
+            )
+            _require(
+                self.k_fraction is None,
+                f"set only one of `k` and `k_fraction`, got k={self.k!r}, k_fraction={self.k_fraction!r}",
+            )
+        if self.k_fraction is not None:
+            _require(
+                0.0 < self.k_fraction <= 1.0, f"`k_fraction` must be in (0, 1], got {self.k_fraction!r}"
+            )
+
+    def resolve_k(self, n_adapters: int) -> int:
+        """K for a model with ``n_adapters`` adapters; raises if it falls outside [1, n]."""
+        if self.k is not None:
+            k = self.k
+        else:
+            frac = 0.25 if self.k_fraction is None else self.k_fraction
+            k = max(1, round(frac * n_adapters))
+        _require(1 <= k <= n_adapters, f"`k` must be in [1, n_adapters={n_adapters}], got {k}")
+        return k
+
+
+@dataclass(frozen=True)
+class GateConfig(KSelectionConfig):
+    """Gate training by StoIHT (WeightLoRA §3.3): shared by WeightLoRA and WeightLoRA+."""
+
+    t: int = 100
+    """T: optimizer steps of gate training before the n − K zero-gated adapters are removed (≥ 0)."""
+    lr_w: float = 5.0
+    """Learning rate of the plain SGD step on the gates ω (official default 5.0)."""
+    topk_by: str = "abs"
+    """Projection keeps the K largest |ω| ("abs", default) or the K largest signed ω ("value", official)."""
+    lr_w_scheduled: bool = True
+    """Scale `lr_w` by the run's warm-up/decay multiplier, as when ω shares the scheduled optimizer."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            isinstance(self.t, int) and not isinstance(self.t, bool) and self.t >= 0,
+            f"`t` must be an integer >= 0, got {self.t!r}",
+        )
+        _require(
+            isinstance(self.lr_w, int | float) and math.isfinite(self.lr_w) and self.lr_w > 0,
+            f"`lr_w` must be a positive number, got {self.lr_w!r}",
+        )
+        _require(self.topk_by in ("abs", "value"), f"`topk_by` must be 'abs' or 'value', got {self.topk_by!r}")

@@ -1,0 +1,175 @@
+"""Find target linears in a Hugging Face model by name pattern and wrap them in :class:`LoRALinear`.
+
+Pattern semantics follow peft so configs transfer unchanged:
+
+* a sequence of names: a module matches if its full name equals an entry or ends with ``"." + entry``;
+* a single string: a regular expression that must match the full module name;
+* ``"all-linear"``: every ``nn.Linear`` except the task head(s) and the LM output layer;
+* ``None``: the default for the model family (``model.config.model_type``), see :data:`FAMILY_TARGETS`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from torch import nn
+
+from wlora.core.layer import LoRALinear
+
+#: Default adapter targets per architecture family (``config.model_type``).
+FAMILY_TARGETS: dict[str, tuple[str, ...]] = {
+    # BERT-like encoders (MiniLM is a BERT): self-attention q/k/v.
+    "bert": ("query", "key", "value"),
+    "roberta": ("query", "key", "value"),
+    "xlm-roberta": ("query", "key", "value"),
+    "electra": ("query", "key", "value"),
+    "camembert": ("query", "key", "value"),
+    "distilbert": ("q_lin", "k_lin", "v_lin"),
+    # DeBERTa(V3): disentangled-attention projections.
+    "deberta": ("query_proj", "key_proj", "value_proj"),
+    "deberta-v2": ("query_proj", "key_proj", "value_proj"),
+    # Decoder-only and encoder-decoder families: all attention projections.
+    "bart": ("q_proj", "k_proj", "v_proj", "out_proj"),
+    "mbart": ("q_proj", "k_proj", "v_proj", "out_proj"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "gemma": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "t5": ("q", "k", "v", "o"),
+}
+
+#: Top-level task heads that stay fully trainable (peft's ``modules_to_save`` for SEQ_CLS / QA).
+HEAD_NAMES: tuple[str, ...] = ("classifier", "score", "qa_outputs")
+
+_OUTPUT_LAYER_NAMES = ("lm_head",)
+
+TargetSpec = str | Sequence[str] | None
+
+
+def default_targets(model: nn.Module) -> tuple[str, ...]:
+    """The family default targets for ``model`` (raises for an unknown family)."""
+    cfg = getattr(model, "config", None)
+    model_type = getattr(cfg, "model_type", None)
+    if cfg is not None and getattr(cfg, "is_encoder_decoder", False) and model_type == "encoder-decoder":
+        # A warm-started EncoderDecoderModel: use the encoder's family (BERT → query/key/value).
+        model_type = getattr(getattr(cfg, "encoder", None), "model_type", model_type)
+    if model_type not in FAMILY_TARGETS:
+        raise ValueError(
+            f"no default `target_modules` for model_type={model_type!r}; pass target_modules explicitly "
+            f"(names, a regex, or 'all-linear'). Known families: {sorted(FAMILY_TARGETS)}"
+        )
+    return FAMILY_TARGETS[model_type]
+
+
+def head_module_names(model: nn.Module, heads: Sequence[str] | None = None) -> list[str]:
+    """Names of the task head modules that stay trainable (auto-detected when ``heads`` is None)."""
+    names = dict(model.named_modules())
+    if heads is not None:
+        missing = [h for h in heads if h not in names]
+        if missing:
+            raise ValueError(f"`head_modules` {missing} not found in {type(model).__name__}")
+        return list(heads)
+    found = []
+    for name in names:
+        leaf = name.rsplit(".", 1)[-1]
+        # Top-level head of a *For* model (e.g. "classifier"), not a nested module of the same name.
+        if leaf in HEAD_NAMES and "." not in name:
+            found.append(name)
+    return found
+
+
+def _matches(name: str, spec: str | Sequence[str]) -> bool:
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return any(name == t or name.endswith("." + t) for t in spec)
+
+
+def find_targets(model: nn.Module, target_modules: TargetSpec = None) -> list[str]:
+    """Full names of the ``nn.Linear`` modules selected by ``target_modules``, in model order.
+
+    Raises:
+        ValueError: if the pattern selects nothing (with a sample of the linear names that exist), or
+            matches a module that is not an ``nn.Linear``.
+    """
+    heads = set(head_module_names(model))
+    linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+    def in_head(name: str) -> bool:
+        return any(name == h or name.startswith(h + ".") for h in heads)
+
+    if target_modules == "all-linear":
+        out = [
+            n for n in linear_names if not in_head(n) and n.rsplit(".", 1)[-1] not in _OUTPUT_LAYER_NAMES
+        ]
+        spec_desc = "'all-linear'"
+    else:
+        spec = default_targets(model) if target_modules is None else target_modules
+        spec_desc = repr(spec)
+        out = []
+        for n, m in model.named_modules():
+            if n and _matches(n, spec) and not in_head(n):
+                if isinstance(m, LoRALinear):
+                    raise ValueError(f"module {n!r} already has a LoRA adapter")
+                if not isinstance(m, nn.Linear):
+                    raise ValueError(
+                        f"target_modules={spec_desc} matched {n!r} of type {type(m).__name__}; "
+                        "only nn.Linear layers can take an adapter"
+                    )
+                out.append(n)
+    if not out:
+        sample = ", ".join(linear_names[:8]) + (" ..." if len(linear_names) > 8 else "")
+        raise ValueError(
+            f"target_modules={spec_desc} matched no nn.Linear in {type(model).__name__}; "
+            f"its linear layers look like: {sample}"
+        )
+    return out
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def inject_adapters(
+    model: nn.Module,
+    names: Iterable[str],
+    *,
+    r: int,
+    alpha: float,
+    dropout: float,
+    gate: bool = False,
+) -> dict[str, LoRALinear]:
+    """Wrap each named linear in a :class:`LoRALinear`, in place. Returns ``{name: layer}`` in order."""
+    layers: dict[str, LoRALinear] = {}
+    for name in names:
+        parent, child = _parent(model, name)
+        layer = LoRALinear(getattr(parent, child), r=r, alpha=alpha, dropout=dropout, gate=gate)
+        setattr(parent, child, layer)
+        layers[name] = layer
+    return layers
+
+
+def remove_adapter(model: nn.Module, name: str) -> nn.Linear:
+    """Put the base linear back in place of the adapter ``name``; the adapter's tensors are released."""
+    parent, child = _parent(model, name)
+    layer = getattr(parent, child)
+    if not isinstance(layer, LoRALinear):
+        raise ValueError(f"{name!r} holds no adapter")
+    setattr(parent, child, layer.base)
+    return layer.base
+
+
+def freeze_base(model: nn.Module, trainable_heads: Sequence[str]) -> None:
+    """Freeze everything except adapters (``lora_*``/``gate``) and the task head modules."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            m.lora_A.requires_grad_(True)
+            m.lora_B.requires_grad_(True)
+            if m.gate is not None:
+                m.gate.requires_grad_(True)
+    for h in trainable_heads:
+        for p in model.get_submodule(h).parameters():
+            p.requires_grad_(True)

@@ -1,0 +1,1 @@
+"""One sub-package per method; only :mod:`wlora.registry` lists them."""
