@@ -31,7 +31,7 @@ class AdapterConfig:
     target_modules: str | tuple[str, ...] | None = None
     """Module-name patterns (peft semantics), a regex string, 'all-linear', or None = family default."""
     head_modules: tuple[str, ...] | None = None
-    """Task-head modules kept fully trainable; None = auto-detect (classifier / score / qa_outputs)."""
+    """Task-head modules kept fully trainable; None = auto-detect (classifier / classification_head / score / qa_outputs)."""
 
     def __post_init__(self) -> None:
         for f in ("target_modules", "head_modules"):

@@ -40,7 +40,7 @@ FAMILY_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 #: Top-level task heads that stay fully trainable (peft's ``modules_to_save`` for SEQ_CLS / QA).
-HEAD_NAMES: tuple[str, ...] = ("classifier", "score", "qa_outputs")
+HEAD_NAMES: tuple[str, ...] = ("classifier", "classification_head", "score", "qa_outputs")
 
 _OUTPUT_LAYER_NAMES = ("lm_head",)
 

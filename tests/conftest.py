@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny models built in code (exact math) and the real MiniLM + GLUE (integration).
+
+Real assets come from environment variables, never from paths in the repo:
+``WLORA_MODEL`` (a local model folder or hub id) and ``WLORA_DATA_DIR`` (folder holding ``glue/``).
+Without them the integration tests are skipped, unless ``WLORA_REQUIRE_ASSETS=1`` (CI) makes that a
+failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from wlora.train import seed_everything
+
+VOCAB = 100
+
+
+def tiny_bert(layers: int = 2, hidden: int = 32, num_labels: int = 2, seed: int = 0):
+    """A small BERT classifier with random weights (n = 3 · layers adapters on q/k/v)."""
+    seed_everything(seed)
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return BertForSequenceClassification(cfg).eval()
+
+
+def tiny_batches(n: int, batch: int = 8, seq: int = 12, seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Fixed random token batches with a learnable label (token-0 parity)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, VOCAB, (batch, seq), generator=g)
+        out.append({"input_ids": ids, "labels": ids[:, 0] % 2})
+    return out
+
+
+def _asset(var: str, sub: str = "") -> Path | str:
+    value = os.environ.get(var)
+    if not value:
+        msg = f"set {var} to run tests on the real model/data"
+        if os.environ.get("WLORA_REQUIRE_ASSETS") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    path = Path(value) / sub if sub else Path(value)
+    if sub or Path(value).exists():
+        if not path.exists():
+            pytest.fail(f"{var}={value}: {path} does not exist")
+        return path
+    return value  # a hub id
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    return _asset("WLORA_MODEL")
+
+
+@pytest.fixture(scope="session")
+def glue_dir():
+    return _asset("WLORA_DATA_DIR", "glue")
+
+
+@pytest.fixture(scope="session")
+def sst2_batch(minilm_path, glue_dir):
+    """16 real SST-2 training sentences, tokenized for MiniLM (max 32 tokens)."""
+    from transformers import AutoTokenizer
+
+    from wlora.data import read_glue_split
+
+    examples = read_glue_split(glue_dir, "sst2", "train")[:16]
+    tok = AutoTokenizer.from_pretrained(str(minilm_path))
+    enc = tok([e.text_a for e in examples], padding=True, truncation=True, max_length=32, return_tensors="pt")
+    enc["labels"] = torch.tensor([e.label for e in examples])
+    return dict(enc)
+
+
+def load_minilm(path, seed: int = 0):
+    """MiniLM with a fresh 2-class head (seeded, so two loads are identical)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    seed_everything(seed)
+    return AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=2)

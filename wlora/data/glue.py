@@ -1,0 +1,104 @@
+"""GLUE from a local folder in the original GLUE TSV layout (``<root>/<TASK>/{train,dev}.tsv``).
+
+Quirks handled: TSVs are read with no quote processing (``csv.QUOTE_NONE``; pandas-style quoting
+silently merges MRPC rows), MRPC starts with a UTF-8 BOM (read as ``utf-8-sig``), CoLA has no header,
+RTE / QNLI / MNLI labels are strings, STS-B is a regression score in [0, 5]. A malformed row raises
+one error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    name: str
+    """Folder name in the GLUE layout (e.g. ``SST-2``)."""
+    text_a: str | int
+    """Column name (headered files) or index (CoLA) of the first sentence."""
+    text_b: str | int | None
+    label: str | int
+    labels: tuple[str, ...] | None
+    """Label strings in class-index order; None for regression (STS-B)."""
+    header: bool = True
+    dev_split: str = "dev"
+
+
+GLUE_TASKS: dict[str, GlueTask] = {
+    "sst2": GlueTask("SST-2", "sentence", None, "label", ("0", "1")),
+    "cola": GlueTask("CoLA", 3, None, 1, ("0", "1"), header=False),
+    "mrpc": GlueTask("MRPC", "#1 String", "#2 String", "Quality", ("0", "1")),
+    "rte": GlueTask("RTE", "sentence1", "sentence2", "label", ("entailment", "not_entailment")),
+    "stsb": GlueTask("STS-B", "sentence1", "sentence2", "score", None),
+    "qnli": GlueTask("QNLI", "question", "sentence", "label", ("entailment", "not_entailment")),
+    "qqp": GlueTask("QQP", "question1", "question2", "is_duplicate", ("0", "1")),
+    "mnli": GlueTask(
+        "MNLI", "sentence1", "sentence2", "gold_label", ("entailment", "neutral", "contradiction"),
+        dev_split="dev_matched",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class GlueExample:
+    text_a: str
+    text_b: str | None
+    label: int | float
+
+
+def get_task(task: str) -> GlueTask:
+    key = task.lower().replace("-", "")
+    if key not in GLUE_TASKS:
+        raise ValueError(f"unknown GLUE task {task!r}; choose one of {sorted(GLUE_TASKS)}")
+    return GLUE_TASKS[key]
+
+
+def read_glue_split(root: str | Path, task: str, split: str = "train") -> list[GlueExample]:
+    """Read one split (``train`` or ``dev``; MNLI also ``dev_mismatched``) of ``task`` from ``root``.
+
+    Raises:
+        FileNotFoundError: the folder or file is missing (the message names the expected path).
+        ValueError: a row has the wrong number of columns or an unknown label (names file and line).
+    """
+    spec = get_task(task)
+    fname = spec.dev_split if split == "dev" else split
+    path = Path(root) / spec.name / f"{fname}.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"GLUE {spec.name} {split} split not found: expected {path}")
+    out: list[GlueExample] = []
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(rows) if spec.header else None
+        col = {name: i for i, name in enumerate(header)} if header else {}
+
+        def index(key: str | int) -> int:
+            if isinstance(key, int):
+                return key
+            if key not in col:
+                raise ValueError(f"{path}: line 1: header has no column {key!r} (got {header})")
+            return col[key]
+
+        ia, il = index(spec.text_a), index(spec.label)
+        ib = index(spec.text_b) if spec.text_b is not None else None
+        width = len(header) if header else None
+        for lineno, row in enumerate(rows, start=2 if header else 1):
+            if width is not None and len(row) != width and spec.name != "MNLI":
+                raise ValueError(f"{path}: line {lineno}: expected {width} tab-separated columns, got {len(row)}")
+            need = max(ia, il, ib if ib is not None else 0)
+            if len(row) <= need:
+                raise ValueError(f"{path}: line {lineno}: expected at least {need + 1} columns, got {len(row)}")
+            raw = row[il].strip()
+            if spec.labels is None:
+                try:
+                    label: int | float = float(raw)
+                except ValueError:
+                    raise ValueError(f"{path}: line {lineno}: score {raw!r} is not a number") from None
+            elif raw in spec.labels:
+                label = spec.labels.index(raw)
+            else:
+                raise ValueError(f"{path}: line {lineno}: label {raw!r} not in {list(spec.labels)}")
+            out.append(GlueExample(row[ia], row[ib] if ib is not None else None, label))
+    return out

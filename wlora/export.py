@@ -1,0 +1,120 @@
+"""Save a trained adapter as a standard PEFT LoRA adapter directory.
+
+Works for every method after selection / growth: only the surviving modules go into
+``target_modules``, per-module ranks into ``rank_pattern``, and each module's effective scale
+(``s · ω`` for WeightLoRA, a kept pre-growth scale for WeightLoRA+) is folded into ``B`` so that
+``peft``'s ``lora_alpha / r_i`` reproduces it. The task head is saved through ``modules_to_save``.
+Load with ``PeftModel.from_pretrained(base_model, out_dir)``.
+
+The directory is written by peft itself (``save_pretrained``), so its layout is whatever the
+installed peft reads. A ``wlora_adapter.json`` sidecar records the method, selection and ranks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from torch import nn
+
+from wlora.core.controller import Controller
+from wlora.core.layer import LoRALinear
+
+_TASK_BY_CLASS_SUFFIX = {
+    "ForSequenceClassification": TaskType.SEQ_CLS,
+    "ForQuestionAnswering": TaskType.QUESTION_ANS,
+    "ForTokenClassification": TaskType.TOKEN_CLS,
+    "ForConditionalGeneration": TaskType.SEQ_2_SEQ_LM,
+    "ForCausalLM": TaskType.CAUSAL_LM,
+}
+
+
+def infer_task_type(model: nn.Module) -> TaskType | None:
+    name = type(model).__name__
+    return next((t for suffix, t in _TASK_BY_CLASS_SUFFIX.items() if name.endswith(suffix)), None)
+
+
+def _unwrapped_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every adapter replaced by its base linear."""
+    clone = copy.deepcopy(model)
+    for name, module in list(clone.named_modules()):
+        if isinstance(module, LoRALinear):
+            parent_name, _, child = name.rpartition(".")
+            parent = clone.get_submodule(parent_name) if parent_name else clone
+            setattr(parent, child, module.base)
+    return clone
+
+
+@torch.no_grad()
+def export_peft_adapter(
+    model: nn.Module,
+    method: Controller,
+    out_dir: str | Path,
+    *,
+    base_model_name_or_path: str | None = None,
+    task_type: TaskType | str | None = "auto",
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``method``'s live adapters (and the task head) as a PEFT LoRA adapter in ``out_dir``.
+
+    Args:
+        model: the trained model (adapters injected by ``method``).
+        method: its controller (after selection / growth, or at any point for plain LoRA).
+        out_dir: destination directory (created).
+        base_model_name_or_path: recorded in ``adapter_config.json``; defaults to the model's
+            ``config._name_or_path``.
+        task_type: peft task type; ``"auto"`` infers it from the model class name.
+        extra_metadata: merged into the ``wlora_adapter.json`` sidecar.
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    out = Path(out_dir)
+    layers = method.layers
+    if not layers:
+        raise ValueError("the method has no active adapter to export")
+    cfg = method.config
+    if task_type == "auto":
+        task_type = infer_task_type(model)
+    # rank_pattern keys are regexes in peft; escape the full module names so each matches one module.
+    rank_pattern = {re.escape(n): layer.r for n, layer in layers.items()}
+    peft_cfg = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(layers),
+        rank_pattern=rank_pattern,
+        modules_to_save=list(method.head_names) or None,
+        task_type=task_type,
+        base_model_name_or_path=base_model_name_or_path
+        or getattr(getattr(model, "config", None), "_name_or_path", None),
+    )
+    peft_model = get_peft_model(_unwrapped_copy(model), peft_cfg)
+    inner = peft_model.base_model.model
+    for name, layer in layers.items():
+        target = inner.get_submodule(name)
+        peft_scale = target.scaling["default"]
+        if target.r["default"] != layer.r:
+            raise RuntimeError(f"peft gave {name} rank {target.r['default']}, expected {layer.r}")
+        # Fold our effective scale (incl. a frozen gate) into B: peft computes scaling · B A x.
+        effective = layer.scaling * (float(layer.gate) if layer.gate is not None else 1.0)
+        target.lora_A["default"].weight.copy_(layer.lora_A)
+        target.lora_B["default"].weight.copy_(layer.lora_B * (effective / peft_scale))
+    for head in method.head_names:
+        wrapper = inner.get_submodule(head)
+        wrapper.modules_to_save["default"].load_state_dict(model.get_submodule(head).state_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(out))
+    meta = {
+        "method": method.slug,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()},
+        "report": method.report(),
+        **(extra_metadata or {}),
+    }
+    (out / "wlora_adapter.json").write_text(json.dumps(meta, indent=2, default=str))
+    return out
