@@ -28,7 +28,7 @@ def _engine(slug, cfg, layers=3, steps=10, lr=5e-3, seed=0):
 
 @pytest.mark.parametrize("topk_by", ["abs", "value"])
 def test_exactly_k_nonzero_gates_after_every_projection(topk_by):
-    model, ctl, eng = _engine("weightlora", {"k": 3, "t": 6, "lr_w": 5.0, "topk_by": topk_by})
+    _model, ctl, eng = _engine("weightlora", {"k": 3, "t": 6, "lr_w": 5.0, "topk_by": topk_by})
     seen = []
     orig = ctl.sgd.step
 
@@ -75,7 +75,7 @@ def test_selection_physically_removes_adapters_and_their_optimizer_state():
 
 
 def test_selection_keeps_the_top_k_gates_and_folds_them_into_the_scale():
-    model, ctl, eng = _engine("weightlora", {"k": 3, "t": 3})
+    _model, ctl, eng = _engine("weightlora", {"k": 3, "t": 3})
     batches = tiny_batches(3)
     for b in batches[:2]:
         eng.train_step(b)
@@ -100,7 +100,7 @@ def test_selection_leaves_outputs_unchanged_and_growth_too():
         diffs = []
         orig = ctl.after_optimizer_step
 
-        def wrapped(step, optimizer, orig=orig, model=model):
+        def wrapped(step, optimizer, orig=orig, model=model, probe=probe, diffs=diffs):
             model.eval()
             with torch.no_grad():
                 before = model(input_ids=probe).logits
@@ -153,9 +153,11 @@ def test_weightlora_plus_budget_equals_lora_budget(k, r):
 
 def test_plan_ranks_unequal_shapes_never_exceeds_budget():
     layers = {
-        "a": torch.nn.Module(), "b": torch.nn.Module(), "c": torch.nn.Module(),
+        "a": torch.nn.Module(),
+        "b": torch.nn.Module(),
+        "c": torch.nn.Module(),
     }
-    for (name, (din, dout)) in zip(layers, [(32, 32), (32, 96), (128, 32)], strict=True):
+    for name, (din, dout) in zip(layers, [(32, 32), (32, 96), (128, 32)], strict=True):
         layers[name].in_features, layers[name].out_features, layers[name].r = din, dout, 2
     ranks = plan_ranks(layers, ["b", "a", "c"], budget=3000)
     used = 64 * ranks["a"] + 128 * ranks["b"] + 160 * ranks["c"]
@@ -164,7 +166,7 @@ def test_plan_ranks_unequal_shapes_never_exceeds_budget():
 
 
 def test_growth_keeps_adam_moments_of_old_block():
-    model, ctl, eng = _engine("weightlora_plus", {"k": 3, "t": 3, "init": "random"})
+    _model, ctl, eng = _engine("weightlora_plus", {"k": 3, "t": 3, "init": "random"})
     batches = tiny_batches(3)
     for b in batches[:2]:
         eng.train_step(b)
@@ -190,7 +192,7 @@ def test_growth_keeps_adam_moments_of_old_block():
 
 
 def test_multi_stage_halves_k_and_doubles_rank():
-    model, ctl, eng = _engine("weightlora_plus", {"k": 2, "t": 2, "stages": 2}, layers=2)
+    _model, ctl, eng = _engine("weightlora_plus", {"k": 2, "t": 2, "stages": 2}, layers=2)
     assert ctl.k_stages == [4, 2]
     batches = tiny_batches(5)
     for b in batches[:2]:

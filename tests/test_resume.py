@@ -39,7 +39,7 @@ def _spec(slug, cfg):
 
 
 def _run(spec, steps, start=None):
-    model, ctl, eng = build(spec)
+    _model, ctl, eng = build(spec)
     if start is not None:
         eng.load(start)
     batches = tiny_batches(TOTAL)
@@ -84,9 +84,18 @@ def test_resume_in_a_fresh_process_across_selection_and_growth(case, tmp_path):
     eng_a.save(tmp_path / "ckpt.pt")
     out = tmp_path / "out.pt"
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.resume_worker", json.dumps(spec), str(tmp_path / "ckpt.pt"),
-         str(TOTAL - stop), str(out)],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.resume_worker",
+            json.dumps(spec),
+            str(tmp_path / "ckpt.pt"),
+            str(TOTAL - stop),
+            str(out),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = torch.load(out, weights_only=False)

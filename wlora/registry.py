@@ -32,9 +32,7 @@ METHODS: dict[str, MethodSpec] = {
     spec.slug: spec
     for spec in (
         MethodSpec("lora", LoRAConfig, LoRAController, "LoRA on every target module"),
-        MethodSpec(
-            "weightlora", WeightLoRAConfig, WeightLoRAController, "learned gates, keep the top-K adapters"
-        ),
+        MethodSpec("weightlora", WeightLoRAConfig, WeightLoRAController, "learned gates, keep the top-K adapters"),
         MethodSpec(
             "weightlora_plus",
             WeightLoRAPlusConfig,
@@ -42,7 +40,10 @@ METHODS: dict[str, MethodSpec] = {
             "WeightLoRA, then grow the K survivors' ranks to LoRA's budget",
         ),
         MethodSpec(
-            "random_select", RandomSelectConfig, RandomSelectController, "K adapters chosen at random (ablation)"
+            "random_select",
+            RandomSelectConfig,
+            RandomSelectController,
+            "K adapters chosen at random (ablation)",
         ),
     )
 }
@@ -65,9 +66,7 @@ def make_config(slug: str, values: Mapping[str, Any] | AdapterConfig | None = No
     return spec.config_cls.from_dict(values or {})
 
 
-def build_method(
-    slug: str, model: nn.Module, config: Mapping[str, Any] | AdapterConfig | None = None
-) -> Controller:
+def build_method(slug: str, model: nn.Module, config: Mapping[str, Any] | AdapterConfig | None = None) -> Controller:
     """Inject ``slug``'s adapters into ``model`` (in place) and return its controller."""
     spec = get_method(slug)
     return spec.controller_cls(model, make_config(slug, config))

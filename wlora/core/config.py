@@ -31,7 +31,7 @@ class AdapterConfig:
     target_modules: str | tuple[str, ...] | None = None
     """Module-name patterns (peft semantics), a regex string, 'all-linear', or None = family default."""
     head_modules: tuple[str, ...] | None = None
-    """Task-head modules kept fully trainable; None = auto-detect (classifier / classification_head / score / qa_outputs)."""
+    """Task-head modules kept fully trainable; None = auto-detect (see ``wlora.core.inject.HEAD_NAMES``)."""
 
     def __post_init__(self) -> None:
         for f in ("target_modules", "head_modules"):
@@ -87,9 +87,7 @@ class KSelectionConfig(AdapterConfig):
                 f"set only one of `k` and `k_fraction`, got k={self.k!r}, k_fraction={self.k_fraction!r}",
             )
         if self.k_fraction is not None:
-            _require(
-                0.0 < self.k_fraction <= 1.0, f"`k_fraction` must be in (0, 1], got {self.k_fraction!r}"
-            )
+            _require(0.0 < self.k_fraction <= 1.0, f"`k_fraction` must be in (0, 1], got {self.k_fraction!r}")
 
     def resolve_k(self, n_adapters: int) -> int:
         """K for a model with ``n_adapters`` adapters; raises if it falls outside [1, n]."""

@@ -25,9 +25,7 @@ from wlora.core.optim import resize_param_
 GROWTH_INITS = ("random", "qr")
 
 
-def plan_ranks(
-    layers: Mapping[str, LoRALinear], survivors: Sequence[str], budget: int
-) -> dict[str, int]:
+def plan_ranks(layers: Mapping[str, LoRALinear], survivors: Sequence[str], budget: int) -> dict[str, int]:
     """Largest ranks for ``survivors`` with Σ r_i (d_in + d_out) ≤ ``budget``.
 
     Every survivor first gets the largest common rank that fits (for equal shapes ``⌊budget / (K·d)⌋``,

@@ -99,9 +99,7 @@ def find_targets(model: nn.Module, target_modules: TargetSpec = None) -> list[st
         return any(name == h or name.startswith(h + ".") for h in heads)
 
     if target_modules == "all-linear":
-        out = [
-            n for n in linear_names if not in_head(n) and n.rsplit(".", 1)[-1] not in _OUTPUT_LAYER_NAMES
-        ]
+        out = [n for n in linear_names if not in_head(n) and n.rsplit(".", 1)[-1] not in _OUTPUT_LAYER_NAMES]
         spec_desc = "'all-linear'"
     else:
         spec = default_targets(model) if target_modules is None else target_modules

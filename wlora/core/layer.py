@@ -46,9 +46,7 @@ class LoRALinear(nn.Module):
         # Same init as peft (and nn.Linear): uniform(-1/sqrt(d_in), 1/sqrt(d_in)).
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         # Gate kept in fp32: it is a single scalar updated by plain SGD.
-        self.register_parameter(
-            "gate", nn.Parameter(torch.ones((), device=dev, dtype=torch.float32)) if gate else None
-        )
+        self.register_parameter("gate", nn.Parameter(torch.ones((), device=dev, dtype=torch.float32)) if gate else None)
 
     @property
     def in_features(self) -> int:
@@ -66,10 +64,7 @@ class LoRALinear(nn.Module):
         result = self.base(x)
         h = self.lora_dropout(x.to(self.lora_A.dtype))
         h = F.linear(F.linear(h, self.lora_A), self.lora_B)
-        if self.gate is None:
-            h = h * self.scaling
-        else:
-            h = h * (self.gate * self.scaling)
+        h = h * self.scaling if self.gate is None else h * (self.gate * self.scaling)
         return result + h.to(result.dtype)
 
     # ----- structural edits (used by controllers; never called inside forward) -----
@@ -87,9 +82,7 @@ class LoRALinear(nn.Module):
         if r == self.r:
             return
         self.lora_A.data = torch.empty(r, self.in_features, device=self.lora_A.device, dtype=self.lora_A.dtype)
-        self.lora_B.data = torch.empty(
-            self.out_features, r, device=self.lora_B.device, dtype=self.lora_B.dtype
-        )
+        self.lora_B.data = torch.empty(self.out_features, r, device=self.lora_B.device, dtype=self.lora_B.dtype)
         self.r = int(r)
 
     def extra_repr(self) -> str:

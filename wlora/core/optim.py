@@ -60,6 +60,4 @@ def resize_param_(
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held by the optimizer's per-parameter state tensors."""
     opt = unwrap_optimizer(optimizer)
-    return sum(
-        v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)
-    )
+    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))

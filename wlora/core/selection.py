@@ -87,9 +87,7 @@ class GatedSelection(Controller):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(
-            stage=self.stage, projections=self.projections, selection_scores=self.selection_scores
-        )
+        state.update(stage=self.stage, projections=self.projections, selection_scores=self.selection_scores)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

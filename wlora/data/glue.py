@@ -36,7 +36,11 @@ GLUE_TASKS: dict[str, GlueTask] = {
     "qnli": GlueTask("QNLI", "question", "sentence", "label", ("entailment", "not_entailment")),
     "qqp": GlueTask("QQP", "question1", "question2", "is_duplicate", ("0", "1")),
     "mnli": GlueTask(
-        "MNLI", "sentence1", "sentence2", "gold_label", ("entailment", "neutral", "contradiction"),
+        "MNLI",
+        "sentence1",
+        "sentence2",
+        "gold_label",
+        ("entailment", "neutral", "contradiction"),
         dev_split="dev_matched",
     ),
 }
