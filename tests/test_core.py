@@ -188,3 +188,24 @@ def test_same_seed_same_results_every_method():
         (l1, s1, a1), (l2, s2, a2) = runs
         assert l1 == l2 and a1 == a2, slug
         assert all(torch.equal(s1[k], s2[k]) for k in s1), slug
+
+
+def test_half_precision_base_gets_fp32_adapters_and_keeps_its_output_dtype():
+    model = tiny_bert().to(torch.bfloat16)
+    ctl = wlora.build_method("weightlora", model, {"r": 4, "k": 2, "t": 2})
+    layer = next(iter(ctl.layers.values()))
+    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.float32
+    assert layer.base.weight.dtype == torch.bfloat16
+    out = model(**tiny_batches(1)[0])
+    assert out.logits.dtype == torch.bfloat16
+    out.loss.backward()
+    assert layer.lora_A.grad.dtype == torch.float32 and layer.gate.grad is not None
+
+
+def test_parameter_share_is_relative_to_the_base_model():
+    model = tiny_bert()
+    base_total = sum(p.numel() for p in model.parameters())
+    ctl = wlora.build_method("lora", model, {"r": 2})
+    counts = count_parameters(model, ctl.head_names)
+    assert counts["base_model"] == base_total
+    assert counts["trainable_pct"] == pytest.approx(100 * counts["trainable"] / base_total)

@@ -7,11 +7,11 @@ from torch import nn
 from wlora.core.layer import LoRALinear
 
 
-def count_parameters(model: nn.Module, head_names: list[str] | tuple[str, ...] = ()) -> dict[str, int]:
+def count_parameters(model: nn.Module, head_names: list[str] | tuple[str, ...] = ()) -> dict[str, float]:
     """Trainable parameters split into adapters (A, B), gates, head and other, plus the model total.
 
-    ``total_model`` counts every parameter of the model including the frozen base (the denominator
-    of the papers' "# Params (%)" column).
+    ``base_model`` counts every parameter that is not an adapter or gate (frozen base + head): the
+    denominator of the papers' "# Params (%)" column; ``trainable_pct`` is trainable / base_model.
     """
     adapter = gates = head = other = 0
     head_ids = {id(p) for h in head_names for p in model.get_submodule(h).parameters()}
@@ -21,9 +21,10 @@ def count_parameters(model: nn.Module, head_names: list[str] | tuple[str, ...] =
             lora_ids[id(m.lora_A)] = lora_ids[id(m.lora_B)] = "adapter"
             if m.gate is not None:
                 lora_ids[id(m.gate)] = "gate"
-    total_model = 0
+    base_model = 0
     for p in model.parameters():
-        total_model += p.numel()
+        if id(p) not in lora_ids:
+            base_model += p.numel()
         if not p.requires_grad:
             continue
         kind = lora_ids.get(id(p))
@@ -35,11 +36,13 @@ def count_parameters(model: nn.Module, head_names: list[str] | tuple[str, ...] =
             head += p.numel()
         else:
             other += p.numel()
+    trainable = adapter + gates + head + other
     return {
         "adapter": adapter,
         "gates": gates,
         "head": head,
         "other": other,
-        "trainable": adapter + gates + head + other,
-        "total_model": total_model,
+        "trainable": trainable,
+        "base_model": base_model,
+        "trainable_pct": 100.0 * trainable / base_model if base_model else 0.0,
     }

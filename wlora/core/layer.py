@@ -40,7 +40,10 @@ class LoRALinear(nn.Module):
         #: Effective adapter scale s (python float so it matches peft's arithmetic exactly).
         self.scaling = float(alpha) / self.r
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        dev, dt = base.weight.device, base.weight.dtype
+        dev = base.weight.device
+        # Half-precision bases (bf16/fp16 checkpoints) get fp32 adapters, as peft does: AdamW on
+        # half-precision low-rank factors loses small updates. The forward casts around them.
+        dt = torch.float32 if base.weight.dtype in (torch.float16, torch.bfloat16) else base.weight.dtype
         self.lora_A = nn.Parameter(torch.empty(self.r, base.in_features, device=dev, dtype=dt))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, self.r, device=dev, dtype=dt))
         # Same init as peft (and nn.Linear): uniform(-1/sqrt(d_in), 1/sqrt(d_in)).
