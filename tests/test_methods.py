@@ -245,3 +245,19 @@ def test_bad_configs_raise_before_training(slug, cfg, match):
     model = tiny_bert(layers=2)
     with pytest.raises(ValueError, match=match):
         wlora.build_method(slug, model, cfg)
+
+
+def test_no_projection_while_the_gate_update_is_zero():
+    """With warm-up the first multiplier is 0: ties must not be broken by index even if ∇ω ≠ 0."""
+    model = tiny_bert(layers=2)
+    ctl = wlora.build_method("weightlora", model, {"r": 4, "k": 2, "t": 5})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in ctl.layers.values():
+            layer.lora_B.normal_(generator=g)  # B ≠ 0 ⇒ ∇ω ≠ 0 from the first step
+    eng = Engine(model, ctl, lr=1e-3, total_steps=10, warmup_steps=3)
+    batches = tiny_batches(2)
+    eng.train_step(batches[0])  # multiplier 0 at step 1
+    assert ctl.projections == 0 and bool((ctl.sgd.values() == 1).all())
+    eng.train_step(batches[1])
+    assert ctl.projections == 1 and int((ctl.sgd.values() != 0).sum()) == 2

@@ -4,9 +4,10 @@ One step, for the gate vector ω (one entry per adapter):
 
     ω ← P_K(ω − lr_w · ∇ω),   P_K keeps the K entries of largest |ω| (or largest ω) and zeroes the rest.
 
-The step is skipped while ∇ω is exactly zero (B = 0 at the first step): projecting a vector of tied
-ones would pick adapters by index, not by merit. Zeroed gates keep receiving gradient (∂L/∂ω_i
-does not depend on ω_i) and may re-enter the top-K before selection.
+The step is skipped while the update lr_w · ∇ω is exactly zero (B = 0 at the first step, or a
+warm-up multiplier of 0): projecting a vector of tied ones would pick adapters by index, not by
+merit. Zeroed gates keep receiving gradient (∂L/∂ω_i does not depend on ω_i) and may re-enter the
+top-K before selection.
 """
 
 from __future__ import annotations
@@ -45,15 +46,16 @@ class GateSGD:
         return torch.stack([layer.gate.detach() for layer in self.layers.values()])
 
     def step(self, k: int, lr_scale: float = 1.0) -> bool:
-        """One SGD step and projection onto ‖ω‖₀ ≤ k. Returns False if skipped (∇ω = 0)."""
+        """One SGD step and projection onto ‖ω‖₀ ≤ k. Returns False if skipped (zero update)."""
         gates = [layer.gate for layer in self.layers.values()]
         grads = torch.stack([g.grad if g.grad is not None else torch.zeros_like(g) for g in gates])
         for g in gates:
             g.grad = None
-        if not bool(grads.any()):
+        update = (self.lr_w * lr_scale) * grads
+        if not bool(update.any()):
             return False
         with torch.no_grad():
-            new = self.values() - (self.lr_w * lr_scale) * grads
+            new = self.values() - update
             keep = torch.zeros_like(new, dtype=torch.bool)
             keep[topk_indices(new, k, self.topk_by)] = True
             new = torch.where(keep, new, torch.zeros_like(new))
