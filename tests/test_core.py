@@ -209,3 +209,21 @@ def test_parameter_share_is_relative_to_the_base_model():
     counts = count_parameters(model, ctl.head_names)
     assert counts["base_model"] == base_total
     assert counts["trainable_pct"] == pytest.approx(100 * counts["trainable"] / base_total)
+
+
+def test_non_finite_loss_raises_before_any_update():
+    from wlora.train import NonFiniteLossError
+
+    model = tiny_bert()
+    ctl = wlora.build_method("weightlora", model, {"r": 2, "k": 2, "t": 3})
+    eng = Engine(model, ctl, lr=1e-3, total_steps=5)
+    eng.train_step(tiny_batches(1)[0])
+    before = eng.trainable_state()
+    with torch.no_grad():
+        model.classifier.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="non-finite loss nan at optimizer step 2"):
+        eng.train_step(tiny_batches(1, seed=2)[0])
+    after = eng.trainable_state()
+    assert eng.step == 1 and ctl.projections == 0
+    assert all(torch.equal(before[k], after[k]) for k in before if k != "classifier.bias")
+    assert all(p.grad is None for p in model.parameters())

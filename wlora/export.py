@@ -7,7 +7,8 @@ Works for every method after selection / growth: only the surviving modules go i
 Load with ``PeftModel.from_pretrained(base_model, out_dir)``.
 
 The directory is written by peft itself (``save_pretrained``), so its layout is whatever the
-installed peft reads. A ``wlora_adapter.json`` sidecar records the method, selection and ranks.
+installed peft reads. This builds the peft model on a deep copy of the base, so exporting briefly
+needs a second copy of the model in memory. A ``wlora_adapter.json`` sidecar records the method, selection and ranks.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ class GatedSelection(Controller):
         self.selection_scores.append({n: float(scores[i]) for i, n in enumerate(names)})
         # Survivors ordered by score (most important first): the order growth hands out spare rank.
         survivors = [names[i] for i in keep_idx]
-        self.remove_adapters([n for n in names if n not in set(survivors)], optimizer)
+        kept = set(survivors)
+        self.remove_adapters([n for n in names if n not in kept], optimizer)
         self.stage += 1
         if self.selected:
             for layer in self.layers.values():
