@@ -227,3 +227,21 @@ def test_non_finite_loss_raises_before_any_update():
     assert eng.step == 1 and ctl.projections == 0
     assert all(torch.equal(before[k], after[k]) for k in before if k != "classifier.bias")
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_clipping_bounds_the_update_of_the_live_parameters():
+    model = tiny_bert()
+    ctl = wlora.build_method("weightlora", model, {"r": 2, "k": 2, "t": 2})
+    eng = Engine(model, ctl, lr=1e-3, total_steps=6, max_grad_norm=1e-3)
+    norms = []
+    orig = ctl.before_optimizer_step
+
+    def spy(step, lr_scale=1.0):
+        grads = [p.grad for g in eng.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        orig(step, lr_scale)
+
+    ctl.before_optimizer_step = spy
+    for b in tiny_batches(4):  # crosses selection at step 2: clipping then covers the survivors only
+        eng.train_step(b)
+    assert len(norms) == 4 and max(norms) <= 1e-3 * (1 + 1e-5)

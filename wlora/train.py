@@ -128,7 +128,9 @@ class Engine:
         step = self.step + 1
         # 2) clip
         if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.method.optimizer_params(), self.max_grad_norm)
+            # The optimizer's groups are exactly the live trainable tensors (surgery keeps them current).
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         # 3) method hook before the update (uses this step's gradients and lr)
         self.method.before_optimizer_step(step, self.lr_scale())
         # 4) update + schedule
