@@ -1,0 +1,754 @@
+"""Sweep report from MLflow: the papers' table shape, Pareto / selection / learning-curve plots, sweep cost.
+
+    python sweeps/report.py --tracking-uri sqlite:///runs/mlflow.db --run-id PARENT_RUN_ID [--out DIR]
+
+Everything is read back from the MLflow tracking store (never from local trial folders), so a report
+can be rebuilt later, on another machine, from the store alone. The sweep calls :func:`build_report`
+at its end; the CLI does the same for any finished (or running) sweep.
+
+What is read (the sweep's MLflow schema): the parent run (tag ``wlora.role=sweep``) and its children
+(tag ``mlflow.parentRunId``): trials (``wlora.role=trial``; tags ``method``, ``task``, ``status``,
+``seed``; metrics ``eval_main`` (the GLUE task score, higher is better), ``eval_<metric>``,
+``train_loss``, ``epoch`` by optimizer step, final ``trainable_params`` / ``trainable_pct`` /
+``active_adapters``; artifact ``selection.json``) and seed re-runs (``wlora.role=seed_run``).
+
+What is written to ``out_dir`` and logged under the parent run's ``report/`` artifacts:
+
+* ``table.md`` / ``table.csv`` — method × task, main metric (mean ± std over seed re-runs when there
+  are any, else the best trial), ``# Params`` (trainable share) and the average column, as in the
+  WeightLoRA paper's Tables 1/2; ``table_long.csv`` has every cell with its run ids and settings.
+  The two table files are also logged as ``results/table.md`` and ``results/table.csv``.
+* ``pareto.png`` (+ ``pareto.json``) — task metric vs trainable parameters, one point per trial,
+  the non-dominated front highlighted; one panel per task.
+* ``selection_<task>_<method>.png`` (+ ``.json``) — per best WeightLoRA(+) / random-select /
+  LoRA-drop / ROLoRA / AdaLoRA trial: layers × module type, colour = |ω| at selection, importance, or
+  final rank; kept adapters starred (the paper's Figure 2, as a grid).
+* ``curves_<task>.png`` — eval metric and training loss by optimizer step of the best trial per method.
+* ``cost.json`` / ``cost.md`` — trial-epochs spent, ASHA-stopped / failed trials, wall time, and what
+  running every trial to the last epoch would have cost.
+* ``report.md`` — all of the above on one page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never open a window (CI, Ray workers)
+import matplotlib.pyplot as plt
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+#: The objective every trial logs (the GLUE task score; higher is better).
+MAIN = "eval_main"
+
+#: Row order and display names (the papers' order: references first, then the proposed methods).
+METHODS: dict[str, str] = {
+    "full": "Full FT",
+    "lora": "LoRA",
+    "adalora": "AdaLoRA",
+    "lora_drop": "LoRA-drop",
+    "rolora": "ROLoRA",
+    "random_select": "Random select (RLoRA)",
+    "weightlora": "WeightLoRA",
+    "weightlora_plus": "WeightLoRA+",
+}
+
+#: Column order and headers: the papers' order, each task's reported metric(s) (``eval_<name>``).
+TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mnli": ("MNLI Acc", ("accuracy",)),
+    "sst2": ("SST-2 Acc", ("accuracy",)),
+    "cola": ("CoLA Mcc", ("matthews_corrcoef",)),
+    "qqp": ("QQP Acc/F1", ("accuracy", "f1")),
+    "qnli": ("QNLI Acc", ("accuracy",)),
+    "rte": ("RTE Acc", ("accuracy",)),
+    "mrpc": ("MRPC Acc/F1", ("accuracy", "f1")),
+    "stsb": ("STS-B Pear/Spear", ("pearson", "spearman")),
+}
+
+#: Other spellings of a metric a runner may log (``eval_mcc`` for ``eval_matthews_corrcoef``).
+METRIC_ALIASES = {"matthews_corrcoef": ("mcc", "matthews"), "pearson": ("pearsonr",), "spearman": ("spearmanr",)}
+
+#: Methods whose best trial gets a selection heatmap, and which report field colours it.
+SELECTION_METHODS: dict[str, tuple[str, ...]] = {
+    "weightlora": ("selection_scores", "gates"),
+    "weightlora_plus": ("selection_scores", "gates"),
+    "random_select": ("ranks",),
+    "lora_drop": ("importance", "ranks"),
+    "rolora": ("ranks",),
+    "adalora": ("ranks",),
+}
+FIELD_LABEL = {"selection_scores": "|ω| at selection", "gates": "|ω| (not yet selected)", "importance": "importance"}
+
+STATUS_OK = ("completed", "asha_stopped", "running")
+
+
+def task_key(task: str) -> str:
+    """``SST-2`` / ``sst2`` / ``STS-B`` → the key used in :data:`TASKS`."""
+    return task.lower().replace("-", "").replace("_", "")
+
+
+# ----- reading the store -----
+
+
+@dataclass
+class RunInfo:
+    """One child run, flattened: what the report needs from MLflow."""
+
+    run_id: str
+    name: str
+    role: str
+    method: str
+    task: str
+    seed: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    start_ms: int | None
+    end_ms: int | None
+    artifacts: list[str] = field(default_factory=list)
+
+    @property
+    def main(self) -> float | None:
+        v = self.metrics.get(MAIN)
+        return None if v is None or not math.isfinite(v) else float(v)
+
+    @property
+    def seconds(self) -> float:
+        if self.start_ms is None:
+            return 0.0
+        end = self.end_ms if self.end_ms else int(time.time() * 1000)
+        return max(0.0, (end - self.start_ms) / 1000.0)
+
+
+def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def load_children(client: MlflowClient, parent_run_id: str) -> tuple[Any, list[RunInfo]]:
+    """The parent run and its direct children (trials and seed re-runs)."""
+    parent = client.get_run(parent_run_id)
+    runs = _search_all(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    out = []
+    for r in runs:
+        t = r.data.tags
+        status = t.get("status") or ("completed" if r.info.status == "FINISHED" else r.info.status.lower())
+        out.append(
+            RunInfo(
+                run_id=r.info.run_id,
+                name=r.info.run_name or t.get("mlflow.runName", r.info.run_id[:8]),
+                role=t.get("wlora.role", "trial"),
+                method=t.get("method", r.data.params.get("method", "?")),
+                task=t.get("task", r.data.params.get("task", "?")),
+                seed=t.get("seed", r.data.params.get("seed", "")),
+                status=status,
+                params=dict(r.data.params),
+                metrics=dict(r.data.metrics),
+                start_ms=r.info.start_time,
+                end_ms=r.info.end_time,
+            )
+        )
+    out.sort(key=lambda x: (x.start_ms or 0, x.name))
+    return parent, out
+
+
+def _ordered(keys: Iterable[str], order: Sequence[str], key=lambda s: s) -> list[str]:
+    rank = {k: i for i, k in enumerate(order)}
+    return sorted(set(keys), key=lambda k: (rank.get(key(k), len(rank)), k))
+
+
+def best_trials(trials: Sequence[RunInfo]) -> dict[tuple[str, str], RunInfo]:
+    """Best trial per (method, task) by ``eval_main``; completed trials first, ASHA-stopped/running
+    ones only when no trial of that cell completed. Failed trials never count."""
+    best: dict[tuple[str, str], RunInfo] = {}
+    for t in trials:
+        if t.role != "trial" or t.status not in STATUS_OK or t.main is None:
+            continue
+        key = (t.method, t.task)
+        cur = best.get(key)
+        rank_new = (t.status == "completed", t.main)
+        if cur is None or rank_new > (cur.status == "completed", cur.main):
+            best[key] = t
+    return best
+
+
+# ----- the table -----
+
+
+def _metric(run: RunInfo, name: str) -> float | None:
+    for n in (name, *METRIC_ALIASES.get(name, ())):
+        v = run.metrics.get(f"eval_{n}")
+        if v is not None and math.isfinite(v):
+            return float(v)
+    return None
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def table_cells(children: Sequence[RunInfo]) -> list[dict[str, Any]]:
+    """One record per (method, task): main metric mean/std over seed re-runs (if any), else the best
+    trial's value (n = 1); the task's reported metrics likewise; trainable params of those runs."""
+    best = best_trials(children)
+    seeds: dict[tuple[str, str], list[RunInfo]] = defaultdict(list)
+    for r in children:
+        if r.role == "seed_run" and r.main is not None and r.status != "failed":
+            seeds[(r.method, r.task)].append(r)
+    cells = []
+    for key in sorted(set(best) | set(seeds)):
+        runs = seeds.get(key) or [best[key]]
+        method, task = key
+        names = TASKS.get(task_key(task), (task, ()))[1]
+        rec: dict[str, Any] = {
+            "method": method,
+            "task": task,
+            "source": "seed_runs" if key in seeds else "best_trial",
+            "n": len(runs),
+            "seeds": ",".join(str(r.seed) for r in runs),
+            "run_ids": ",".join(r.run_id for r in runs),
+        }
+        rec["main_mean"], rec["main_std"] = _mean_std([r.main for r in runs])
+        for name in names:
+            vals = [v for v in (_metric(r, name) for r in runs) if v is not None]
+            if len(vals) == len(runs):
+                rec[f"{name}_mean"], rec[f"{name}_std"] = _mean_std(vals)
+        for m in ("trainable_params", "trainable_pct", "active_adapters"):
+            vals = [r.metrics[m] for r in runs if m in r.metrics]
+            rec[m] = float(np.mean(vals)) if vals else None
+        src = best.get(key, runs[0])
+        for p in ("r", "k", "k_fraction", "lr", "t", "lr_w", "warmup_steps"):
+            rec[p] = src.params.get(p, "")
+        cells.append(rec)
+    return cells
+
+
+def _fmt_params(n: float | None, pct: float | None) -> str:
+    if n is None:
+        return "–"
+    if n >= 1e6:
+        s = f"{n / 1e6:.2f}M"
+    elif n >= 1e3:
+        s = f"{n / 1e3:.1f}K"
+    else:
+        s = f"{n:.0f}"
+    return f"{s} ({pct:.3g}%)" if pct is not None else s
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    return f"{mean:.4f}±{std:.4f}" if n > 1 else f"{mean:.4f}"
+
+
+def _uniform(values: Iterable[str]) -> str | None:
+    vals = {v for v in values if v not in ("", None)}
+    return vals.pop() if len(vals) == 1 else None
+
+
+def build_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
+    """The wide table: rows = methods, columns = # Params, one per task, Avg.
+
+    Returns (markdown header, markdown rows, csv rows). The average is over the tasks a method has
+    results for; ``Avg`` is left empty when a method lacks a task present in the table (an average
+    over different task sets would not compare)."""
+    methods = _ordered((c["method"] for c in cells), list(METHODS))
+    tasks = _ordered((c["task"] for c in cells), list(TASKS), key=task_key)
+    by = {(c["method"], c["task"]): c for c in cells}
+    header = ["Method", "# Params", *[TASKS.get(task_key(t), (t,))[0] for t in tasks], "Avg"]
+    md_rows, csv_rows, avgs = [], [], {}
+    for m in methods:
+        row = [c for t in tasks if (c := by.get((m, t)))]
+        params = [c["trainable_params"] for c in row if c["trainable_params"] is not None]
+        pcts = [c["trainable_pct"] for c in row if c["trainable_pct"] is not None]
+        label = METHODS.get(m, m)
+        settings = [f"{p}={v}" for p in ("r", "k") if (v := _uniform(c[p] for c in row))]
+        if settings:
+            label += f" ({', '.join(settings)})"
+        avgs[m] = float(np.mean([c["main_mean"] for c in row])) if len(row) == len(tasks) else None
+        csv_row: dict[str, Any] = {
+            "method": m,
+            "trainable_params": float(np.mean(params)) if params else "",
+            "trainable_pct": float(np.mean(pcts)) if pcts else "",
+        }
+        md = [label, _fmt_params(csv_row["trainable_params"] or None, csv_row["trainable_pct"] or None)]
+        for t in tasks:
+            c = by.get((m, t))
+            csv_row[f"{t}_mean"] = c["main_mean"] if c else ""
+            csv_row[f"{t}_std"] = c["main_std"] if c else ""
+            csv_row[f"{t}_n"] = c["n"] if c else ""
+            if c is None:
+                md.append("–")
+                continue
+            names = TASKS.get(task_key(t), (t, ()))[1]
+            if len(names) > 1 and all(f"{n}_mean" in c for n in names):
+                md.append("/".join(_fmt(c[f"{n}_mean"], c[f"{n}_std"], c["n"]) for n in names))
+            else:
+                md.append(_fmt(c["main_mean"], c["main_std"], c["n"]))
+        csv_row["avg"] = avgs[m] if avgs[m] is not None else ""
+        md.append(f"{avgs[m]:.4f}" if avgs[m] is not None else "–")
+        md_rows.append(md)
+        csv_rows.append(csv_row)
+    # Bold the best value of each task column and of Avg (by the main metric), as the papers do.
+    for j, t in enumerate([*tasks, None]):
+        scores = [(csv_rows[i][f"{t}_mean"] if t else csv_rows[i]["avg"]) for i in range(len(methods))]
+        scores = [s if s == "" else round(s, 4) for s in scores]  # ties at the shown precision both bold
+        valid = [s for s in scores if s != ""]
+        if len(valid) > 1:
+            top = max(valid)
+            for i, s in enumerate(scores):
+                if s == top:
+                    md_rows[i][2 + j] = f"**{md_rows[i][2 + j]}**"
+    return header, md_rows, csv_rows
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+
+
+# ----- Pareto -----
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points when fewer parameters (x) and a higher metric (y) are
+    better: no other point has x' ≤ x and y' ≥ y with one strict. Sorted by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_y = [], -math.inf
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return front
+
+
+def _method_colors(methods: Iterable[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(_ordered(methods, list(METHODS)))}
+
+
+def plot_pareto(trials: Sequence[RunInfo], path: Path) -> dict[str, Any]:
+    """Metric vs trainable params, one point per trial (hollow = ASHA-stopped), front as a line."""
+    pts = [t for t in trials if t.role == "trial" and t.main is not None and "trainable_params" in t.metrics]
+    pts = [t for t in pts if t.status in STATUS_OK]
+    tasks = _ordered({t.task for t in pts}, list(TASKS), key=task_key)
+    colors = _method_colors({t.method for t in pts})
+    meta: dict[str, Any] = {"tasks": {}, "n_points": 0}
+    ncols = min(3, max(1, len(tasks)))
+    nrows = max(1, math.ceil(len(tasks) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        tp = [t for t in pts if t.task == task]
+        xy = [(t.metrics["trainable_params"], t.main) for t in tp]
+        front = pareto_front(xy)
+        for m in _ordered({t.method for t in tp}, list(METHODS)):
+            for stopped in (False, True):
+                sel = [i for i, t in enumerate(tp) if t.method == m and (t.status == "asha_stopped") == stopped]
+                if not sel:
+                    continue
+                ax.scatter(
+                    [xy[i][0] for i in sel],
+                    [xy[i][1] for i in sel],
+                    s=28,
+                    label=METHODS.get(m, m) if not stopped else None,
+                    facecolors="none" if stopped else colors[m],
+                    edgecolors=colors[m],
+                    zorder=3,
+                )
+        ax.step([xy[i][0] for i in front], [xy[i][1] for i in front], where="post", color="k", lw=1.2, zorder=2)
+        ax.scatter(
+            [xy[i][0] for i in front], [xy[i][1] for i in front], s=90, marker="o", facecolors="none", edgecolors="k"
+        )
+        ax.set_xscale("log")
+        ax.set_title(TASKS.get(task_key(task), (task,))[0])
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel(f"{MAIN} (task score)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        meta["tasks"][task] = {
+            "points": [
+                {"run_id": t.run_id, "method": t.method, "params": x, "metric": y, "status": t.status}
+                for t, (x, y) in zip(tp, xy, strict=True)
+            ],
+            "front": [tp[i].run_id for i in front],
+        }
+        meta["n_points"] += len(tp)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    fig.suptitle("Task score vs trainable parameters (one point per trial; hollow = ASHA-stopped; ring = front)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return meta
+
+
+# ----- selection heatmaps -----
+
+_LAYER_RE = re.compile(r"^(?P<prefix>.*?)\.(?:layer|layers|h|block|blocks)\.(?P<idx>\d+)\.(?P<suffix>.+)$")
+#: Module types first in this order (peft's usual target names), others alphabetically after.
+MODULE_ORDER = ("query", "key", "value", "q_proj", "k_proj", "v_proj", "o_proj", "q", "k", "v", "o")
+
+
+def split_module(name: str) -> tuple[int, str] | None:
+    """``bert.encoder.layer.3.attention.self.query`` → (3, ``attention.self.query``)."""
+    m = _LAYER_RE.match(name)
+    return (int(m["idx"]), m["suffix"]) if m else None
+
+
+#: Default target sets of the model families (wlora's family defaults), to complete a survivors-only grid.
+MODULE_FAMILIES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj", "o_proj"), ("q", "k", "v", "o"))
+
+
+def _family_types(suffixes: set[str]) -> set[str]:
+    """The module family's full type set when ``suffixes`` are a subset of one (same path prefix)."""
+    last = {s.rsplit(".", 1)[-1] for s in suffixes}
+    prefixes = {s.rsplit(".", 1)[0] if "." in s else "" for s in suffixes}
+    for fam in MODULE_FAMILIES:
+        if last <= set(fam) and len(prefixes) == 1:
+            pre = prefixes.pop()
+            return {f"{pre}.{m}" if pre else m for m in fam}
+    return suffixes
+
+
+def selection_grid(report: dict[str, Any], fields: Sequence[str]) -> dict[str, Any] | None:
+    """Layers × module-type grid from a method's ``selection.json``.
+
+    The colour is the first of ``fields`` the report has (|ω| at selection, importance or final
+    rank); modules known from any field but absent from the colour field (removed adapters) are 0.
+    Returns None when the report has none of the fields or no layered module names."""
+    chosen = next((f for f in fields if isinstance(report.get(f), dict) and report[f]), None)
+    if chosen is None:
+        return None
+    values = {n: abs(float(v)) for n, v in report[chosen].items()}
+    selected = set(report.get("selected_adapters") or report.get("kept") or [])
+    if chosen == "ranks":
+        selected |= {n for n, v in values.items() if v > 0}
+    names = set(values) | selected
+    for f in ("ranks", "importance", "selection_scores", "gates"):
+        if isinstance(report.get(f), dict):
+            names |= set(report[f])
+    parsed = {n: p for n in names if (p := split_module(n))}
+    if not parsed:
+        return None
+    seen = {p[1] for p in parsed.values()}
+    n_layers = max(p[0] for p in parsed.values()) + 1
+    # Reports that list only the survivors (random select) still get the whole grid: layers run from
+    # 0, and ``n_adapters`` (all targets) decides between the module family's default types (e.g.
+    # query/key/value when only query and value survived) and the types seen.
+    n_all = report.get("n_adapters")
+    if isinstance(n_all, int) and n_all > len(parsed):
+        for types in (_family_types(seen), seen):
+            if n_all % len(types) == 0 and n_all // len(types) >= n_layers:
+                seen, n_layers = types, n_all // len(types)
+                break
+    suffixes = _ordered(seen, MODULE_ORDER, key=lambda s: s.rsplit(".", 1)[-1])
+    layers = list(range(n_layers))
+    last = [s.rsplit(".", 1)[-1] for s in suffixes]
+    cols = [lt if last.count(lt) == 1 else s for s, lt in zip(suffixes, last, strict=True)]
+    # Cells of targets the report does not mention were removed (0), not unknown.
+    grid = np.zeros((len(layers), len(suffixes)))
+    stars = np.zeros_like(grid, dtype=bool)
+    for n, (layer, suffix) in parsed.items():
+        i, j = layers.index(layer), suffixes.index(suffix)
+        grid[i, j] = values.get(n, 0.0)
+        stars[i, j] = n in selected
+    label = FIELD_LABEL.get(chosen, "final rank" if chosen == "ranks" else chosen)
+    return {"field": chosen, "label": label, "layers": layers, "modules": cols, "grid": grid, "selected": stars}
+
+
+def plot_selection(g: dict[str, Any], title: str, path: Path) -> dict[str, Any]:
+    """Heatmap of a :func:`selection_grid`, kept adapters starred; returns its JSON-able cells."""
+    grid = g["grid"]
+    fig, ax = plt.subplots(figsize=(1.3 + 1.2 * grid.shape[1], 1.2 + 0.45 * grid.shape[0]))
+    im = ax.imshow(np.nan_to_num(grid), cmap="viridis", aspect="auto")
+    vmax = np.nanmax(grid) if np.isfinite(grid).any() else 0.0
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            v = grid[i, j]
+            txt = "" if np.isnan(v) else (f"{v:.0f}" if g["field"] == "ranks" else f"{v:.2g}")
+            txt += " ★" if g["selected"][i, j] else ""
+            ax.text(j, i, txt, ha="center", va="center", fontsize=8, color="w" if v < 0.6 * vmax else "k")
+    ax.set_xticks(range(grid.shape[1]), g["modules"])
+    ax.set_yticks(range(grid.shape[0]), [f"layer {x}" for x in g["layers"]])
+    fig.colorbar(im, ax=ax, label=g["label"])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return {
+        "field": g["field"],
+        "label": g["label"],
+        "layers": g["layers"],
+        "modules": g["modules"],
+        "values": [[None if np.isnan(v) else float(v) for v in row] for row in grid],
+        "selected": g["selected"].astype(int).tolist(),
+        "n_cells": int(grid.size),
+    }
+
+
+def _download_json(client: MlflowClient, run_id: str, path: str, tmp: Path) -> dict[str, Any] | None:
+    try:
+        local = client.download_artifacts(run_id, path, str(tmp))
+    except Exception:  # the artifact is optional (e.g. a trial that failed before reporting)
+        return None
+    try:
+        return json.loads(Path(local).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ----- learning curves -----
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> tuple[list[int], list[float]]:
+    hist = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return [m.step for m in hist], [m.value for m in hist]
+
+
+def plot_curves(client: MlflowClient, best: dict[tuple[str, str], RunInfo], task: str, path: Path) -> dict[str, Any]:
+    """Eval score and training loss by optimizer step, best trial of each method on ``task``."""
+    methods = _ordered((m for m, t in best if t == task), list(METHODS))
+    colors = _method_colors(methods)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    lines = {}
+    for m in methods:
+        run = best[(m, task)]
+        steps, vals = _history(client, run.run_id, MAIN)
+        ax1.plot(steps, vals, marker="o", ms=3, color=colors[m], label=METHODS.get(m, m))
+        lsteps, lvals = _history(client, run.run_id, "train_loss")
+        ax2.plot(lsteps, lvals, color=colors[m], label=METHODS.get(m, m), alpha=0.85)
+        lines[m] = {"run_id": run.run_id, "eval_points": len(steps), "loss_points": len(lsteps)}
+    ax1.set_title(f"{TASKS.get(task_key(task), (task,))[0]}: {MAIN} (best trial per method)")
+    ax2.set_title("train_loss")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return lines
+
+
+# ----- cost -----
+
+_EPOCH_PARAMS = ("num_epochs", "epochs", "max_epochs", "max_t")
+
+
+def sweep_cost(parent: Any, children: Sequence[RunInfo]) -> dict[str, Any]:
+    """Trial-epochs spent vs running every trial to its last epoch (what the sweep would have cost
+    without ASHA), trial counts by status, wall time and summed trial time."""
+    trials = [c for c in children if c.role == "trial"]
+    seed_runs = [c for c in children if c.role == "seed_run"]
+    status = defaultdict(int)
+    for t in trials:
+        status[t.status] += 1
+    spent = sum(t.metrics.get("epoch", 0.0) for t in trials)
+    max_epochs = None
+    for key in _EPOCH_PARAMS:
+        try:
+            max_epochs = float(parent.data.params[key])
+            break
+        except (KeyError, ValueError):
+            continue
+    if max_epochs is None:
+        max_epochs = max((t.metrics.get("epoch", 0.0) for t in trials), default=0.0)
+    full = len(trials) * max_epochs
+    start, end = parent.info.start_time, parent.info.end_time or int(time.time() * 1000)
+    trial_s = sum(t.seconds for t in trials)
+    per_epoch = trial_s / spent if spent else None
+    return {
+        "trials": len(trials),
+        "by_status": dict(sorted(status.items())),
+        "asha_stopped": status.get("asha_stopped", 0),
+        "failed": status.get("failed", 0),
+        "trial_epochs_spent": round(spent, 3),
+        "max_epochs_per_trial": max_epochs,
+        "full_budget_trial_epochs": round(full, 3),
+        "saved_fraction": round(1 - spent / full, 4) if full else None,
+        "wall_seconds": round((end - start) / 1000.0, 1) if start else None,
+        "trial_seconds_sum": round(trial_s, 1),
+        "full_budget_trial_seconds_est": round(full * per_epoch, 1) if per_epoch else None,
+        "seed_runs": len(seed_runs),
+        "seed_run_epochs": round(sum(s.metrics.get("epoch", 0.0) for s in seed_runs), 3),
+        "seed_run_seconds_sum": round(sum(s.seconds for s in seed_runs), 1),
+    }
+
+
+def _cost_md(c: dict[str, Any]) -> str:
+    def hms(s):
+        return "–" if s is None else f"{s / 60:.1f} min"
+
+    rows = [
+        ("trials", f"{c['trials']} ({', '.join(f'{k}: {v}' for k, v in c['by_status'].items()) or 'none'})"),
+        ("trial-epochs spent", f"{c['trial_epochs_spent']:g}"),
+        (
+            "every trial to the last epoch (no early stopping)",
+            f"{c['full_budget_trial_epochs']:g} trial-epochs ({c['trials']} × {c['max_epochs_per_trial']:g})",
+        ),
+        ("saved by ASHA", "–" if c["saved_fraction"] is None else f"{100 * c['saved_fraction']:.1f}%"),
+        ("sweep wall time", hms(c["wall_seconds"])),
+        ("sum of trial times", hms(c["trial_seconds_sum"])),
+        ("estimated sum without early stopping", hms(c["full_budget_trial_seconds_est"])),
+        ("seed re-runs", f"{c['seed_runs']} ({c['seed_run_epochs']:g} epochs, {hms(c['seed_run_seconds_sum'])})"),
+    ]
+    return _md_table(["", "value"], rows)
+
+
+# ----- entry point -----
+
+
+def build_report(tracking_uri: str, parent_run_id: str, out_dir: str | Path) -> dict[str, Any]:
+    """Build every table and plot of a sweep from its MLflow parent run; write them to ``out_dir`` and
+    log them as artifacts of the parent run (``report/…``, plus ``results/table.{md,csv}``).
+
+    Returns ``{"table_md", "table_csv", "table_long_csv", "pareto", "cost", "report_md": Path,
+    "selection": [Path], "curves": [Path], "meta": dict}`` (``meta`` = point / cell / line counts).
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parent, children = load_children(client, parent_run_id)
+    trials = [c for c in children if c.role == "trial"]
+    best = best_trials(trials)
+    paths: dict[str, Any] = {"selection": [], "curves": []}
+    meta: dict[str, Any] = {"selection": {}, "curves": {}}
+
+    # 1) the table
+    cells = table_cells(children)
+    header, md_rows, csv_rows = build_table(cells)
+    seeded = any(c["n"] > 1 for c in cells)
+    note = (
+        "Main metric = the GLUE task score on the dev set (`eval_main`; MRPC/QQP/STS-B cells show both "
+        "metrics), "
+        + (
+            "mean ± sample std over the seed re-runs of each cell's best configuration. "
+            if seeded
+            else "of the best trial per method and task (one seed). "
+        )
+        + "# Params = trainable parameters (adapters + task head) and their share of the base model, "
+        "averaged over tasks; Avg = mean task score over the columns. Best per column in bold."
+    )
+    table_md = out / "table.md"
+    table_md.write_text(_md_table(header, md_rows) + "\n" + note + "\n")
+    _write_csv(out / "table.csv", csv_rows)
+    _write_csv(out / "table_long.csv", cells)
+    paths.update(table_md=table_md, table_csv=out / "table.csv", table_long_csv=out / "table_long.csv")
+
+    # 2) Pareto
+    paths["pareto"] = out / "pareto.png"
+    meta["pareto"] = plot_pareto(trials, paths["pareto"])
+    (out / "pareto.json").write_text(json.dumps(meta["pareto"], indent=1))
+
+    # 3) selection heatmaps of the best trials
+    with tempfile.TemporaryDirectory() as tmp:
+        for (method, task), run in sorted(best.items()):
+            if method not in SELECTION_METHODS:
+                continue
+            rep = _download_json(client, run.run_id, "selection.json", Path(tmp) / run.run_id)
+            g = selection_grid(rep or {}, SELECTION_METHODS[method])
+            if g is None:
+                continue
+            slug = f"{task_key(task)}_{method}"
+            p = out / f"selection_{slug}.png"
+            title = f"{METHODS.get(method, method)} on {task}\nbest trial {run.name} (★ = kept)"
+            cells_meta = plot_selection(g, title, p)
+            cells_meta["run_id"] = run.run_id
+            (out / f"selection_{slug}.json").write_text(json.dumps(cells_meta, indent=1))
+            paths["selection"].append(p)
+            meta["selection"][slug] = cells_meta
+
+    # 4) learning curves
+    for task in _ordered({t for _, t in best}, list(TASKS), key=task_key):
+        p = out / f"curves_{task_key(task)}.png"
+        meta["curves"][task] = plot_curves(client, best, task, p)
+        paths["curves"].append(p)
+
+    # 5) cost
+    cost = sweep_cost(parent, children)
+    (out / "cost.json").write_text(json.dumps(cost, indent=1))
+    (out / "cost.md").write_text(_cost_md(cost))
+    paths["cost"] = out / "cost.json"
+    meta["cost"] = cost
+
+    # 6) one page
+    tags = parent.data.tags
+    page = [
+        f"# Sweep report: {tags.get('wlora.sweep_name', parent.info.run_name)}",
+        "",
+        f"MLflow parent run `{parent_run_id}` (experiment {parent.info.experiment_id}); model "
+        f"`{Path(tags.get('model', '?')).name}`; git commit `{tags.get('git_commit', '?')}`.",
+        "",
+        "## Results",
+        "",
+        table_md.read_text(),
+        "## Trainable parameters vs task score",
+        "",
+        "![pareto](pareto.png)",
+        "",
+        "## Adapter selection of the best trials",
+        "",
+        *[f"![{p.stem}]({p.name})" for p in paths["selection"]],
+        "",
+        "## Learning curves",
+        "",
+        *[f"![{p.stem}]({p.name})" for p in paths["curves"]],
+        "",
+        "## Sweep cost",
+        "",
+        _cost_md(cost),
+    ]
+    paths["report_md"] = out / "report.md"
+    paths["report_md"].write_text("\n".join(page))
+
+    # 7) log to the parent run
+    client.log_artifacts(parent_run_id, str(out), artifact_path="report")
+    client.log_artifact(parent_run_id, str(table_md), artifact_path="results")
+    client.log_artifact(parent_run_id, str(out / "table.csv"), artifact_path="results")
+    paths["meta"] = meta
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tracking-uri", required=True, help="MLflow tracking URI of the sweep (e.g. sqlite:///...)")
+    ap.add_argument("--run-id", required=True, help="the sweep's parent run id")
+    ap.add_argument("--out", default=None, help="output folder (default: runs/report-<run id prefix>)")
+    args = ap.parse_args(argv)
+    out = args.out or f"runs/report-{args.run_id[:8]}"
+    paths = build_report(args.tracking_uri, args.run_id, out)
+    print(Path(paths["table_md"]).read_text())
+    print(f"report written to {out} and logged to run {args.run_id} (artifacts report/, results/)")
+    return paths
+
+
+if __name__ == "__main__":
+    main()
