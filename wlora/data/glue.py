@@ -1,4 +1,4 @@
-"""GLUE from a local folder in the original GLUE TSV layout (``<root>/<TASK>/{train,dev}.tsv``).
+"""GLUE from a local folder in the original GLUE TSV layout (``<root>/<TASK>/{train,dev}.tsv``) or the hub.
 
 Quirks handled: TSVs are read with no quote processing (``csv.QUOTE_NONE``; pandas-style quoting
 silently merges MRPC rows), MRPC starts with a UTF-8 BOM (read as ``utf-8-sig``), CoLA has no header,
@@ -25,16 +25,54 @@ class GlueTask:
     """Label strings in class-index order; None for regression (STS-B)."""
     header: bool = True
     dev_split: str = "dev"
+    hub_config: str = ""
+    """Config name of the hub dataset ``nyu-mll/glue``."""
+    hub_columns: tuple[str, str | None] = ("sentence", None)
+    """Text columns of the hub dataset (its labels are already class ids in ``labels`` order)."""
 
 
 GLUE_TASKS: dict[str, GlueTask] = {
-    "sst2": GlueTask("SST-2", "sentence", None, "label", ("0", "1")),
-    "cola": GlueTask("CoLA", 3, None, 1, ("0", "1"), header=False),
-    "mrpc": GlueTask("MRPC", "#1 String", "#2 String", "Quality", ("0", "1")),
-    "rte": GlueTask("RTE", "sentence1", "sentence2", "label", ("entailment", "not_entailment")),
-    "stsb": GlueTask("STS-B", "sentence1", "sentence2", "score", None),
-    "qnli": GlueTask("QNLI", "question", "sentence", "label", ("entailment", "not_entailment")),
-    "qqp": GlueTask("QQP", "question1", "question2", "is_duplicate", ("0", "1")),
+    "sst2": GlueTask("SST-2", "sentence", None, "label", ("0", "1"), hub_config="sst2"),
+    "cola": GlueTask("CoLA", 3, None, 1, ("0", "1"), header=False, hub_config="cola"),
+    "mrpc": GlueTask(
+        "MRPC",
+        "#1 String",
+        "#2 String",
+        "Quality",
+        ("0", "1"),
+        hub_config="mrpc",
+        hub_columns=("sentence1", "sentence2"),
+    ),
+    "rte": GlueTask(
+        "RTE",
+        "sentence1",
+        "sentence2",
+        "label",
+        ("entailment", "not_entailment"),
+        hub_config="rte",
+        hub_columns=("sentence1", "sentence2"),
+    ),
+    "stsb": GlueTask(
+        "STS-B", "sentence1", "sentence2", "score", None, hub_config="stsb", hub_columns=("sentence1", "sentence2")
+    ),
+    "qnli": GlueTask(
+        "QNLI",
+        "question",
+        "sentence",
+        "label",
+        ("entailment", "not_entailment"),
+        hub_config="qnli",
+        hub_columns=("question", "sentence"),
+    ),
+    "qqp": GlueTask(
+        "QQP",
+        "question1",
+        "question2",
+        "is_duplicate",
+        ("0", "1"),
+        hub_config="qqp",
+        hub_columns=("question1", "question2"),
+    ),
     "mnli": GlueTask(
         "MNLI",
         "sentence1",
@@ -42,8 +80,13 @@ GLUE_TASKS: dict[str, GlueTask] = {
         "gold_label",
         ("entailment", "neutral", "contradiction"),
         dev_split="dev_matched",
+        hub_config="mnli",
+        hub_columns=("premise", "hypothesis"),
     ),
 }
+
+#: The hub dataset the GLUE loaders read when no local folder is given.
+GLUE_HUB_ID = "nyu-mll/glue"
 
 
 @dataclass(frozen=True)
@@ -106,3 +149,49 @@ def read_glue_split(root: str | Path, task: str, split: str = "train") -> list[G
                 raise ValueError(f"{path}: line {lineno}: label {raw!r} not in {list(spec.labels)}")
             out.append(GlueExample(row[ia], row[ib] if ib is not None else None, label))
     return out
+
+
+def hub_split_name(task: str, split: str) -> str:
+    """Our split name (``train``/``dev``/``dev_matched``/``dev_mismatched``) → the hub dataset's."""
+    spec = get_task(task)
+    if split == "train":
+        return "train"
+    if split == "dev":
+        split = spec.dev_split
+    if split.startswith("dev"):
+        return "validation" + split[3:]
+    raise ValueError(f"unknown GLUE split {split!r}; use train, dev (MNLI also dev_matched, dev_mismatched)")
+
+
+def glue_from_hub_rows(task: str, rows) -> list[GlueExample]:
+    """Convert rows of the hub dataset (``nyu-mll/glue``) into the same examples as the TSV reader.
+
+    The hub stores labels as class ids in the GLUE label order used by ``GLUE_TASKS`` (and STS-B
+    as a float score), so only the column names differ.
+    """
+    spec = get_task(task)
+    ca, cb = spec.hub_columns
+    out = []
+    for i, row in enumerate(rows):
+        label = row["label"]
+        if spec.labels is None:
+            label = float(label)
+        elif not (isinstance(label, int) and 0 <= label < len(spec.labels)):
+            raise ValueError(f"{GLUE_HUB_ID}/{spec.hub_config} row {i}: label {label!r} not a class id")
+        out.append(GlueExample(row[ca], row[cb] if cb else None, label))
+    return out
+
+
+def load_glue(task: str, split: str = "train", data_dir: str | Path | None = None) -> list[GlueExample]:
+    """GLUE examples from a local folder (``<data_dir>/<TASK>/<split>.tsv``) or, with no folder, the hub.
+
+    ``data_dir`` is the folder that holds the task folders (``SST-2/``, ``CoLA/``, …). Both sources
+    give identical examples for the same split.
+    """
+    if data_dir is not None:
+        return read_glue_split(data_dir, task, split)
+    import datasets  # deferred: the hub path is optional
+
+    spec = get_task(task)
+    ds = datasets.load_dataset(GLUE_HUB_ID, spec.hub_config, split=hub_split_name(task, split))
+    return glue_from_hub_rows(task, ds)

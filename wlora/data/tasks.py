@@ -1,0 +1,263 @@
+"""Every task behind one interface: load (local folder or hub) → subset → tokenize once → cache → batches.
+
+``prepare_task_data`` returns a :class:`TaskData`: plain Python lists of token ids plus what evaluation
+needs (QA windows and gold answers, reference summaries). It is picklable, so a sweep builds it once
+on the driver and ships it to every trial. Tokenized features are cached on disk, keyed by the data
+source, the tokenizer and every tokenization option; batches are padded per batch
+(:func:`collate`), never to a global length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from wlora.data.glue import GLUE_TASKS, get_task, load_glue
+from wlora.data.squad import SQUAD_VERSIONS, load_squad, qa_eval_features, qa_train_features
+from wlora.data.summarization import SUMMARIZATION_TASKS, load_summarization, seq2seq_features
+
+TaskKind = Literal["classification", "regression", "qa", "seq2seq"]
+#: Bump when the feature format changes, so old cache entries are not reused.
+CACHE_VERSION = 1
+
+
+def task_kind(task: str) -> TaskKind:
+    if task in GLUE_TASKS:
+        return "regression" if GLUE_TASKS[task].labels is None else "classification"
+    if task in SQUAD_VERSIONS:
+        return "qa"
+    if task in SUMMARIZATION_TASKS:
+        return "seq2seq"
+    raise ValueError(f"unknown task {task!r}; choose one of {list_tasks()}")
+
+
+def list_tasks() -> list[str]:
+    return [*GLUE_TASKS, *SQUAD_VERSIONS, *SUMMARIZATION_TASKS]
+
+
+@dataclass
+class TaskData:
+    """Tokenized train/eval features of one task for one tokenizer (see the module docstring)."""
+
+    task: str
+    kind: TaskKind
+    num_labels: int
+    pad_token_id: int
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    eval_examples: list[Any] = field(default_factory=list)
+    """QA: the ``QAExample`` s; seq2seq: reference summaries; GLUE: empty (labels are in ``eval``)."""
+    n_train_examples: int = 0
+    n_eval_examples: int = 0
+    source: str = ""
+    """Where the data came from (folder/file or hub id) — logged with the run."""
+    fingerprint: str = ""
+
+
+def _subset(items: list, n: int | None, seed: int, what: str) -> list:
+    if n is None or n >= len(items):
+        return items
+    if n <= 0:
+        raise ValueError(f"`{what}` must be positive, got {n}")
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
+
+
+def _source_id(path: Path | None, hub: str) -> str:
+    if path is None:
+        return hub
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _tokenizer_id(tokenizer) -> str:
+    return f"{type(tokenizer).__name__}:{tokenizer.name_or_path}:{len(tokenizer)}"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("WLORA_CACHE_DIR", Path.home() / ".cache" / "wlora")) / "features"
+
+
+def prepare_task_data(
+    task: str,
+    tokenizer,
+    *,
+    data_dir: str | Path | None = None,
+    train_file: str | Path | None = None,
+    eval_file: str | Path | None = None,
+    eval_split: str = "dev",
+    max_length: int = 128,
+    max_target_length: int = 64,
+    doc_stride: int = 32,
+    source_prefix: str = "",
+    train_subset: int | None = None,
+    eval_subset: int | None = None,
+    data_seed: int = 0,
+    cache_dir: str | Path | Literal[False] | None = None,
+) -> TaskData:
+    """Load, subset, tokenize and cache ``task``.
+
+    Args:
+        task: a GLUE task (``sst2`` …), ``squad`` / ``squad_v2``, or ``xsum`` / ``cnn_dailymail``.
+        tokenizer: the model's tokenizer.
+        data_dir: folder holding ``glue/``, ``squad/``, ``xsum/``, ``cnn_dailymail/``; None = the hub.
+        train_file, eval_file: read these files instead (SQuAD json / summarisation jsonl).
+        eval_split: ``dev`` (MNLI: also ``dev_mismatched``; summarisation: also ``test``).
+        max_length: truncation length of inputs (QA: window length; seq2seq: source length).
+        max_target_length: seq2seq target length.
+        doc_stride: QA window overlap in tokens.
+        source_prefix: seq2seq input prefix (e.g. ``"summarize: "`` for T5).
+        train_subset, eval_subset: keep this many examples, drawn with ``data_seed``.
+        cache_dir: feature cache folder; None = ``$WLORA_CACHE_DIR`` or ``~/.cache/wlora``; False = off.
+    """
+    kind = task_kind(task)
+    if max_length <= 8:
+        raise ValueError(f"`max_length` must be > 8, got {max_length}")
+    root = Path(data_dir) if data_dir is not None else None
+    if root is not None and not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+
+    # 1) where the data comes from (identifies the cache entry)
+    if kind in ("classification", "regression"):
+        spec = get_task(task)
+        glue_root = root / "glue" if root is not None else None
+        split = spec.dev_split if eval_split == "dev" else eval_split
+        files = [glue_root / spec.name / f"{s}.tsv" if glue_root else None for s in ("train", split)]
+        hub = f"nyu-mll/glue/{spec.hub_config}"
+    elif kind == "qa":
+        v = SQUAD_VERSIONS[task]
+        files = [
+            Path(train_file) if train_file else (root / "squad" / f"train-v{v}.json" if root else None),
+            Path(eval_file) if eval_file else (root / "squad" / f"dev-v{v}.json" if root else None),
+        ]
+        hub = f"squad/{task}"
+    else:
+        folder = SUMMARIZATION_TASKS[task].folder
+        ev = {"dev": "validation"}.get(eval_split, eval_split)
+        files = [
+            Path(train_file) if train_file else (root / folder / "train.jsonl" if root else None),
+            Path(eval_file) if eval_file else (root / folder / f"{ev}.jsonl" if root else None),
+        ]
+        hub = f"{SUMMARIZATION_TASKS[task].hub_id}"
+    for f in files:
+        if f is not None and not f.is_file():
+            raise FileNotFoundError(f"{task}: data file not found: {f}")
+    source = ", ".join(str(f) if f else hub for f in files)
+
+    options = dict(
+        v=CACHE_VERSION,
+        task=task,
+        eval_split=eval_split,
+        sources=[_source_id(f, hub) for f in files],
+        tok=_tokenizer_id(tokenizer),
+        max_length=max_length,
+        max_target_length=max_target_length,
+        doc_stride=doc_stride,
+        prefix=source_prefix,
+        subsets=[train_subset, eval_subset, data_seed],
+    )
+    fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+    cache = None
+    if cache_dir is not False:
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        hit = cache / f"{task}-{fingerprint}.pkl"
+        if hit.is_file():
+            with hit.open("rb") as fh:
+                return pickle.load(fh)
+
+    # 2) load + subset (before tokenizing, so a small subset is cheap)
+    if kind in ("classification", "regression"):
+        tr = load_glue(task, "train", glue_root)
+        ev_rows = load_glue(task, eval_split, glue_root)
+    elif kind == "qa":
+        tr = load_squad(task, "train", root, files[0] if (train_file or root) else None)
+        ev_rows = load_squad(task, "dev", root, files[1] if (eval_file or root) else None)
+    else:
+        tr = load_summarization(task, "train", root, files[0] if (train_file or root) else None)
+        ev_rows = load_summarization(task, eval_split, root, files[1] if (eval_file or root) else None)
+    if not tr or not ev_rows:
+        raise ValueError(f"{task}: empty data ({len(tr)} train / {len(ev_rows)} eval examples) from {source}")
+    tr = _subset(tr, train_subset, data_seed, "train_subset")
+    ev_rows = _subset(ev_rows, eval_subset, data_seed + 1, "eval_subset")
+
+    # 3) tokenize once
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if kind in ("classification", "regression"):
+        num_labels = 1 if kind == "regression" else len(get_task(task).labels)
+        train_feats, eval_feats = (_glue_features(tokenizer, rows, max_length) for rows in (tr, ev_rows))
+        eval_examples: list = []
+    elif kind == "qa":
+        num_labels = 2
+        train_feats = qa_train_features(tokenizer, tr, max_length, doc_stride)
+        eval_feats = qa_eval_features(tokenizer, ev_rows, max_length, doc_stride)
+        eval_examples = list(ev_rows)
+    else:
+        num_labels = 0
+        train_feats = seq2seq_features(tokenizer, tr, max_length, max_target_length, source_prefix)
+        eval_feats = seq2seq_features(tokenizer, ev_rows, max_length, max_target_length, source_prefix)
+        eval_examples = [e.summary for e in ev_rows]
+    data = TaskData(
+        task=task,
+        kind=kind,
+        num_labels=num_labels,
+        pad_token_id=int(pad),
+        train=train_feats,
+        eval=eval_feats,
+        eval_examples=eval_examples,
+        n_train_examples=len(tr),
+        n_eval_examples=len(ev_rows),
+        source=source,
+        fingerprint=fingerprint,
+    )
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{task}-{fingerprint}.{os.getpid()}.tmp"
+        with tmp.open("wb") as fh:
+            pickle.dump(data, fh)
+        tmp.replace(cache / f"{task}-{fingerprint}.pkl")  # atomic: concurrent writers never see half a file
+    return data
+
+
+def _glue_features(tokenizer, rows, max_length: int) -> list[dict[str, Any]]:
+    a = [r.text_a for r in rows]
+    b = [r.text_b for r in rows] if rows[0].text_b is not None else None
+    enc = tokenizer(a, b, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{**{k: enc[k][i] for k in keys}, "labels": r.label} for i, r in enumerate(rows)]
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+TARGET_KEYS = ("labels", "start_positions", "end_positions")
+
+
+def collate(features: Sequence[dict[str, Any]], pad_token_id: int, *, with_targets: bool = True) -> dict:
+    """Pad one batch to its longest sequence (dynamic padding). Sequence labels pad with -100."""
+    out: dict[str, torch.Tensor] = {}
+    longest = max(len(f["input_ids"]) for f in features)
+    for key in MODEL_INPUTS:
+        if key not in features[0]:
+            continue
+        fill = pad_token_id if key == "input_ids" else 0
+        out[key] = torch.tensor([list(f[key]) + [fill] * (longest - len(f[key])) for f in features])
+    if with_targets:
+        for key in TARGET_KEYS:
+            if key not in features[0]:
+                continue
+            vals = [f[key] for f in features]
+            if isinstance(vals[0], list):
+                n = max(len(v) for v in vals)
+                out[key] = torch.tensor([v + [-100] * (n - len(v)) for v in vals])
+            elif isinstance(vals[0], float):
+                out[key] = torch.tensor(vals, dtype=torch.float32)
+            else:
+                out[key] = torch.tensor(vals, dtype=torch.long)
+    return out
