@@ -1,0 +1,97 @@
+"""Real two-node Ray clusters on this machine (see tests/cluster_harness.py): spread, staging, checks, node loss.
+
+Each test runs one harness scenario in its own loopback-only network + PID namespace, so Ray binds 127.0.0.x
+and every process it started ends with the scenario. Needs ``unshare`` (root or user namespaces); skipped
+where that is not possible.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from tests.cluster_harness import KILL_STEPS, netns_command
+
+pytestmark = [pytest.mark.cluster, pytest.mark.subprocess]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@cache
+def netns_available() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    probe = subprocess.run(netns_command(["true"]), capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def run_scenario(name: str, workdir: Path, timeout_s: float = 240) -> dict:
+    if not netns_available():
+        pytest.skip("needs `unshare --net --pid` (root or user namespaces) and `ip`")
+    proc = subprocess.run(
+        netns_command([sys.executable, str(ROOT / "tests" / "cluster_harness.py"), name, str(workdir)]),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=ROOT,
+    )
+    result_file = workdir / "result.json"
+    assert result_file.exists(), f"harness wrote no result (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    result = json.loads(result_file.read_text())
+    assert "error" not in result, result["error"] + "\n" + proc.stderr[-4000:]
+    return result
+
+
+@pytest.fixture
+def workdir(tmp_path_factory):
+    # Short: Ray's unix sockets live under it (a socket path has at most 107 characters).
+    return tmp_path_factory.mktemp("c")
+
+
+def test_two_nodes_spread_stage_once_and_refuse_local_storage(workdir):
+    r = run_scenario("spread", workdir)
+    head, worker = r["nodes"]["head"], r["nodes"]["worker"]
+
+    # the checks see both machines (127.0.0.1 and 127.0.0.2) and refuse local storage and tracking, each
+    assert r["node_count"] == 2
+    assert "2 nodes" in r["local_refused"]
+    assert "--storage-path" in r["local_refused"] and "is local to this machine" in r["local_refused"]
+    assert "--tracking-uri" in r["local_refused"] and "local file/SQLite MLflow store" in r["local_refused"]
+
+    # four trials, all finished, on both nodes
+    trials = r["trials"]
+    assert len(trials) == 4 and all(t["status"] == "TERMINATED" for t in trials)
+    used = {node for t in trials for node in t["node_ids"]}
+    assert used == {head, worker}
+
+    # the model folder was copied once per node (not per trial), each trial read its node's copy
+    assert all(t["staged_ok"] == 1.0 for t in trials)
+    assert {t["stage_root"] for t in trials} == {str(workdir / "stage-head"), str(workdir / "stage-worker")}
+    assert len(r["staged_log"]["head"]) == 1 and len(r["staged_log"]["worker"]) == 1
+
+
+def test_losing_the_worker_node_loses_no_trial(workdir):
+    r = run_scenario("kill", workdir)
+    head, worker = r["nodes"]["head"], r["nodes"]["worker"]
+    assert "kill_timeout" not in r, "the worker never reported progress"
+    assert r["killed_after_step"] >= 3
+    assert r["alive_nodes"] == 1  # the worker node is really gone
+
+    trials = {t["trial"]: t for t in r["trials"]}
+    assert len(trials) == 2, "a trial was lost"
+    assert all(t["status"] == "TERMINATED" and t["final_step"] == KILL_STEPS for t in trials.values())
+
+    killed = trials[r["killed_trial"]]
+    (first_step, first_node), *restarts = killed["runs"]
+    assert (first_step, first_node) == (1, worker)
+    assert restarts, "the killed trial never restarted"
+    # resumed from its checkpoint on the surviving node, not from scratch
+    assert all(node == head and step > r["killed_after_step"] >= 3 for step, node in restarts)
+    other = next(t for name, t in trials.items() if name != r["killed_trial"])
+    assert other["runs"] == [[1, head]]
