@@ -6,6 +6,12 @@ Works for every method after selection / growth: only the surviving modules go i
 ``peft``'s ``lora_alpha / r_i`` reproduces it. The task head is saved through ``modules_to_save``.
 Load with ``PeftModel.from_pretrained(base_model, out_dir)``.
 
+What each module contributes comes from ``method.export_factors()`` (``ΔW x = c · B' A x``): ROLoRA
+folds its rank gates ``g`` into ``B'`` and leaves out pruned (``g_j = 0``) components; AdaLoRA (peft)
+folds ``E`` and ``α / ranknum`` and keeps its unmasked triplets, so both export per-module ranks;
+LoRA-drop writes its shared adapter out once per module that uses it, so the export is plain LoRA.
+Full fine-tuning has no adapter: :func:`export_method` saves the whole model with ``save_pretrained``.
+
 The directory is written by peft itself (``save_pretrained``), so its layout is whatever the
 installed peft reads. This builds the peft model on a deep copy of the base, so exporting briefly
 needs a second copy of the model in memory. A ``wlora_adapter.json`` sidecar records the method, selection and ranks.
@@ -21,6 +27,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from wlora.core.controller import Controller
@@ -41,13 +48,20 @@ def infer_task_type(model: nn.Module) -> TaskType | None:
 
 
 def _unwrapped_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with every adapter replaced by its base linear."""
+    """A deep copy of ``model`` with every adapter (ours or a peft tuner layer) replaced by its base linear."""
     clone = copy.deepcopy(model)
     for name, module in list(clone.named_modules()):
         if isinstance(module, LoRALinear):
-            parent_name, _, child = name.rpartition(".")
-            parent = clone.get_submodule(parent_name) if parent_name else clone
-            setattr(parent, child, module.base)
+            base = module.base
+        elif isinstance(module, BaseTunerLayer):  # peft-injected (AdaLoRA's SVDLinear)
+            base = module.get_base_layer()
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = clone.get_submodule(parent_name) if parent_name else clone
+        setattr(parent, child, base)
+    if "peft_config" in vars(clone):  # left on the model by an in-place peft tuner
+        del clone.peft_config
     return clone
 
 
@@ -76,19 +90,26 @@ def export_peft_adapter(
         ``out_dir`` as a Path.
     """
     out = Path(out_dir)
-    layers = method.layers
-    if not layers:
+    if method.export_kind != "peft_lora":
+        raise ValueError(
+            f"method {method.slug!r} has no adapter to export as PEFT LoRA; use export_method "
+            f"(it saves the whole model with save_pretrained)"
+        )
+    # Per module (A, B', c) with ΔW x = c·B'A x (gates, AdaLoRA's singular values and scales folded;
+    # LoRA-drop's shared adapter once per module that uses it).
+    factors = {n: f for n, f in method.export_factors().items() if f[0].shape[0] > 0}
+    if not factors:
         raise ValueError("the method has no active adapter to export")
     cfg = method.config
     if task_type == "auto":
         task_type = infer_task_type(model)
     # rank_pattern keys are regexes in peft; escape the full module names so each matches one module.
-    rank_pattern = {re.escape(n): layer.r for n, layer in layers.items()}
+    rank_pattern = {re.escape(n): int(f[0].shape[0]) for n, f in factors.items()}
     peft_cfg = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=list(layers),
+        target_modules=list(factors),
         rank_pattern=rank_pattern,
         modules_to_save=list(method.head_names) or None,
         task_type=task_type,
@@ -97,15 +118,14 @@ def export_peft_adapter(
     )
     peft_model = get_peft_model(_unwrapped_copy(model), peft_cfg)
     inner = peft_model.base_model.model
-    for name, layer in layers.items():
+    for name, (lora_A, lora_B, effective) in factors.items():
         target = inner.get_submodule(name)
         peft_scale = target.scaling["default"]
-        if target.r["default"] != layer.r:
-            raise RuntimeError(f"peft gave {name} rank {target.r['default']}, expected {layer.r}")
+        if target.r["default"] != lora_A.shape[0]:
+            raise RuntimeError(f"peft gave {name} rank {target.r['default']}, expected {lora_A.shape[0]}")
         # Fold our effective scale (incl. a frozen gate) into B: peft computes scaling · B A x.
-        effective = layer.scaling * (float(layer.gate) if layer.gate is not None else 1.0)
-        target.lora_A["default"].weight.copy_(layer.lora_A)
-        target.lora_B["default"].weight.copy_(layer.lora_B * (effective / peft_scale))
+        target.lora_A["default"].weight.copy_(lora_A)
+        target.lora_B["default"].weight.copy_(lora_B * (effective / peft_scale))
     for head in method.head_names:
         wrapper = inner.get_submodule(head)
         wrapper.modules_to_save["default"].load_state_dict(model.get_submodule(head).state_dict())
@@ -119,3 +139,33 @@ def export_peft_adapter(
     }
     (out / "wlora_adapter.json").write_text(json.dumps(meta, indent=2, default=str))
     return out
+
+
+@torch.no_grad()
+def export_full_model(
+    model: nn.Module, method: Controller, out_dir: str | Path, *, extra_metadata: dict[str, Any] | None = None
+) -> Path:
+    """Save the whole fine-tuned model with ``save_pretrained`` (full fine-tuning has no adapter).
+
+    Loads with ``AutoModelFor….from_pretrained(out_dir)``; a ``wlora_adapter.json`` sidecar records
+    the method and its report like the adapter exports.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    meta = {
+        "method": method.slug,
+        "config": method.config.to_dict(),
+        "report": method.report(),
+        **(extra_metadata or {}),
+    }
+    (out / "wlora_adapter.json").write_text(json.dumps(meta, indent=2, default=str))
+    return out
+
+
+def export_method(model: nn.Module, method: Controller, out_dir: str | Path, **kwargs: Any) -> Path:
+    """Export any method the way it supports: a PEFT LoRA adapter (:func:`export_peft_adapter`) for
+    every adapter method, the whole model (:func:`export_full_model`) for ``full``."""
+    if method.export_kind == "full_model":
+        return export_full_model(model, method, out_dir, extra_metadata=kwargs.get("extra_metadata"))
+    return export_peft_adapter(model, method, out_dir, **kwargs)

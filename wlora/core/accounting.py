@@ -18,9 +18,10 @@ def count_parameters(model: nn.Module, head_names: list[str] | tuple[str, ...] =
     lora_ids: dict[int, str] = {}
     for m in model.modules():
         if isinstance(m, LoRALinear):
+            # Gates: WeightLoRA's scalar ω, ROLoRA's per-rank vector g (any adapter tensor but A, B).
+            for p in m.adapter_parameters():
+                lora_ids[id(p)] = "gate"
             lora_ids[id(m.lora_A)] = lora_ids[id(m.lora_B)] = "adapter"
-            if m.gate is not None:
-                lora_ids[id(m.gate)] = "gate"
     base_model = 0
     for p in model.parameters():
         if id(p) not in lora_ids:

@@ -19,7 +19,52 @@ def _require(cond: bool, msg: str) -> None:
 
 
 @dataclass(frozen=True)
-class AdapterConfig:
+class MethodConfig:
+    """Base of every method config: ``from_dict`` (unknown keys raise) and ``to_dict``.
+
+    Methods without adapters (``full``) derive from this directly; the LoRA-style ones from
+    :class:`AdapterConfig`.
+    """
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Self:
+        """Build from a plain dict (CLI / Tune); unknown keys raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_run_field(config: Any, name: str) -> None:
+    """A run field (filled in by the training runner, see ``wlora.registry.RUN_FIELDS``) may be None
+    until the run is sized; otherwise it must be a positive integer."""
+    v = getattr(config, name)
+    _require(
+        v is None or (_is_int(v) and v > 0),
+        f"`{name}` must be a positive integer (or None until the training runner fills it in), got {v!r}",
+    )
+
+
+def require_run_field(config: Any, name: str) -> int:
+    """The value of a run field; ``ValueError`` naming it when it was never filled in."""
+    v = getattr(config, name)
+    _require(
+        v is not None,
+        f"{type(config).__name__} needs `{name}` (the training runner fills it in from the run's schedule); got None",
+    )
+    return v
+
+
+@dataclass(frozen=True)
+class AdapterConfig(MethodConfig):
     """Fields every LoRA-style method shares (peft names where peft has one)."""
 
     r: int = 8
@@ -52,18 +97,6 @@ class AdapterConfig:
             tm is None or isinstance(tm, str) or (len(tm) > 0 and all(isinstance(t, str) for t in tm)),
             f"`target_modules` must be None, a string or a non-empty list of names, got {tm!r}",
         )
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Self:
-        """Build from a plain dict (CLI / Tune); unknown keys raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(names)}")
-        return cls(**dict(values))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

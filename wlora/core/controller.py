@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from wlora.core.config import AdapterConfig
+from wlora.core.config import MethodConfig
 from wlora.core.inject import find_targets, freeze_base, head_module_names, inject_adapters, remove_adapter
 from wlora.core.layer import LoRALinear
 from wlora.core.optim import remove_params
@@ -35,32 +35,54 @@ from wlora.core.optim import remove_params
 class Controller:
     """Injects adapters into ``model`` (in place) and drives the method during training.
 
-    Subclasses set ``slug`` and ``uses_gates`` and override the hooks they need.
+    Subclasses set ``slug`` and ``uses_gates`` (and ``layer_cls`` for their own adapter layer) and
+    override the hooks they need. A method that builds its adapters itself (peft's AdaLoRA) or has
+    none (full fine-tuning) passes ``inject=False``: ``layers`` starts empty and nothing is frozen.
     """
 
     slug: ClassVar[str] = ""
     uses_gates: ClassVar[bool] = False
+    #: The adapter layer class :func:`~wlora.core.inject.inject_adapters` wraps targets in.
+    layer_cls: ClassVar[type[LoRALinear]] = LoRALinear
+    #: How ``wlora.export.export_method`` saves the result: "peft_lora" (a PEFT LoRA adapter built
+    #: from :meth:`export_factors`) or "full_model" (``save_pretrained`` of the whole model).
+    export_kind: ClassVar[str] = "peft_lora"
 
-    def __init__(self, model: nn.Module, config: AdapterConfig):
+    def __init__(self, model: nn.Module, config: MethodConfig, *, inject: bool = True):
         self.model = model
         self.config = config
-        #: The n originally targeted module names, in model order (fixed for the run).
-        self.target_names: list[str] = find_targets(model, config.target_modules)
-        self.head_names: list[str] = head_module_names(model, config.head_modules)
-        self.layers: dict[str, LoRALinear] = inject_adapters(
-            model,
-            self.target_names,
-            r=config.r,
-            alpha=config.alpha,
-            dropout=config.dropout,
-            gate=self.uses_gates,
+        #: The n originally targeted module names, in model order (fixed for the run); none for a
+        #: config without ``target_modules`` (full fine-tuning).
+        self.target_names: list[str] = (
+            find_targets(model, config.target_modules) if hasattr(config, "target_modules") else []
         )
-        freeze_base(model, self.head_names)
+        self.head_names: list[str] = head_module_names(model, getattr(config, "head_modules", None))
+        self.layers: dict[str, LoRALinear] = {}
+        if inject:
+            self.layers = inject_adapters(
+                model,
+                self.target_names,
+                r=config.r,
+                alpha=config.alpha,
+                dropout=config.dropout,
+                gate=self.uses_gates,
+                layer_cls=self.layer_cls,
+            )
+            freeze_base(model, self.head_names)
         # A private RNG for any randomness a method needs mid-run (growth init, random selection),
         # seeded from the global RNG so the run seed decides it; its state is checkpointed.
-        self.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+        self.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), device="cpu").item()))
 
     # ----- sizes -----
+
+    @property
+    def forward_model(self) -> nn.Module:
+        """The module the training loop calls for the loss (``forward_model(**batch).loss``).
+
+        ``self.model`` for every method except peft-wrapped ones (AdaLoRA: its ``AdaLoraModel``, whose
+        forward adds the orthogonal regulariser). Weights and checkpoints always go through ``self.model``.
+        """
+        return self.model
 
     @property
     def n_adapters(self) -> int:
@@ -102,12 +124,21 @@ class Controller:
         """Physically remove adapters: module back to its base linear, params and optimizer state gone."""
         for name in names:
             layer = self.layers.pop(name)
-            params = [layer.lora_A, layer.lora_B] + ([layer.gate] if layer.gate is not None else [])
+            params = layer.adapter_parameters()
             if optimizer is not None:
                 remove_params(optimizer, params)
             for p in params:
                 p.grad = None
             remove_adapter(self.model, name)
+
+    # ----- export -----
+
+    def export_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+        """Per module ``(A, B', c)`` with ``ΔW x = c · B' A x``: what a PEFT LoRA export must reproduce.
+
+        Modules missing from the dict get no adapter in the export (their ΔW is zero or removed).
+        """
+        return {name: layer.effective_factors() for name, layer in self.layers.items()}
 
     # ----- state -----
 

@@ -137,12 +137,14 @@ def inject_adapters(
     alpha: float,
     dropout: float,
     gate: bool = False,
+    layer_cls: type[LoRALinear] = LoRALinear,
 ) -> dict[str, LoRALinear]:
-    """Wrap each named linear in a :class:`LoRALinear`, in place. Returns ``{name: layer}`` in order."""
+    """Wrap each named linear in a :class:`LoRALinear` (or the subclass ``layer_cls``), in place.
+    Returns ``{name: layer}`` in order."""
     layers: dict[str, LoRALinear] = {}
     for name in names:
         parent, child = _parent(model, name)
-        layer = LoRALinear(getattr(parent, child), r=r, alpha=alpha, dropout=dropout, gate=gate)
+        layer = layer_cls(getattr(parent, child), r=r, alpha=alpha, dropout=dropout, gate=gate)
         setattr(parent, child, layer)
         layers[name] = layer
     return layers
@@ -164,10 +166,8 @@ def freeze_base(model: nn.Module, trainable_heads: Sequence[str]) -> None:
         p.requires_grad_(False)
     for m in model.modules():
         if isinstance(m, LoRALinear):
-            m.lora_A.requires_grad_(True)
-            m.lora_B.requires_grad_(True)
-            if m.gate is not None:
-                m.gate.requires_grad_(True)
+            for p in m.adapter_parameters():
+                p.requires_grad_(True)
     for h in trainable_heads:
         for p in model.get_submodule(h).parameters():
             p.requires_grad_(True)

@@ -63,6 +63,15 @@ class LoRALinear(nn.Module):
         """Parameters in A and B: ``r · (d_in + d_out)``."""
         return self.r * (self.in_features + self.out_features)
 
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """The adapter's own tensors (A, B and, if present, the gate); subclasses add theirs."""
+        return [self.lora_A, self.lora_B] + ([self.gate] if self.gate is not None else [])
+
+    def effective_factors(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(A, B', c)`` with ``ΔW x = c · B' (A x)`` — what a plain LoRA export has to reproduce."""
+        scale = self.scaling * (float(self.gate) if self.gate is not None else 1.0)
+        return self.lora_A.detach(), self.lora_B.detach(), scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
         h = self.lora_dropout(x.to(self.lora_A.dtype))

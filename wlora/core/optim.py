@@ -61,3 +61,53 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held by the optimizer's per-parameter state tensors."""
     opt = unwrap_optimizer(optimizer)
     return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+
+
+def set_params(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> None:
+    """Make the optimizer's single param group hold exactly ``params``, in this order.
+
+    Tensors it already tracked keep their state, dropped ones lose it, new ones start fresh. The
+    order matters: a checkpointed optimizer maps state by position, so a method that swaps its
+    adapters mid-run sets the same order its ``optimizer_params()`` gives a freshly built one.
+    """
+    opt = unwrap_optimizer(optimizer)
+    if len(opt.param_groups) != 1:
+        raise ValueError(f"set_params expects one param group, the optimizer has {len(opt.param_groups)}")
+    new = list(params)
+    keep = {id(p) for p in new}
+    for p in opt.param_groups[0]["params"]:
+        if id(p) not in keep:
+            opt.state.pop(p, None)
+    opt.param_groups[0]["params"] = new
+
+
+def reset_state(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> None:
+    """Forget the optimizer state of ``params`` (they restart like freshly added tensors)."""
+    opt = unwrap_optimizer(optimizer)
+    for p in params:
+        opt.state.pop(p, None)
+
+
+def reindex_param_(
+    param: nn.Parameter,
+    new_value: torch.Tensor,
+    dim: int,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """Give ``param`` a new value (any size along ``dim``), carrying optimizer moments by index.
+
+    Moment slices ``src`` (old positions along ``dim``) move to ``dst`` (new positions); every other
+    new position starts at zero. Used when components are both dropped and added (ROLoRA's extend).
+    """
+    if optimizer is not None:
+        state = unwrap_optimizer(optimizer).state.get(param)
+        if state:
+            for key, val in list(state.items()):
+                if torch.is_tensor(val) and val.shape == param.shape and val.dim() > 0:
+                    moved = torch.zeros(new_value.shape, dtype=val.dtype, device=val.device)
+                    moved.index_copy_(dim, dst.to(val.device), val.index_select(dim, src.to(val.device)))
+                    state[key] = moved
+    param.grad = None
+    param.data = new_value.to(dtype=param.dtype, device=param.device)
