@@ -9,15 +9,15 @@ at its end; the CLI does the same for any finished (or running) sweep.
 What is read (the sweep's MLflow schema): the parent run (tag ``wlora.role=sweep``) and its children
 (tag ``mlflow.parentRunId``): trials (``wlora.role=trial``; tags ``method``, ``task``, ``status``,
 ``seed``; metrics ``eval_main`` (the GLUE task score, higher is better), ``eval_<metric>``,
-``train_loss``, ``epoch`` by optimizer step, final ``trainable_params`` / ``trainable_pct`` /
-``active_adapters``; artifact ``selection.json``) and seed re-runs (``wlora.role=seed_run``).
+``train_loss``, ``epoch``, ``trainable_params`` … by optimizer step, ``final_trainable_params`` /
+``final_trainable_pct`` / ``final_active_adapters`` once at the end; artifact ``selection.json``) and
+seed re-runs (``wlora.role=seed_run``).
 
 What is written to ``out_dir`` and logged under the parent run's ``report/`` artifacts:
 
 * ``table.md`` / ``table.csv`` — method × task, main metric (mean ± std over seed re-runs when there
   are any, else the best trial), ``# Params`` (trainable share) and the average column, as in the
   WeightLoRA paper's Tables 1/2; ``table_long.csv`` has every cell with its run ids and settings.
-  The two table files are also logged as ``results/table.md`` and ``results/table.csv``.
 * ``pareto.png`` (+ ``pareto.json``) — task metric vs trainable parameters, one point per trial,
   the non-dominated front highlighted; one panel per task.
 * ``selection_<task>_<method>.png`` (+ ``.json``) — per best WeightLoRA(+) / random-select /
@@ -119,6 +119,12 @@ class RunInfo:
     start_ms: int | None
     end_ms: int | None
     artifacts: list[str] = field(default_factory=list)
+
+    def final(self, key: str) -> float | None:
+        """A metric's value at the end of the run: ``final_<key>`` (logged once when the trial ends)
+        if present, else the last logged ``<key>``."""
+        v = self.metrics.get(f"final_{key}", self.metrics.get(key))
+        return None if v is None or not math.isfinite(v) else float(v)
 
     @property
     def main(self) -> float | None:
@@ -233,7 +239,7 @@ def table_cells(children: Sequence[RunInfo]) -> list[dict[str, Any]]:
             if len(vals) == len(runs):
                 rec[f"{name}_mean"], rec[f"{name}_std"] = _mean_std(vals)
         for m in ("trainable_params", "trainable_pct", "active_adapters"):
-            vals = [r.metrics[m] for r in runs if m in r.metrics]
+            vals = [v for r in runs if (v := r.final(m)) is not None]
             rec[m] = float(np.mean(vals)) if vals else None
         src = best.get(key, runs[0])
         for p in ("r", "k", "k_fraction", "lr", "t", "lr_w", "warmup_steps"):
@@ -357,7 +363,7 @@ def _method_colors(methods: Iterable[str]) -> dict[str, Any]:
 
 def plot_pareto(trials: Sequence[RunInfo], path: Path) -> dict[str, Any]:
     """Metric vs trainable params, one point per trial (hollow = ASHA-stopped), front as a line."""
-    pts = [t for t in trials if t.role == "trial" and t.main is not None and "trainable_params" in t.metrics]
+    pts = [t for t in trials if t.role == "trial" and t.main is not None and t.final("trainable_params") is not None]
     pts = [t for t in pts if t.status in STATUS_OK]
     tasks = _ordered({t.task for t in pts}, list(TASKS), key=task_key)
     colors = _method_colors({t.method for t in pts})
@@ -367,7 +373,7 @@ def plot_pareto(trials: Sequence[RunInfo], path: Path) -> dict[str, Any]:
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False)
     for ax, task in zip(axes.flat, tasks, strict=False):
         tp = [t for t in pts if t.task == task]
-        xy = [(t.metrics["trainable_params"], t.main) for t in tp]
+        xy = [(t.final("trainable_params"), t.main) for t in tp]
         front = pareto_front(xy)
         for m in _ordered({t.method for t in tp}, list(METHODS)):
             for stopped in (False, True):
@@ -572,14 +578,17 @@ def sweep_cost(parent: Any, children: Sequence[RunInfo]) -> dict[str, Any]:
     for t in trials:
         status[t.status] += 1
     spent = sum(t.metrics.get("epoch", 0.0) for t in trials)
-    max_epochs = None
+    # A trial's full budget: what the completed trials ran (``--max-steps`` may cut the epochs the
+    # sweep's settings name), else the settings' epochs, else the longest trial.
+    max_epochs = max((t.metrics.get("epoch", 0.0) for t in trials if t.status == "completed"), default=0.0)
     for key in _EPOCH_PARAMS:
+        if max_epochs:
+            break
         try:
             max_epochs = float(parent.data.params[key])
-            break
         except (KeyError, ValueError):
             continue
-    if max_epochs is None:
+    if not max_epochs:
         max_epochs = max((t.metrics.get("epoch", 0.0) for t in trials), default=0.0)
     full = len(trials) * max_epochs
     start, end = parent.info.start_time, parent.info.end_time or int(time.time() * 1000)
@@ -628,7 +637,7 @@ def _cost_md(c: dict[str, Any]) -> str:
 
 def build_report(tracking_uri: str, parent_run_id: str, out_dir: str | Path) -> dict[str, Any]:
     """Build every table and plot of a sweep from its MLflow parent run; write them to ``out_dir`` and
-    log them as artifacts of the parent run (``report/…``, plus ``results/table.{md,csv}``).
+    log them as artifacts of the parent run under ``report/``.
 
     Returns ``{"table_md", "table_csv", "table_long_csv", "pareto", "cost", "report_md": Path,
     "selection": [Path], "curves": [Path], "meta": dict}`` (``meta`` = point / cell / line counts).
@@ -730,9 +739,8 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: str | Path) -> 
     paths["report_md"].write_text("\n".join(page))
 
     # 7) log to the parent run
+    # (``results/`` belongs to the sweep's own table; the report never overwrites it.)
     client.log_artifacts(parent_run_id, str(out), artifact_path="report")
-    client.log_artifact(parent_run_id, str(table_md), artifact_path="results")
-    client.log_artifact(parent_run_id, str(out / "table.csv"), artifact_path="results")
     paths["meta"] = meta
     return paths
 
@@ -746,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = args.out or f"runs/report-{args.run_id[:8]}"
     paths = build_report(args.tracking_uri, args.run_id, out)
     print(Path(paths["table_md"]).read_text())
-    print(f"report written to {out} and logged to run {args.run_id} (artifacts report/, results/)")
+    print(f"report written to {out} and logged to run {args.run_id} (artifacts report/)")
     return paths
 
 
