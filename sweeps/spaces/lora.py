@@ -1,0 +1,5 @@
+"""LoRA: lr, warm-up, rank."""
+
+from sweeps.spaces.common import ADAPTER
+
+SPACE = dict(ADAPTER)

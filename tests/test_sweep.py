@@ -1,0 +1,239 @@
+"""Sweep layer without a Ray cluster: spaces, overrides, input validation, the ASHA → Optuna hand-off.
+
+The ASHA/Optuna test drives the real ``LedgerASHAScheduler`` and ``PrunedAwareOptunaSearch`` with
+real Tune ``Trial`` objects, exactly as Tune's controller calls them; the end-to-end sweep tests
+(``test_sweep_ray.py``) check the same property on a real sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from sweeps import spaces as sp
+from sweeps.common import InputError, build_parser, plan_sweep
+from sweeps.glue_sweep import DEFAULTS
+from sweeps.search import EarlyStopLedger, LedgerASHAScheduler, PrunedAwareOptunaSearch, make_searcher
+from sweeps.table import render_markdown, table_rows
+from trainables import FINAL_KEY, get_trainable, trial_config
+from wlora.registry import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_SLUGS = ["lora", "weightlora", "weightlora_plus", "random_select", "lora_drop", "rolora", "adalora", "full"]
+
+
+# ----- spaces -----
+
+
+@pytest.mark.parametrize("slug", ALL_SLUGS)
+def test_space_module_per_method(slug):
+    space = sp.get_space(slug)
+    assert {"lr", "warmup_steps"} <= set(space)
+    lr = space["lr"]
+    assert (lr.lower, lr.upper) == (1e-6, 5e-3)
+    assert list(space["warmup_steps"].categories) == [0, 20, 50, 70, 100, 200]
+    if sp.rank_key(slug) is not None:
+        assert list(space[sp.rank_key(slug)].categories) == [1, 2, 4, 8, 16]
+
+
+@pytest.mark.parametrize("slug", sorted(METHODS))
+def test_space_keys_are_config_fields(slug):
+    """Every key of every registered method's space is a TrainConfig or method-config field."""
+    from wlora.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(METHODS[slug].config_cls)} | set(TrainConfig.field_names())
+    assert set(sp.get_space(slug)) <= fields, set(sp.get_space(slug)) - fields
+
+
+def test_every_registered_method_has_a_space_and_trainable():
+    for slug in METHODS:
+        assert importlib.util.find_spec(f"sweeps.spaces.{slug}") is not None
+        assert get_trainable(slug).__name__ == f"train_{slug}"
+    with pytest.raises(ValueError, match="unknown method"):
+        get_trainable("nope")
+
+
+def test_override_syntax():
+    space = sp.with_overrides(
+        sp.get_space("weightlora"),
+        space_overrides={"lr": "loguniform:1e-5:1e-3", "t": "choice:5,10", "warmup_steps": "grid:0,20"},
+        fixed={"lr_w": "2.5", "k": 4},
+    )
+    assert (space["lr"].lower, space["lr"].upper) == (1e-5, 1e-3)
+    assert list(space["t"].categories) == [5, 10]
+    assert space["warmup_steps"] == {"grid_search": [0, 20]}
+    assert space["lr_w"] == 2.5 and space["k"] == 4
+    assert sp.parse_value("1e-4") == 1e-4 and sp.parse_value("none") is None and sp.parse_value("qr") == "qr"
+    with pytest.raises(ValueError, match="bad search-space spec"):
+        sp.parse_domain("loguniform:1e-5")
+
+
+def test_trial_config_rejects_unknown_keys():
+    cfg = trial_config({"task": "rte", "lr": 1e-3, "r": 4, "k_fraction": 0.25, "t": 5}, "weightlora")
+    assert cfg.method == "weightlora" and cfg.method_config["k_fraction"] == 0.25
+    with pytest.raises(ValueError, match="lr_ww"):
+        trial_config({"task": "rte", "lr_ww": 1.0}, "weightlora")
+    with pytest.raises(ValueError, match="got config for method"):
+        trial_config({"task": "rte", "method": "lora"}, "weightlora")
+
+
+# ----- ASHA-stopped trials reach Optuna as PRUNED -----
+
+
+def _trial(config):
+    t = Trial("train_lora", config=config, stub=True)
+    return t
+
+
+def test_asha_stopped_trials_are_pruned_in_optuna():
+    ledger = EarlyStopLedger("test-asha-optuna")
+    space = {"lr": tune.loguniform(1e-5, 1e-2)}
+    searcher = PrunedAwareOptunaSearch(
+        space=None, metric="eval_main", mode="max", ledger=ledger, seed=0, sampler=optuna.samplers.TPESampler(seed=0)
+    )
+    searcher.set_search_properties("eval_main", "max", space)
+    sched = LedgerASHAScheduler(
+        ledger, time_attr="training_iteration", metric="eval_main", mode="max", max_t=4, grace_period=1,
+        reduction_factor=2, stop_last_trials=False,
+    )  # fmt: skip
+    trials = {}
+    for tid in ("good", "bad"):
+        cfg = searcher.suggest(tid)
+        t = _trial(cfg)
+        t.trial_id = tid
+        trials[tid] = t
+        sched.on_trial_add(None, t)
+
+    def result(it, value, final=False):
+        r = {"training_iteration": it, "eval_main": value}
+        if final:
+            r[FINAL_KEY] = 1.0
+        return r
+
+    # "good" runs to the end (4 evaluations + the summary report).
+    for it in range(1, 5):
+        r = result(it, 0.5 + 0.1 * it)
+        assert sched.on_trial_result(None, trials["good"], r) == TrialScheduler.CONTINUE
+        searcher.on_trial_result("good", r)
+    summary = result(5, 0.9, final=True)
+    assert sched.on_trial_result(None, trials["good"], summary) == TrialScheduler.CONTINUE
+    searcher.on_trial_complete("good", result=summary)
+    # "bad" falls below the rung-1 cutoff: ASHA stops it; Tune then calls on_trial_complete with its
+    # last (low-fidelity) result — which plain OptunaSearch would record as a COMPLETE value 0.1.
+    r = result(1, 0.1)
+    assert sched.on_trial_result(None, trials["bad"], r) == TrialScheduler.STOP
+    assert "bad" in ledger and "good" not in ledger
+    searcher.on_trial_complete("bad", result=r)
+
+    states = searcher.trial_states()
+    assert states == {"good": "COMPLETE", "bad": "PRUNED"}
+    study = searcher._ot_study
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.value for t in complete] == [0.9]  # only the full-budget value is a final value
+    # The ledger survives Tune's pickling of scheduler/searcher (experiment state, Tuner.restore).
+    import pickle
+
+    again = pickle.loads(pickle.dumps(sched))
+    assert "bad" in again.ledger
+    assert again.ledger.stopped is ledger.stopped
+
+
+def test_plain_optuna_search_would_record_stopped_trials_as_complete():
+    """The bias this module fixes, shown on Ray's own OptunaSearch (guards against Ray changing it)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = OptunaSearch(space={"lr": tune.loguniform(1e-5, 1e-2)}, metric="eval_main", mode="max", seed=0)
+    s.suggest("bad")
+    s.on_trial_complete("bad", result={"training_iteration": 1, "eval_main": 0.1})
+    assert s._ot_study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_make_searcher_kinds():
+    ledger = EarlyStopLedger("kinds")
+    for kind in ("optuna", "random", "grid"):
+        assert make_searcher(kind, ledger=ledger, seed=0, metric="eval_main", mode="max", max_concurrent=2)
+    with pytest.raises(ValueError):
+        make_searcher("bohb", ledger=ledger, seed=0, metric="eval_main", mode="max", max_concurrent=2)
+
+
+# ----- validation before any trial -----
+
+
+def _args(tmp_path, *extra):
+    parser = build_parser(DEFAULTS)
+    return parser.parse_args(["--storage-path", str(tmp_path / "runs"), *extra])
+
+
+@pytest.fixture
+def real_args(minilm_path, glue_dir, tmp_path):
+    base = ["--model", str(minilm_path), "--data-dir", str(Path(glue_dir).parent), "--max-steps", "4"]
+    base += ["--train-subset", "16", "--eval-subset", "16", "--max-length", "32"]
+    return lambda *extra: _args(tmp_path, *base, *extra)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--methods", "lora,nope"], "unknown method 'nope'"),
+        (["--tasks", "sst3"], "unknown task 'sst3'"),
+        (["--methods", "weightlora", "--set", "weightlora.k=25"], r"`k` must be in \[1, n_adapters=18\], got 25"),
+        (["--methods", "weightlora", "--space", "k=choice:2,40"], r"n_adapters=18\], got 40"),
+        (["--set", "lr_ww=3"], "lr_ww"),
+        (["--data-dir", "/nonexistent/wlora-data"], "is not a folder"),
+        (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
+        (["--ranks", "0"], "--ranks"),
+        (["--space", "lr=grid:1e-4,1e-3"], "need --search grid"),
+        (["--set", "foo.k=3"], "not a method slug"),
+    ],
+)
+def test_bad_input_fails_before_any_trial(real_args, extra, message):
+    with pytest.raises(InputError, match=message):
+        plan_sweep(real_args(*extra), DEFAULTS)
+
+
+def test_missing_task_files(real_args, tmp_path):
+    empty = tmp_path / "data"
+    (empty / "glue").mkdir(parents=True)
+    with pytest.raises(InputError, match="not found"):
+        plan_sweep(real_args("--data-dir", str(empty)), DEFAULTS)
+
+
+def test_plan_resolves_cells_and_planned_evals(real_args):
+    plan = plan_sweep(real_args("--tasks", "rte,sst2", "--methods", "lora,weightlora", "--ranks", "4,8"), DEFAULTS)
+    assert [c.name for c in plan.cells][:3] == ["rte-lora-r4", "rte-lora-r8", "rte-weightlora-r4"]
+    assert len(plan.cells) == 8
+    assert plan.fixed["rte-weightlora-r4"]["r"] == 4 and "r" not in plan.spaces["rte-weightlora-r4"]
+    assert plan.planned_evals["rte-lora-r4"] == 1  # 4 steps, evaluated at the end of the epoch/run
+    assert plan.assets["rte"].n_adapters == 18
+    assert plan.tracking_uri.startswith("sqlite:///") and str(plan.run_dir) in plan.tracking_uri
+
+
+def test_cli_exits_2_with_one_line(minilm_path, glue_dir, tmp_path):
+    cmd = [sys.executable, str(ROOT / "sweeps" / "glue_sweep.py"), "--methods", "lora,nope"]
+    cmd += ["--model", str(minilm_path), "--storage-path", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: unknown method 'nope'")
+
+
+def test_table_shape():
+    cells = {
+        "rte-lora-r8": {"task": "rte", "method": "lora", "rank": 8, "best_metric": 0.61, "params_pct": 0.49},
+        "sst2-lora-r8": {"task": "sst2", "method": "lora", "rank": 8, "best_metric": 0.80, "params_pct": 0.49},
+        "rte-weightlora-r8": {"task": "rte", "method": "weightlora", "rank": 8, "best_metric": 0.6},
+    }
+    seeds = {"rte-lora-r8": {"mean": 0.6, "std": 0.01, "n": 3}}
+    md = render_markdown(table_rows(cells, seeds))
+    lines = md.splitlines()
+    assert lines[0] == "| Method | r | Params % | rte | sst2 | Avg |"
+    assert lines[2] == "| lora | 8 | 0.490 | 60.0 ± 1.0 | 80.0 | 70.0 |"
+    assert lines[3] == "| weightlora | 8 | – | 60.0 | – | – |"
