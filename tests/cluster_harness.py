@@ -259,7 +259,118 @@ def scenario_kill(workdir: Path) -> dict[str, Any]:
     return out
 
 
-SCENARIOS = {"spread": scenario_spread, "kill": scenario_kill}
+# --- scenario: sweep (the real GLUE sweep, MiniLM; needs WLORA_MODEL / WLORA_DATA_DIR) --------------------------
+
+SWEEP_KILL_STEP = 4  # WeightLoRA's selection step T in the sweep below: the worker dies after it selected
+SWEEP_ARGV = [
+    "--tasks", "rte", "--methods", "weightlora", "--ranks", "4", "--num-samples", "2", "--search", "random",
+    "--no-asha", "--max-steps", "14", "--eval-every", "2", "--max-length", "32", "--batch-size", "8",
+    "--train-subset", "256", "--eval-subset", "32", "--set", "t=4", "--set", "k_fraction=0.25",
+    "--cpus-per-trial", "1", "--max-failures", "2", "--progress-interval", "600", "--name", "sweep",
+]  # fmt: skip
+
+
+class PidNodes:
+    """Which node ran a trial process: the parent of a Ray worker process is its node's raylet."""
+
+    def __init__(self, raylets: dict[int, str]):
+        self.raylets = raylets
+        self.seen: dict[int, str] = {}
+
+    def node_of(self, pid: int) -> str | None:
+        if pid not in self.seen:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                return None  # gone before we looked
+            ppid = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
+            self.seen[pid] = self.raylets.get(ppid, f"ppid {ppid}")
+        return self.seen[pid]
+
+
+def _sweep_rows(storage: Path) -> dict[str, list[dict[str, Any]]]:
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for path in storage.glob("**/result.json"):
+        for ln in path.read_text().splitlines():
+            try:
+                rows.setdefault(str(path.parent.relative_to(storage)), []).append(json.loads(ln))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def watch_sweep(cluster, worker, storage: Path, pids: PidNodes, stop: threading.Event, record: dict) -> None:
+    """Attribute every reported row to a node while its process lives; kill the worker node once one of its
+    trials reported step >= SWEEP_KILL_STEP with a checkpoint; keep attributing until ``stop``."""
+    killed = False
+    while not stop.is_set():
+        for trial, rows in _sweep_rows(storage).items():
+            for row in rows:
+                node = pids.node_of(row["pid"])
+                if (
+                    not killed
+                    and node == "worker"
+                    and row.get("step", 0) >= SWEEP_KILL_STEP
+                    and any((storage / trial).glob("checkpoint_*"))
+                ):
+                    record["killed_trial"] = trial
+                    record["killed_after_step"] = max(r.get("step", 0) for r in rows if pids.node_of(r["pid"]) == node)
+                    cluster.remove_node(worker, allow_graceful=False)
+                    killed = True
+        time.sleep(0.1)
+    record.setdefault("killed_trial", None)
+
+
+def scenario_sweep(workdir: Path) -> dict[str, Any]:
+    t0 = time.monotonic()
+    cluster, worker = start_cluster(workdir)
+    out: dict[str, Any] = {"start_s": time.monotonic() - t0}
+    import ray
+
+    from sweeps.common import build_parser, run_sweep
+    from sweeps.glue_sweep import DEFAULTS
+
+    ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False)
+    storage = workdir / "runs"
+    raylets = {
+        cluster.head_node.all_processes["raylet"][0].process.pid: "head",
+        worker.all_processes["raylet"][0].process.pid: "worker",
+    }
+    pids = PidNodes(raylets)
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_sweep, args=(cluster, worker, storage, pids, stop, out), daemon=True)
+    watcher.start()
+    args = build_parser(DEFAULTS).parse_args([*SWEEP_ARGV, "--storage-path", str(storage)])
+    t1 = time.monotonic()
+    try:
+        summary = run_sweep(args, DEFAULTS)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    out["sweep_s"] = time.monotonic() - t1
+    out["alive_nodes"] = sum(1 for n in ray.nodes() if n["Alive"])
+    out["cells"] = {
+        name: {k: cell.get(k) for k in ("n_trials", "n_completed", "n_failed", "n_asha_stopped")}
+        for name, cell in summary["cells"].items()
+    }
+    out["trials"] = {
+        trial: [
+            {
+                "node": pids.seen.get(r["pid"]),
+                "step": r.get("step"),
+                "active_adapters": r.get("active_adapters"),
+                "final": r.get("final"),
+            }
+            for r in rows
+        ]
+        for trial, rows in _sweep_rows(storage).items()
+    }
+    ray.shutdown()
+    cluster.shutdown()
+    return out
+
+
+SCENARIOS = {"spread": scenario_spread, "kill": scenario_kill, "sweep": scenario_sweep}
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_harness import KILL_STEPS, netns_command
+from tests.cluster_harness import KILL_STEPS, SWEEP_KILL_STEP, netns_command
 
 pytestmark = [pytest.mark.cluster, pytest.mark.subprocess]
 
@@ -31,7 +31,7 @@ def netns_available() -> bool:
     return probe.returncode == 0
 
 
-def run_scenario(name: str, workdir: Path, timeout_s: float = 240) -> dict:
+def run_scenario(name: str, workdir: Path, timeout_s: float = 300) -> dict:
     if not netns_available():
         pytest.skip("needs `unshare --net --pid` (root or user namespaces) and `ip`")
     proc = subprocess.run(
@@ -95,3 +95,33 @@ def test_losing_the_worker_node_loses_no_trial(workdir):
     assert all(node == head and step > r["killed_after_step"] >= 3 for step, node in restarts)
     other = next(t for name, t in trials.items() if name != r["killed_trial"])
     assert other["runs"] == [[1, head]]
+
+
+@pytest.mark.slow
+def test_glue_sweep_on_two_nodes_survives_losing_the_worker(workdir, minilm_path, glue_dir):
+    """The real sweep (MiniLM, RTE slice, WeightLoRA with selection at step 4) on two nodes; the worker node is
+    killed once one of its trials reported step >= 4 (after the selection). The sweep's WLORA_MODEL /
+    WLORA_DATA_DIR reach the harness through the environment (the fixtures only check they are set)."""
+    r = run_scenario("sweep", workdir)
+    assert r["killed_trial"], "no trial on the worker reached the kill step"
+    assert r["alive_nodes"] == 1
+    # every trial finished; none lost, none failed
+    (cell,) = r["cells"].values()
+    assert cell == {"n_trials": 2, "n_completed": 2, "n_failed": 0, "n_asha_stopped": 0}
+    assert len(r["trials"]) == 2
+
+    nodes = {row["node"] for rows in r["trials"].values() for row in rows}
+    assert nodes == {"head", "worker"}, "trials did not run on both nodes"
+
+    killed = r["trials"][r["killed_trial"]]
+    before = [row for row in killed if row["node"] == "worker"]
+    after = [row for row in killed if row["node"] == "head"]
+    assert before and after, killed
+    assert killed.index(after[0]) == len(before)  # worker first, then only the head
+    assert before[0]["step"] == 2 and max(row["step"] for row in before) >= SWEEP_KILL_STEP
+    # resumed from the last checkpoint, not from scratch: steps continue ...
+    assert after[0]["step"] == max(row["step"] for row in before) + 2
+    # ... and so does the method state: WeightLoRA's selection (18 adapters -> K) survived the restart
+    assert before[0]["active_adapters"] == 18
+    assert before[-1]["active_adapters"] == after[0]["active_adapters"] < 18
+    assert after[-1]["final"] == 1.0
