@@ -92,6 +92,9 @@ SELECTION_METHODS: dict[str, tuple[str, ...]] = {
 }
 FIELD_LABEL = {"selection_scores": "|ω| at selection", "gates": "|ω| (not yet selected)", "importance": "importance"}
 
+#: Methods that keep K of the n adapters: their row label gives K (from ``active_adapters``).
+K_METHODS = ("weightlora", "weightlora_plus", "random_select")
+
 STATUS_OK = ("completed", "asha_stopped", "running")
 
 
@@ -285,7 +288,9 @@ def build_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[s
         params = [c["trainable_params"] for c in row if c["trainable_params"] is not None]
         pcts = [c["trainable_pct"] for c in row if c["trainable_pct"] is not None]
         label = METHODS.get(m, m)
-        settings = [f"{p}={v}" for p in ("r", "k") if (v := _uniform(c[p] for c in row))]
+        settings = [f"{p}={v}" for p in ("r",) if (v := _uniform(c[p] for c in row))]
+        if m in K_METHODS and (k := _uniform(f"{c['active_adapters']:g}" for c in row if c["active_adapters"])):
+            settings.append(f"K={k}")  # adapters kept at the end (k or round(k_fraction · n))
         if settings:
             label += f" ({', '.join(settings)})"
         avgs[m] = float(np.mean([c["main_mean"] for c in row])) if len(row) == len(tasks) else None

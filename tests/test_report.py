@@ -119,6 +119,7 @@ def make_store(tmp: Path, sweep_name: str = "unit-sweep") -> dict:
                     {
                         "trainable_params": params_by_method[method] + trial,
                         "trainable_pct": params_by_method[method] / 22.7e6 * 100,
+                        "active_adapters": 18 if method == "lora" else 4,
                     },
                     artifact=sel,
                     tmp=tmp,
@@ -136,7 +137,8 @@ def make_store(tmp: Path, sweep_name: str = "unit-sweep") -> dict:
         _child(
             client, exp, parent, f"seed-weightlora-sst2-{s}",
             {"wlora.role": "seed_run", "method": "weightlora", "task": "sst2", "seed": str(s), "status": "completed"},
-            {"lr": "0.001", "r": "8", "k": "4"}, _curve(v, 3), {"trainable_params": 21000, "trainable_pct": 0.0925},
+            {"lr": "0.001", "r": "8", "k": "4"}, _curve(v, 3),
+            {"trainable_params": 21000, "trainable_pct": 0.0925, "active_adapters": 4},
         )  # fmt: skip
     client.set_terminated(parent)
     return {"uri": uri, "parent": parent, "client": client, "exp": exp, "expected": expected, "seed_vals": seed_vals}
@@ -202,7 +204,7 @@ def test_table_shape_values_and_mean_std(built):
     lines = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert lines[0] == "| Method | # Params | SST-2 Acc | MRPC Acc/F1 | Avg |"
     assert len(lines) == 2 + 4
-    wl = next(ln for ln in lines if ln.startswith("| WeightLoRA (r=8, k=4)"))
+    wl = next(ln for ln in lines if ln.startswith("| WeightLoRA (r=8, K=4)"))
     assert "0.8600±0.0200" in wl
     mrpc_cell = next(ln for ln in lines if ln.startswith("| LoRA")).split(" | ")[3]
     assert mrpc_cell == "0.8100/0.8600"  # accuracy / F1, as in the papers' MRPC column

@@ -1,0 +1,114 @@
+"""The report (and the MLflow UI) on the store of a real, small sweep: ``glue_sweep.py --smoke-test`` on the
+real MiniLM and RTE, run in a loopback-only network namespace (as the cluster tests run Ray)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps import report
+from tests.cluster_harness import netns_command
+from tests.test_report import assert_png
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = 2
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, minilm_path, glue_dir):
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs `unshare --net --pid` (root or user namespaces) and `ip`")
+    if subprocess.run(netns_command(["true"]), capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("needs `unshare --net --pid` (root or user namespaces) and `ip`")
+    storage = tmp_path_factory.mktemp("sweeps")
+    cmd = [sys.executable, str(ROOT / "sweeps" / "glue_sweep.py"), "--smoke-test", "--name", "rep"]
+    cmd += ["--storage-path", str(storage), "--model", str(minilm_path), "--data-dir", str(Path(glue_dir).parent)]
+    cmd += ["--num-samples", "3", "--seeds", str(SEEDS), "--progress-interval", "600"]
+    proc = subprocess.run(netns_command(cmd), capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    run_dir = storage / "rep"
+    state = json.loads((run_dir / "sweep_state.json").read_text())
+    assert state["finished"]
+    return {"run_dir": run_dir, "uri": state["tracking_uri"], "parent": state["parent_run_id"], "log": proc.stderr}
+
+
+@pytest.fixture(scope="module")
+def rebuilt(sweep, tmp_path_factory):
+    return report.build_report(sweep["uri"], sweep["parent"], tmp_path_factory.mktemp("report"))
+
+
+def test_sweep_wrote_the_report(sweep):
+    assert "build_report failed" not in sweep["log"]
+    out = sweep["run_dir"] / "report"
+    for name in ("table.md", "table.csv", "pareto.png", "curves_rte.png", "cost.json", "report.md"):
+        assert (out / name).is_file(), name
+    client = MlflowClient(sweep["uri"])
+    logged = {a.path for a in client.list_artifacts(sweep["parent"], "report")}
+    assert "report/table.md" in logged and "report/pareto.png" in logged
+
+
+def test_metric_names_line_up_across_methods(sweep):
+    """The compare view lines trials up by metric name: every trial of every method logs the same ones."""
+    client = MlflowClient(sweep["uri"])
+    parent = client.get_run(sweep["parent"])
+    kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep['parent']}'")
+    assert {r.data.tags["method"] for r in kids} == {"lora", "weightlora"}
+    need = {"eval_main", "eval_accuracy", "train_loss", "epoch", "trainable_params", "trainable_pct"}
+    for r in kids:
+        if r.data.tags["status"] != "failed":
+            assert need <= set(r.data.metrics), (r.data.tags["method"], sorted(r.data.metrics))
+
+
+def test_report_from_the_real_store(sweep, rebuilt):
+    client = MlflowClient(sweep["uri"])
+    parent = client.get_run(sweep["parent"])
+    kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep['parent']}'")
+    trials = [r for r in kids if r.data.tags["wlora.role"] == "trial" and r.data.tags["status"] != "failed"]
+    seed_runs = [r for r in kids if r.data.tags["wlora.role"] == "seed_run"]
+    assert len(seed_runs) == 2 * SEEDS
+
+    # table: one row per method, RTE + Avg, mean ± std over the seed re-runs
+    lines = [ln for ln in rebuilt["table_md"].read_text().splitlines() if ln.startswith("|")]
+    assert lines[0] == "| Method | # Params | RTE Acc | Avg |" and len(lines) == 4
+    assert "±" in lines[2] and "±" in lines[3]
+    long = rebuilt["table_long_csv"].read_text()
+    assert long.count("seed_runs") == 2
+
+    # Pareto: one point per (non-failed) trial
+    assert_png(rebuilt["pareto"])
+    assert rebuilt["meta"]["pareto"]["n_points"] == len(trials)
+
+    # selection heatmap of the best WeightLoRA trial: 6 layers × query/key/value, K cells starred
+    [sel] = rebuilt["selection"]
+    assert sel.name == "selection_rte_weightlora.png"
+    assert_png(sel)
+    cells = rebuilt["meta"]["selection"]["rte_weightlora"]
+    assert cells["n_cells"] == 18 and cells["modules"] == ["query", "key", "value"]
+    best = client.get_run(cells["run_id"])
+    assert sum(map(sum, cells["selected"])) == best.data.metrics["final_active_adapters"]
+
+    [curves] = rebuilt["curves"]
+    assert_png(curves)
+    assert set(rebuilt["meta"]["curves"]["rte"]) == {"lora", "weightlora"}
+    cost = rebuilt["meta"]["cost"]
+    assert cost["trials"] == 6 and cost["seed_runs"] == 2 * SEEDS and cost["trial_epochs_spent"] > 0
+
+
+@pytest.mark.ui
+def test_ui_lists_the_real_sweep(sweep):
+    from tests.test_ui import check_ui
+
+    client = MlflowClient(sweep["uri"])
+    parent = client.get_run(sweep["parent"])
+    kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep['parent']}'")
+    db = Path(sweep["uri"].removeprefix("sqlite:///"))
+    shot = sweep["run_dir"] / "ui" / "experiment.png"  # under the run folder
+    check_ui(db, parent.info.experiment_id, parent.info.run_name, [r.info.run_name for r in kids], shot)
