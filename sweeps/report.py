@@ -23,6 +23,7 @@ What is written to ``out_dir`` and logged under the parent run's ``report/`` art
 * ``selection_<task>_<method>.png`` (+ ``.json``) — per best WeightLoRA(+) / random-select /
   LoRA-drop / ROLoRA / AdaLoRA trial: layers × module type, colour = |ω| at selection, importance, or
   final rank; kept adapters starred (the paper's Figure 2, as a grid).
+* ``selection_overview.png`` — all of those grids side by side (methods × tasks).
 * ``curves_<task>.png`` — eval metric and training loss by optimizer step of the best trial per method.
 * ``cost.json`` / ``cost.md`` — trial-epochs spent, ASHA-stopped / failed trials, wall time, and what
   running every trial to the last epoch would have cost.
@@ -525,6 +526,41 @@ def plot_selection(g: dict[str, Any], title: str, path: Path) -> dict[str, Any]:
     }
 
 
+def plot_selection_overview(grids: dict[tuple[str, str], dict[str, Any]], path: Path) -> dict[str, Any]:
+    """All selection grids at a glance: one row per method, one column per task (each panel
+    normalised to its own maximum, kept adapters starred) — where each method puts its adapters."""
+    methods = _ordered({m for m, _ in grids}, list(METHODS))
+    tasks = _ordered({t for _, t in grids}, list(TASKS), key=task_key)
+    fig, axes = plt.subplots(
+        len(methods), len(tasks), figsize=(0.5 + 2.1 * len(tasks), 0.6 + 2.3 * len(methods)), squeeze=False
+    )
+    panels = 0
+    for i, m in enumerate(methods):
+        for j, t in enumerate(tasks):
+            ax = axes[i, j]
+            g = grids.get((m, t))
+            if g is None:
+                ax.axis("off")
+                continue
+            grid = np.nan_to_num(g["grid"])
+            top = grid.max() or 1.0
+            ax.imshow(grid / top, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            ys, xs = np.nonzero(g["selected"])
+            ax.scatter(xs, ys, marker="*", s=60, c="w", edgecolors="k", linewidths=0.5)
+            ax.set_xticks(range(len(g["modules"])), [c[:1] for c in g["modules"]], fontsize=7)
+            ax.set_yticks(range(len(g["layers"])), [str(x) for x in g["layers"]], fontsize=7)
+            if i == 0:
+                ax.set_title(TASKS.get(task_key(t), (t,))[0].split(" ")[0], fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{METHODS.get(m, m)}\nlayer", fontsize=8)
+            panels += 1
+    fig.suptitle("Adapters kept (★) by the best trials\ncolour: |ω| / importance / rank, per panel", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return {"methods": methods, "tasks": tasks, "panels": panels}
+
+
 def _download_json(client: MlflowClient, run_id: str, path: str, tmp: Path) -> dict[str, Any] | None:
     try:
         local = client.download_artifacts(run_id, path, str(tmp))
@@ -682,7 +718,8 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: str | Path) -> 
     meta["pareto"] = plot_pareto(trials, paths["pareto"])
     (out / "pareto.json").write_text(json.dumps(meta["pareto"], indent=1))
 
-    # 3) selection heatmaps of the best trials
+    # 3) selection heatmaps of the best trials (one file each, plus all of them side by side)
+    grids: dict[tuple[str, str], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for (method, task), run in sorted(best.items()):
             if method not in SELECTION_METHODS:
@@ -699,6 +736,10 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: str | Path) -> 
             (out / f"selection_{slug}.json").write_text(json.dumps(cells_meta, indent=1))
             paths["selection"].append(p)
             meta["selection"][slug] = cells_meta
+            grids[(method, task)] = g
+    if grids:
+        paths["selection_overview"] = out / "selection_overview.png"
+        meta["selection_overview"] = plot_selection_overview(grids, paths["selection_overview"])
 
     # 4) learning curves
     for task in _ordered({t for _, t in best}, list(TASKS), key=task_key):
@@ -730,6 +771,7 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: str | Path) -> 
         "",
         "## Adapter selection of the best trials",
         "",
+        *(["![selection overview](selection_overview.png)", ""] if "selection_overview" in paths else []),
         *[f"![{p.stem}]({p.name})" for p in paths["selection"]],
         "",
         "## Learning curves",

@@ -249,6 +249,13 @@ def test_selection_heatmaps_cells(built):
             assert v[s].min() >= v[~s].max()
 
 
+def test_selection_overview(built):
+    paths = built["paths"]
+    assert_png(paths["selection_overview"])
+    ov = paths["meta"]["selection_overview"]
+    assert ov == {"methods": ["random_select", "weightlora", "weightlora_plus"], "tasks": ["sst2", "mrpc"], "panels": 6}
+
+
 def test_curves_and_cost(built):
     paths = built["paths"]
     assert [p.name for p in paths["curves"]] == ["curves_sst2.png", "curves_mrpc.png"]
