@@ -98,6 +98,11 @@ def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _opt_int(text: str) -> int | None:
+    """An integer, or ``none`` for "not set" (e.g. ``--max-steps none`` trains by ``--max-epochs``)."""
+    return None if text.strip().lower() in ("none", "null", "") else int(text)
+
+
 def _kv(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -129,12 +134,16 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     g.add_argument("--model", default=os.environ.get("WLORA_MODEL", DEFAULT_MODEL), help="hub id or local folder")
     g.add_argument("--data-dir", default=os.environ.get("WLORA_DATA_DIR"), help="folder holding glue/, squad/, …")
     g.add_argument("--max-epochs", type=float, default=d.max_epochs)
-    g.add_argument("--max-steps", type=int, default=d.max_steps, help="overrides --max-epochs")
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations (default: epoch)")
+    g.add_argument(
+        "--max-steps", type=_opt_int, default=d.max_steps, help="overrides --max-epochs; none = train by epochs"
+    )
+    g.add_argument(
+        "--eval-every", type=_opt_int, default=d.eval_every, help="steps between evaluations; none = every epoch"
+    )
     g.add_argument("--max-length", type=int, default=d.max_length)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--train-subset", type=int, default=d.train_subset)
-    g.add_argument("--eval-subset", type=int, default=d.eval_subset)
+    g.add_argument("--train-subset", type=_opt_int, default=d.train_subset)
+    g.add_argument("--eval-subset", type=_opt_int, default=d.eval_subset)
     g = p.add_argument_group("where and how")
     g.add_argument("--name", default=None, help="run folder name (default <kind>-<timestamp>)")
     g.add_argument("--storage-path", default="runs", help="run folders go here (shared storage on a cluster)")
@@ -343,6 +352,7 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         "batch_size": args.batch_size,
         "train_subset": args.train_subset,
         "eval_subset": args.eval_subset,
+        "seed": 0,  # explicit, so every child run carries its seed (``--set seed=N`` / ``--seeds`` change it)
     }
 
     cells: list[Cell] = []
@@ -539,8 +549,9 @@ def _run_tuner(
         tuner = tune.Tuner.restore(
             str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=False, param_space=param_space
         )
-        searcher = tuner._local_tuner.get_tune_config().search_alg if tuner._local_tuner else None
-        return tuner.fit(), ledger, searcher
+        # The restored searcher (for its Optuna trial states); Tune keeps it on the internal tuner.
+        tune_config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+        return tuner.fit(), ledger, getattr(tune_config, "search_alg", None)
 
     multi = a.multi_objective and role == "trial"
     metric: Any = [OBJECTIVE, PARAMS_METRIC] if multi else OBJECTIVE

@@ -61,8 +61,9 @@ class LedgerASHAScheduler(ASHAScheduler):
         self.ledger = ledger
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if result.get(FINAL_KEY):
-            # The summary report after training: the run reached its full budget.
+        if result.get(FINAL_KEY) or result.get(self._time_attr, 0) >= self._max_t:
+            # The summary report after training, or the last evaluation: the run has spent its full
+            # budget, so its value is a final one — never "stop" it there.
             return TrialScheduler.CONTINUE
         action = super().on_trial_result(tune_controller, trial, result)
         if action == TrialScheduler.STOP:

@@ -134,11 +134,22 @@ def test_asha_stopped_trials_are_pruned_in_optuna():
     assert "bad" in ledger and "good" not in ledger
     searcher.on_trial_complete("bad", result=r)
 
+    # A trial that is behind at its LAST evaluation has spent its full budget: not stopped, not pruned.
+    late = _trial(searcher.suggest("late"))
+    late.trial_id = "late"
+    sched.on_trial_add(None, late)
+    for it in range(1, 5):
+        r = result(it, 0.95 if it < 4 else 0.2)
+        assert sched.on_trial_result(None, late, r) == TrialScheduler.CONTINUE
+        searcher.on_trial_result("late", r)
+    searcher.on_trial_complete("late", result=result(5, 0.2, final=True))
+    assert "late" not in ledger
+
     states = searcher.trial_states()
-    assert states == {"good": "COMPLETE", "bad": "PRUNED"}
+    assert states == {"good": "COMPLETE", "bad": "PRUNED", "late": "COMPLETE"}
     study = searcher._ot_study
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert [t.value for t in complete] == [0.9]  # only the full-budget value is a final value
+    assert [t.value for t in complete] == [0.9, 0.2]  # only full-budget values are final values
     # The ledger survives Tune's pickling of scheduler/searcher (experiment state, Tuner.restore).
     import pickle
 
@@ -237,3 +248,19 @@ def test_table_shape():
     assert lines[0] == "| Method | r | Params % | rte | sst2 | Avg |"
     assert lines[2] == "| lora | 8 | 0.490 | 60.0 ± 1.0 | 80.0 | 70.0 |"
     assert lines[3] == "| weightlora | 8 | – | 60.0 | – | – |"
+
+
+@pytest.mark.parametrize(
+    ("module", "task", "train_file"),
+    [("squad_sweep", "squad", "squad/dev-v1.1.json"), ("nlg_sweep", "xsum", "xsum/XSum-test-tiny-50.jsonl")],
+)
+def test_squad_and_nlg_sweeps_plan_on_the_same_machinery(module, task, train_file, minilm_path, glue_dir, tmp_path):
+    mod = importlib.import_module(f"sweeps.{module}")
+    data_file = Path(glue_dir).parent / train_file
+    argv = ["--model", str(minilm_path), "--storage-path", str(tmp_path), "--max-steps", "2", "--max-length", "128"]
+    argv += ["--train-subset", "8", "--eval-subset", "4", "--set", f"train_file={data_file}"]
+    args = mod.parser().parse_args([*argv, "--set", f"eval_file={data_file}"])
+    plan = plan_sweep(args, mod.DEFAULTS)
+    assert [c.task for c in plan.cells] == [task, task]
+    assert plan.run_dir.name.startswith(mod.DEFAULTS.kind) and args.experiment == f"wlora-{mod.DEFAULTS.kind}"
+    assert len(plan.assets[task].data.train) >= 8

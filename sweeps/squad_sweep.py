@@ -1,0 +1,48 @@
+"""SQuAD sweep (extractive QA, EM/F1; objective = F1) on the same machinery as the GLUE sweep.
+
+python sweeps/squad_sweep.py --data-dir DATA            # DATA/squad/{train,dev}-v1.1.json
+python sweeps/squad_sweep.py --set train_file=PATH --set eval_file=PATH --smoke-test
+"""
+
+from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__":
+    from _entry import fix_path  # type: ignore[import-not-found]  # the script's own folder
+
+    fix_path(__file__)
+
+from sweeps.common import SweepDefaults, build_parser, main
+
+DEFAULTS = SweepDefaults(
+    kind="squad",
+    experiment="wlora-squad",
+    tasks=("squad",),
+    methods=("lora", "weightlora"),
+    ranks=(8,),
+    num_samples=8,
+    max_steps=300,
+    eval_every=100,
+    max_length=256,
+    batch_size=16,
+    eval_subset=500,
+    smoke={
+        "num_samples": 4,
+        "max_steps": 8,
+        "eval_every": 2,
+        "max_length": 128,
+        "batch_size": 8,
+        "train_subset": 64,
+        "eval_subset": 32,
+        "fixed": [("weightlora.t", "4"), ("weightlora_plus.t", "4")],
+    },
+)
+
+
+def parser():
+    return build_parser(DEFAULTS, __doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main(DEFAULTS, description=__doc__.splitlines()[0]))

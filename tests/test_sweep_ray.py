@@ -1,0 +1,214 @@
+"""Real sweeps on a local Ray cluster: MiniLM + SST-2 slices, Optuna + ASHA, MLflow checked by its client.
+
+Each sweep runs as ``python sweeps/glue_sweep.py`` in a subprocess inside a loopback-only network
+namespace (``unshare --net --pid --fork``): Ray binds the machine's interface even when told
+127.0.0.1, and killing the namespace's first process kills the whole driver tree (the resume test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
+ROOT = Path(__file__).resolve().parents[1]
+NETNS = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"]
+TINY = [
+    "--tasks", "sst2", "--max-steps", "8", "--eval-every", "2", "--batch-size", "8", "--max-length", "32",
+    "--train-subset", "128", "--eval-subset", "64", "--set", "weightlora.t=4", "--progress-interval", "1000",
+]  # fmt: skip
+
+
+def _netns_ok() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    probe = subprocess.run([*NETNS, "bash", "-c", "ip link set lo up"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def netns():
+    if not _netns_ok():
+        pytest.skip("needs `unshare --net --pid` (a loopback-only network namespace) to start Ray safely here")
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short temp folder for Ray (its unix socket paths must stay under 108 bytes)."""
+    path = tempfile.mkdtemp(prefix="wlr-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def sweep_cmd(netns, minilm_path, glue_dir, tmp_path, ray_tmp):
+    """Build (argv, env) for a sweep CLI call inside a fresh loopback-only namespace."""
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "RAY_DEDUP_LOGS": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    data_dir = str(Path(glue_dir).parent)
+
+    def make(*args: str) -> list[str]:
+        inner = [sys.executable, str(ROOT / "sweeps" / "glue_sweep.py"), "--model", str(minilm_path)]
+        inner += ["--data-dir", data_dir, "--storage-path", str(tmp_path / "runs")]
+        inner += ["--ray-temp-dir", ray_tmp, *args]
+        return [*NETNS, "bash", "-c", 'ip link set lo up && exec "$@"', "netns", *inner]
+
+    return make, env
+
+
+def _run(cmd, env, timeout=300) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+def _state(run_dir: Path) -> dict:
+    return json.loads((run_dir / "sweep_state.json").read_text())
+
+
+def _children(client, state, role="trial"):
+    runs = client.search_runs(
+        [state["experiment_id"]],
+        filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'",
+        max_results=1000,
+    )
+    return [r for r in runs if r.data.tags.get("wlora.role") == role]
+
+
+def test_real_sweep_optuna_asha_mlflow(sweep_cmd, tmp_path, minilm_path):
+    from mlflow.tracking import MlflowClient
+
+    make, env = sweep_cmd
+    t0 = time.time()
+    _run(make(*TINY, "--methods", "lora,weightlora", "--num-samples", "4", "--name", "real"), env)
+    wall = time.time() - t0
+    run_dir = tmp_path / "runs" / "real"
+    state = _state(run_dir)
+    assert state["finished"] and sorted(state["cells"]) == ["sst2-lora-r8", "sst2-weightlora-r8"]
+
+    client = MlflowClient(state["tracking_uri"])
+    parent = client.get_run(state["parent_run_id"])
+    tags = parent.data.tags
+    assert tags["wlora.role"] == "sweep" and tags["wlora.sweep_name"] == "real"
+    assert tags["model"] == str(minilm_path) and tags["git_commit"] and tags["data_dir"]
+    assert parent.data.params["num_samples"] == "4" and parent.data.params["search"] == "optuna"
+    assert parent.info.status == "FINISHED"
+
+    children = _children(client, state)
+    assert len(children) == 8
+    assert len({c.data.tags["trial_id"] for c in children}) == 8  # one child per trial
+    statuses = {}
+    for c in children:
+        t = c.data.tags
+        assert t["task"] == "sst2" and t["method"] in ("lora", "weightlora") and t["rank"] == "8"
+        assert t["model"] == str(minilm_path) and t["seed"] == "0"
+        assert t["status"] in ("completed", "asha_stopped"), t
+        statuses[t["trial_id"]] = t["status"]
+        assert c.data.params["method"] == t["method"] and "lr" in c.data.params
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "eval_main")]
+        assert steps == sorted(set(steps)) and steps[0] == 2
+        assert len(client.get_metric_history(c.info.run_id, "train_loss")) == len(steps)
+        if t["status"] == "completed":
+            assert steps == [2, 4, 6, 8]
+            assert c.data.metrics["final_trainable_params"] > 0
+            names = [a.path for a in client.list_artifacts(c.info.run_id)]
+            assert "selection.json" in names
+        else:
+            assert steps[-1] < 8
+    assert "asha_stopped" in statuses.values(), statuses
+    # ASHA-stopped trials reached Optuna as PRUNED, completed ones as COMPLETE.
+    for cell in state["cells"].values():
+        for tid, optuna_state in cell["optuna_states"].items():
+            assert optuna_state == {"completed": "COMPLETE", "asha_stopped": "PRUNED"}[statuses[tid]], (tid, cell)
+    wl = next(c for c in children if c.data.tags["method"] == "weightlora" and c.data.tags["status"] == "completed")
+    selection = json.loads(Path(client.download_artifacts(wl.info.run_id, "selection.json", str(tmp_path))).read_text())
+    assert selection, "weightlora reports its selected adapters"
+    assert wl.data.metrics["active_adapters"] < 18
+
+    # Results table (run folder + parent artifact) and the best adapters, loadable with peft.
+    md = (run_dir / "results" / "table.md").read_text()
+    assert md.startswith("| Method | r | Params % | sst2 | Avg |") and "| weightlora | 8 |" in md
+    assert (run_dir / "results" / "table.csv").read_text().startswith("method,rank,task")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "results")} >= {
+        "results/table.md",
+        "results/table.csv",
+    }
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    for method in ("lora", "weightlora"):
+        local = client.download_artifacts(parent.info.run_id, f"best_adapter/sst2/{method}", str(tmp_path / method))
+        base = AutoModelForSequenceClassification.from_pretrained(str(minilm_path), num_labels=2)
+        model = PeftModel.from_pretrained(base, local)
+        assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+    print(f"sweep wall time {wall:.0f} s")
+
+
+def test_kill_driver_and_resume(sweep_cmd, tmp_path):
+    """SIGKILL the whole driver (namespace) mid-cell, resume: completes, no duplicate MLflow children."""
+    from mlflow.tracking import MlflowClient
+
+    make, env = sweep_cmd
+    args = [*TINY, "--methods", "lora,weightlora", "--num-samples", "2", "--no-asha", "--name", "crash"]
+    run_dir = tmp_path / "runs" / "crash"
+    proc = subprocess.Popen(make(*args), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    try:
+        # Wait until the second cell has written a checkpoint (the first cell is finished by then).
+        while not list(run_dir.glob("sst2-weightlora-r8/trial_*/checkpoint_*")):
+            assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
+            assert time.time() < deadline, "sweep did not reach the second cell"
+            time.sleep(0.5)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # unshare dies → its child (pid 1 of the namespace) and all inside
+        proc.wait(timeout=60)
+    state = _state(run_dir)
+    assert not state["finished"] and list(state["cells"]) == ["sst2-lora-r8"]
+    client = MlflowClient(state["tracking_uri"])
+    before = {c.data.tags["trial_id"]: c.info.run_id for c in _children(client, state)}
+    assert len(before) >= 3  # 2 of the finished cell + at least the interrupted one
+
+    out = _run(make("--resume", "--name", "crash", "--storage-path", str(tmp_path / "runs")), env)
+    state = _state(run_dir)
+    assert state["finished"], out.stdout[-2000:]
+    assert [c["n_trials"] for c in state["cells"].values()] == [2, 2]
+    assert all(c["n_completed"] == 2 for c in state["cells"].values())
+    children = _children(client, state)
+    ids = [c.data.tags["trial_id"] for c in children]
+    assert len(ids) == 4 == len(set(ids)), ids  # no duplicate children
+    for c in children:
+        assert c.data.tags["status"] == "completed"
+        if c.data.tags["trial_id"] in before:
+            assert before[c.data.tags["trial_id"]] == c.info.run_id  # the same child continued
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "eval_main")]
+        assert steps == [2, 4, 6, 8], (c.data.tags, steps)
+
+
+def test_reused_actor_leaks_no_state(sweep_cmd, tmp_path):
+    """Two identical weightlora trials, one after the other in the same reused actor, give identical
+    metrics (adapter removal, RNG, accelerate state … do not leak from the first into the second)."""
+    make, env = sweep_cmd
+    args = [*TINY, "--methods", "weightlora", "--search", "grid", "--space", "lr=grid:0.002,0.002"]
+    args += ["--set", "warmup_steps=0", "--set", "k_fraction=0.25", "--set", "lr_w=5", "--no-asha"]
+    args += ["--max-concurrent", "1", "--name", "reuse"]
+    _run(make(*args), env)
+    trials = _state(tmp_path / "runs" / "reuse")["cells"]["sst2-weightlora-r8"]["trials"]
+    assert len(trials) == 2 and all(t["status"] == "completed" for t in trials)
+    a, b = trials
+    assert a["pid"] == b["pid"], "the second trial should run in the reused actor"
+    assert a["eval_main"] == b["eval_main"] and a["train_loss"] == b["train_loss"]
