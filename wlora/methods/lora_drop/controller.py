@@ -29,9 +29,10 @@ Left open by the paper, decided here: the importance budget (paper: 3 epochs ove
 ``importance_epochs``); the "module type" of the sharing (the module name with its layer indices
 replaced by ``*``, e.g. ``bert.encoder.layer.*.attention.self.query``; shapes must match); ties in I
 go to model order; the cumulative test is exact (``Σ_{k≤K} g_(k) ≥ T·Σ g``); if every g_i is 0 the
-importance is uniform. The learning-rate schedule is the run's one (warm-up is not restarted at the
-switch, as in the other methods); runners that want a full task-adaptation budget add
-``importance_steps`` to their total.
+importance is uniform (reported as ``importance_uniform``; it happens when the importance phase ends
+before any update reached B, e.g. inside a warm-up at learning rate 0). The learning-rate schedule
+is the run's one (warm-up is not restarted at the switch, as in the other methods); runners that want
+a full task-adaptation budget add ``importance_steps`` to their total.
 """
 
 from __future__ import annotations
@@ -238,6 +239,9 @@ class LoRADropController(Controller):
             importance_steps=self.importance_steps,
             sample_steps=self.sample_steps,
             importance=dict(self.importance),
+            # every g_i was 0 (e.g. an importance phase that ended inside a warm-up at lr 0): the
+            # selection fell back to uniform importance, i.e. model order
+            importance_uniform=self.phase == "task" and not bool((self.g > 0).any()),
             kept=list(self.kept),
             selected_adapters=list(self.kept),
             shared_groups={k: list(v) for k, v in self.shared.items()} if self.config.share else {},
