@@ -381,8 +381,11 @@ def _build_method(
     extra = _new_module_names(model)
     fields = {f.name for f in dataclasses.fields(get_method(cfg.method).config_cls)}
     if extra and "head_modules" in fields and values.get("head_modules") is None:
-        # Train the warm-started decoder's new cross-attention with the usual head(s).
+        # Train the warm-started decoder's new cross-attention fully, with the usual head(s); adapters
+        # then go on the pretrained encoder and decoder self-attention only (n = 2 × 3 × layers).
         values["head_modules"] = tuple(head_module_names(model)) + tuple(extra)
+        if "target_modules" in fields and values.get("target_modules") is None:
+            values["target_modules"] = r"^(?!.*crossattention).*\.(query|key|value)$"
     spec = get_method(cfg.method)
     return spec.controller_cls(model, make_config(cfg.method, values))
 
