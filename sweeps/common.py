@@ -463,7 +463,7 @@ def max_concurrency(args: argparse.Namespace, num_samples: int) -> int:
     if args.gpus_per_trial > 0:
         fits = min(fits, int(res.get("GPU", 0) // args.gpus_per_trial))
         if fits < 1:
-            raise ValueError(f"--gpus-per-trial {args.gpus_per_trial}: the cluster has {res.get('GPU', 0)} GPUs")
+            raise InputError(f"--gpus-per-trial {args.gpus_per_trial}: the cluster has {res.get('GPU', 0)} GPUs")
     return max(1, min(fits, num_samples))
 
 
@@ -778,6 +778,9 @@ def execute(plan: Plan) -> dict[str, Any]:
 
     results_dir = plan.run_dir / "results"
     table_md = write_tables(plan.state["cells"], plan.state.get("seed_cells", {}), results_dir)
+    if plan.args.multi_objective:
+        fronts = {name: s.get("pareto", []) for name, s in plan.state["cells"].items()}
+        (results_dir / "pareto.json").write_text(json.dumps(fronts, indent=2))
     client.log_artifacts(parent_id, str(results_dir), "results")
     plan.state["finished"] = True
     plan.state["wall_s"] = round(plan.state.get("wall_s", 0) + time.time() - t0, 1)
