@@ -168,7 +168,7 @@ class RoLoRAController(Controller):
         for name, layer in self.layers.items():
             slots = self.ema.get(name)
             if not slots:
-                out[name] = torch.zeros(layer.r)
+                out[name] = torch.zeros(layer.r, device=layer.lora_g.device)
                 continue
             score = slots["g"][0] * slots["g"][1]
             if self.config.score == "triplet":
