@@ -197,3 +197,28 @@ def test_cli_run_writes_result_checkpoint_and_peft_adapter(minilm_path, glue_dir
     from peft import PeftConfig
 
     assert PeftConfig.from_pretrained(str(tmp_path / "adapter")).r == 8
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("lora_drop", {"sample_ratio": 0.25, "threshold": 0.8}),
+        ("rolora", {"iterations": 2}),
+        ("adalora", {"init_r": 6, "r": 4, "tinit": 1, "tfinal": 1}),
+        ("full", {}),
+    ],
+)
+def test_every_other_method_runs_through_the_runner(method, extra, rte_cfg, rte_assets):
+    """The runner fills the run facts these methods need (total steps, steps per epoch) and feeds
+    LoRA-drop's importance phase from its stratified sample, then trains the task for the full budget."""
+    cfg = rte_cfg.replace(method=method, method_config=extra, max_steps=4, eval_every=None)
+    assets = prepare_run(cfg)
+    result = run_training(cfg, assets=assets)
+    assert result.status == "completed", result.error
+    assert np.isfinite(result.metrics["train_loss"]) and np.isfinite(result.metrics[OBJECTIVE])
+    if method == "lora_drop":
+        phase = result.method_report["importance_steps"]
+        assert phase >= 1 and result.total_steps == 4 + phase
+        assert len(result.method_report["importance"]) == 18
+    else:
+        assert result.total_steps == 4

@@ -305,9 +305,10 @@ def prepare_run(cfg: TrainConfig) -> RunAssets:
     )
     assets = RunAssets(model_path=model_path, data=data)
     # Check the method config against the real module structure (e.g. K ≤ n) on a weightless copy.
+    steps_per_epoch, total = _steps(cfg, len(data.train))
     with torch.device("meta"):
         model = _build_model(assets, cfg.seed, meta=True)
-    method = _build_method(cfg, model, assets, total_steps=1, steps_per_epoch=1)
+    method = _build_method(cfg, model, assets, total_steps=total, steps_per_epoch=steps_per_epoch)
     assets.n_adapters = method.n_adapters
     assets.model_type = getattr(model.config, "model_type", "")
     return assets
@@ -397,14 +398,40 @@ def _steps(cfg: TrainConfig, n_train: int) -> tuple[int, int]:
     return steps_per_epoch, total
 
 
-def _micro_batches(cfg: TrainConfig, data: TaskData, step: int, steps_per_epoch: int, device) -> list[dict]:
+def _importance_sample(cfg: TrainConfig, data: TaskData, ratio: float) -> list[int]:
+    """LoRA-drop's stratified ``sample_ratio`` subset of the training set (STS-B scores binned to
+    integers; QA / seq2seq have no class to stratify by, so the draw is uniform)."""
+    from wlora.core.sampling import stratified_sample
+
+    if data.kind == "classification":
+        labels = [f["labels"] for f in data.train]
+    elif data.kind == "regression":
+        labels = [round(f["labels"]) for f in data.train]
+    else:
+        labels = [0] * len(data.train)
+    return stratified_sample(labels, ratio, seed=cfg.seed)
+
+
+def _micro_batches(
+    cfg: TrainConfig, data: TaskData, step: int, steps_per_epoch: int, device, method: Controller | None = None
+) -> list[dict]:
     """The micro-batches of optimizer step ``step`` (0-based): a pure function of (seed, step), so a
-    resumed run sees exactly the batches it would have seen."""
-    n = len(data.train)
-    epoch, pos = divmod(step, steps_per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+    resumed run sees exactly the batches it would have seen.
+
+    A method with an importance phase on a data sample (LoRA-drop: ``importance_steps``,
+    ``sample_steps`` and ``config.sample_ratio``) gets its first steps from passes over that sample,
+    then the normal epochs (counted from the end of the phase)."""
     per_step = cfg.batch_size * cfg.grad_accum
-    idx = order[pos * per_step : (pos + 1) * per_step].tolist()
+    phase = getattr(method, "importance_steps", 0) or 0
+    if step < phase:
+        sample = _importance_sample(cfg, data, method.config.sample_ratio)
+        p, pos = divmod(step, method.sample_steps)
+        perm = torch.randperm(len(sample), generator=torch.Generator().manual_seed(cfg.seed * 7_919 + p))
+        idx = [sample[i] for i in perm[pos * per_step : (pos + 1) * per_step].tolist()]
+    else:
+        epoch, pos = divmod(step - phase, steps_per_epoch)
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        idx = order[pos * per_step : (pos + 1) * per_step].tolist()
     out = []
     for i in range(0, len(idx), cfg.batch_size):
         feats = [data.train[j] for j in idx[i : i + cfg.batch_size]]
@@ -418,6 +445,9 @@ def build_run(cfg: TrainConfig, assets: RunAssets | None = None, device: torch.d
     steps_per_epoch, total = _steps(cfg, len(assets.data.train))
     model = _build_model(assets, cfg.seed)
     method = _build_method(cfg, model, assets, total_steps=total, steps_per_epoch=steps_per_epoch)
+    # A method with an importance phase (LoRA-drop) trains the task for the full budget after it,
+    # as in the paper, where importance comes from a separate short run.
+    total += getattr(method, "importance_steps", 0) or 0
     model.to(device)
     engine = Engine(
         model,
@@ -552,8 +582,10 @@ def run_training(
     data = assets.data
     accelerator = _accelerator(cfg)
     device = accelerator.device
-    steps_per_epoch, total = _steps(cfg, len(data.train))
+    steps_per_epoch, _ = _steps(cfg, len(data.train))
     model, method, engine = build_run(cfg, assets, device)
+    total = engine.total_steps
+    phase = getattr(method, "importance_steps", 0) or 0
     engine.autocast = accelerator.autocast
     engine.grad_scaler = accelerator.scaler
     history: list[dict[str, float]] = []
@@ -572,7 +604,7 @@ def run_training(
             return True
         if cfg.eval_every is not None:
             return step % cfg.eval_every == 0
-        return step % steps_per_epoch == 0
+        return step > phase and (step - phase) % steps_per_epoch == 0
 
     def save_checkpoint(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -587,7 +619,7 @@ def run_training(
     examples = 0
     train_time = 0.0
     while engine.step < total:
-        micro = _micro_batches(cfg, data, engine.step, steps_per_epoch, device)
+        micro = _micro_batches(cfg, data, engine.step, steps_per_epoch, device, method)
         t0 = time.perf_counter()
         try:
             loss = engine.train_step(micro)
@@ -607,7 +639,7 @@ def run_training(
         counts = count_parameters(model, method.head_names)
         metrics.update(
             step=float(engine.step),
-            epoch=engine.step / steps_per_epoch,
+            epoch=max(0, engine.step - phase) / steps_per_epoch,
             train_loss=float(np.mean(losses)),
             lr=engine.scheduler.get_last_lr()[0],
             trainable_params=float(counts["trainable"]),
@@ -649,14 +681,18 @@ def run_training(
 def export_from_checkpoint(
     cfg: TrainConfig, assets: RunAssets | None, checkpoint_dir: str | Path, out_dir: str | Path
 ) -> Path:
-    """Rebuild the run from a checkpoint and write it as a standard PEFT adapter (``peft`` loads it)."""
-    from wlora.export import export_peft_adapter
+    """Rebuild the run from a checkpoint and write it as a standard PEFT adapter (``peft`` loads it);
+    ``full`` fine-tuning is written as a whole model (``save_pretrained``)."""
+    from wlora.export import export_method
 
     assets = assets or prepare_run(cfg)
     model, method, engine = build_run(cfg, assets, "cpu")
     state = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     engine.load_state_dict(state["engine"])
-    export_peft_adapter(model, method, out_dir, base_model_name_or_path=cfg.model)
+    if method.export_kind == "full_model":
+        export_method(model, method, out_dir)
+    else:
+        export_method(model, method, out_dir, base_model_name_or_path=cfg.model)
     return Path(out_dir)
 
 
