@@ -558,7 +558,15 @@ def _run_tuner(
     mode: Any = ["max", "min"] if multi else "max"
     conc = max_concurrency(a, num_samples if search != "grid" else 10**6)
     searcher = (
-        make_searcher(search, ledger=ledger, seed=a.search_seed, metric=metric, mode=mode, max_concurrent=conc)
+        make_searcher(
+            search,
+            ledger=ledger,
+            seed=a.search_seed,
+            metric=metric,
+            mode=mode,
+            max_concurrent=conc,
+            num_samples=num_samples,
+        )
         if search
         else None
     )
@@ -631,6 +639,7 @@ def _trial_rows(results, ledger: EarlyStopLedger) -> list[dict[str, Any]]:
                 "trainable_params": m.get("trainable_params"),
                 "train_loss": m.get("train_loss"),
                 "pid": m.get("pid"),
+                "error": str(r.error).strip().splitlines()[-1][:500] if r.error is not None else None,
                 "checkpoint": r.checkpoint.path if r.checkpoint is not None else None,
             }
         )
@@ -693,6 +702,14 @@ def run_cell(plan: Plan, cell: Cell, exp_id: str, parent_id: str) -> dict[str, A
         "trials": [{k: v for k, v in r.items() if k != "config"} for r in rows],
         "wall_s": round(time.time() - t0, 1),
     }
+    if best is None:
+        errors = [r["error"] for r in rows if r["error"]]
+        print(
+            f"warning: {cell.name}: no trial completed ({summary['n_failed']} failed"
+            + (f"; first error: {errors[0]})" if errors else ")"),
+            file=sys.stderr,
+            flush=True,
+        )
     if hasattr(searcher, "trial_states"):
         summary["optuna_states"] = searcher.trial_states()
     if best is not None:

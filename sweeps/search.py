@@ -122,11 +122,19 @@ def make_searcher(
     metric: str | list[str],
     mode: str | list[str],
     max_concurrent: int,
+    num_samples: int = 10,
 ):
-    """The search algorithm for ``kind`` in {"optuna", "random", "grid"} (grid/random: Tune's own)."""
+    """The search algorithm for ``kind`` in {"optuna", "random", "grid"} (grid/random: Tune's own).
+
+    TPE starts from ``max(3, num_samples // 3)`` random trials (at most Optuna's default 10), so a
+    small budget still gets model-based suggestions.
+    """
     if kind == "optuna":
         multi = isinstance(metric, list)
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=not multi, multivariate=False)
+        startup = min(10, max(3, num_samples // 3))
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup, constant_liar=not multi, multivariate=False
+        )
         return PrunedAwareOptunaSearch(metric=metric, mode=mode, sampler=sampler, seed=seed, ledger=ledger)
     if kind in ("random", "grid"):
         return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
