@@ -133,3 +133,14 @@ def rouge_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict
         for name, score in scorer.score(ref, pred).items():
             totals[name] += score.fmeasure
     return {name: 100.0 * totals[name] / len(predictions) for name in ("rouge1", "rouge2", "rougeL")}
+
+
+def trivial_baseline(task: str, train_labels: Sequence, dev_labels: Sequence) -> dict[str, float]:
+    """The task metrics of the best constant predictor: the training majority class, or (regression)
+    the mean training score, whose correlations with the dev scores are undefined — reported as 0."""
+    key = _task_key(task)
+    dev = np.asarray(dev_labels)
+    if key == "stsb":
+        return {"pearson": 0.0, "spearman": 0.0, MAIN_METRIC: 0.0}
+    majority = np.bincount(np.asarray(train_labels, dtype=int)).argmax()
+    return glue_metrics(task, np.full(len(dev), majority), dev)
