@@ -269,6 +269,7 @@ def test_curves_and_cost(built):
     assert cost["trial_epochs_spent"] == 16 * 3 + 8 * 1
     assert cost["full_budget_trial_epochs"] == 25 * 3
     assert cost["saved_fraction"] == pytest.approx(1 - 56 / 75, abs=1e-4)
+    assert cost["epochs_per_full_trial"] == {"sst2": 3, "mrpc": 3}
     assert cost["seed_runs"] == 3 and cost["wall_seconds"] is not None and not math.isnan(cost["wall_seconds"])
 
 
@@ -286,3 +287,27 @@ def test_cli(built, tmp_path, capsys):
     paths = report.main(["--tracking-uri", built["uri"], "--run-id", built["parent"], "--out", str(tmp_path / "cli")])
     assert paths["table_md"] == tmp_path / "cli" / "table.md"
     assert "| Method | # Params |" in capsys.readouterr().out
+
+
+def test_cost_budget_per_task():
+    """Epoch budgets differ per task (``--max-steps``): each task's trials are measured against its own."""
+
+    class P:
+        info = type("I", (), {"start_time": 0, "end_time": 60_000})()
+        data = type("D", (), {"params": {"max_epochs": "3"}})()
+
+    def run(task, status, epoch, secs):
+        r = report.RunInfo("id", "n", "trial", "lora", task, "0", status, {}, {"epoch": epoch}, 0, secs * 1000)
+        return r
+
+    kids = [
+        run("sst2", "completed", 0.02, 100),
+        run("sst2", "asha_stopped", 0.01, 50),
+        run("rte", "completed", 0.5, 100),
+    ]
+    c = report.sweep_cost(P, kids)
+    assert c["epochs_per_full_trial"] == {"sst2": 0.02, "rte": 0.5}
+    assert c["full_budget_trial_epochs"] == pytest.approx(0.04 + 0.5)
+    assert c["trial_epochs_spent"] == pytest.approx(0.53)
+    assert c["full_budget_trial_seconds_est"] == pytest.approx(150 / 0.03 * 0.04 + 100)
+    assert c["wall_seconds"] == 60
