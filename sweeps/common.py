@@ -127,7 +127,12 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     g.add_argument("--multi-objective", action="store_true", help="maximise the metric, minimise params %%")
     g.add_argument("--seeds", type=int, default=0, help="re-run each cell's best config with N seeds")
     g.add_argument("--search-seed", type=int, default=0, help="seed of the searcher (TPE / random)")
-    g.add_argument("--preset", type=Path, default=None, help="YAML preset: search, set, space, methods.<slug>")
+    g.add_argument(
+        "--preset",
+        default=None,
+        help="a YAML preset file or the name of one in sweeps/presets/ (e.g. paper-table2-small): "
+        "search, set, space, methods.<slug>, and cli (defaults for these flags)",
+    )
     g.add_argument("--set", dest="fixed", type=_kv, action="append", default=[], help="pin a config field: KEY=VALUE")
     g.add_argument("--space", dest="space", type=_kv, action="append", default=[], help="KEY=SPEC (see sweeps.spaces)")
     g = p.add_argument_group("training")
@@ -164,6 +169,40 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     return p
 
 
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def resolve_preset(value: str | Path | None) -> Path | None:
+    """A preset file path as given, else ``sweeps/presets/<value>.yaml`` (the name, ``-``/``_`` alike)."""
+    if value is None or str(value) == "":
+        return None
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.resolve()
+    for name in {str(value), str(value).replace("-", "_"), str(value).replace("_", "-")}:
+        candidate = PRESET_DIR / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"preset {value!r} is neither a file nor one of {known}")
+
+
+def apply_preset_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A preset's ``cli:`` section sets flag defaults: a flag given on the command line still wins."""
+    args.preset = resolve_preset(args.preset)
+    if args.preset is None:
+        return
+    cli = (yaml.safe_load(args.preset.read_text()) or {}).get("cli") or {}
+    for key, value in cli.items():
+        dest = key.replace("-", "_")
+        if not hasattr(args, dest) or dest in ("preset", "resume"):
+            raise ValueError(f"preset {args.preset}: cli.{key} is not a sweep flag")
+        if getattr(args, dest) == parser.get_default(dest):
+            if dest in ("tasks", "methods", "ranks") and not isinstance(value, list):
+                value = [v.strip() for v in str(value).split(",") if v.strip()]
+            setattr(args, dest, value)
+
+
 def apply_smoke(args: argparse.Namespace, defaults: SweepDefaults, parser: argparse.ArgumentParser) -> None:
     """``--smoke-test``: tiny settings wherever the user did not pass the flag; pins are merged."""
     if not args.smoke_test:
@@ -195,15 +234,14 @@ class Plan:
     state: dict[str, Any]
 
 
-def _load_preset(path: Path | None) -> dict[str, Any]:
+def _load_preset(path: str | Path | None) -> dict[str, Any]:
+    path = resolve_preset(path)
     if path is None:
         return {}
-    if not path.is_file():
-        raise FileNotFoundError(f"preset {path} not found")
     data = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(data) - {"search", "set", "space", "methods"})
+    unknown = sorted(set(data) - {"search", "set", "space", "methods", "cli"})
     if unknown:
-        raise ValueError(f"preset {path}: unknown keys {unknown}; valid: search, set, space, methods")
+        raise ValueError(f"preset {path}: unknown keys {unknown}; valid: search, set, space, methods, cli")
     return data
 
 
@@ -820,6 +858,11 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None, description
     """Entry point of ``sweeps/<kind>_sweep.py``: exit code 2 with one line on bad input."""
     parser = build_parser(defaults, description)
     args = parser.parse_args(argv)
+    try:
+        apply_preset_cli(args, parser)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     apply_smoke(args, defaults, parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
