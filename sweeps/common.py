@@ -232,6 +232,10 @@ class Plan:
     planned_evals: dict[str, int]
     settings: dict[str, Any]
     state: dict[str, Any]
+    tune_storage: str = ""
+    """Where Tune keeps this sweep's experiments and checkpoints: ``run_dir``, or ``<URI>/<name>`` when
+    ``--storage-path`` is a cloud/shared URI (s3://, gs://, …) — the driver's own files (state, tables,
+    adapters, the default MLflow store) then stay in a local ``runs/<name>`` folder."""
 
 
 def _load_preset(path: str | Path | None) -> dict[str, Any]:
@@ -325,8 +329,13 @@ def plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         raise InputError(str(e)) from e
 
 
+def _is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
 def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
-    storage = Path(args.storage_path).expanduser().resolve()
+    # A URI (s3://bucket/sweeps) is Tune's storage; the driver's bookkeeping stays on local disk.
+    storage = Path("runs").resolve() if _is_uri(args.storage_path) else Path(args.storage_path).expanduser().resolve()
     state: dict[str, Any] = {}
     if args.resume:
         run_dir = storage / args.name if args.name else _latest_unfinished(storage)
@@ -448,7 +457,10 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["search"] = search
-    return Plan(args, defaults.kind, run_dir, uri, cells, spaces, fixed, search, assets, planned, settings, state)
+    tune_storage = f"{str(args.storage_path).rstrip('/')}/{args.name}" if _is_uri(args.storage_path) else str(run_dir)
+    return Plan(
+        args, defaults.kind, run_dir, uri, cells, spaces, fixed, search, assets, planned, settings, state, tune_storage
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,7 +497,8 @@ def check_cluster(plan: Plan) -> None:
         return
     if hasattr(checks, "check_cluster_storage"):
         try:
-            checks.check_cluster_storage(str(plan.run_dir.parent), plan.tracking_uri, plan.args.num_nodes)
+            where = plan.args.storage_path if _is_uri(plan.args.storage_path) else str(plan.run_dir.parent)
+            checks.check_cluster_storage(where, plan.tracking_uri, plan.args.num_nodes)
         except ValueError as e:
             raise InputError(str(e)) from e
 
@@ -579,7 +592,7 @@ def _run_tuner(
     from ray import tune
 
     a = plan.args
-    exp_path = plan.run_dir / exp_name
+    exp_path = f"{plan.tune_storage or plan.run_dir}/{exp_name}"
     ledger = EarlyStopLedger(f"{plan.run_dir}:{exp_name}")
     trainable = _trainable(plan, cell)
     if tune.Tuner.can_restore(str(exp_path)):
@@ -642,7 +655,7 @@ def _run_tuner(
         ),
         run_config=tune.RunConfig(
             name=exp_name,
-            storage_path=str(plan.run_dir),
+            storage_path=plan.tune_storage or str(plan.run_dir),
             callbacks=[cb, progress],
             failure_config=tune.FailureConfig(max_failures=a.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

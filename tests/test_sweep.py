@@ -276,3 +276,17 @@ def test_pareto_front():
         {"trial_id": "d", "status": "asha_stopped", "eval_main": 0.99, "trainable_pct": 0.01},  # not final
     ]
     assert [r["trial_id"] for r in _pareto(rows)] == ["b", "a"]
+
+
+def test_cloud_storage_uri_goes_to_tune_and_bookkeeping_stays_local(real_args, tmp_path, monkeypatch):
+    """`--storage-path s3://…` (the cluster setup) must reach Tune as a URI, not be turned into a path;
+    the driver's state, tables and default MLflow store go to a local runs/<name> folder."""
+    monkeypatch.chdir(tmp_path)
+    plan = plan_sweep(real_args("--storage-path", "s3://wlora-bucket/sweeps/", "--name", "c1"), DEFAULTS)
+    assert plan.tune_storage == "s3://wlora-bucket/sweeps/c1"
+    assert plan.run_dir == tmp_path / "runs" / "c1" and plan.run_dir.is_dir()
+    from sweeps.cluster_checks import check_cluster_storage
+
+    check_cluster_storage("s3://wlora-bucket/sweeps/", "http://127.0.0.1:5000", num_nodes=3)  # accepted
+    with pytest.raises(ValueError, match="storage"):
+        check_cluster_storage(str(plan.run_dir.parent), "http://127.0.0.1:5000", num_nodes=3)
