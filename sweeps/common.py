@@ -489,6 +489,20 @@ def _init_ray(args: argparse.Namespace) -> None:
     ray.init(**kwargs)
 
 
+def stage_models(plan: Plan) -> None:
+    """On a cluster (``--address``), ship each model folder through the object store once, so every
+    node writes one local copy (``sweeps.cluster_checks.stage_dir``) instead of every trial fetching it."""
+    if not plan.args.address:
+        return
+    from sweeps.cluster_checks import stage_dir
+
+    staged: dict[str, Any] = {}
+    for task, assets in plan.assets.items():
+        if assets.model_path not in staged:
+            staged[assets.model_path] = stage_dir(assets.model_path)
+        plan.assets[task] = dataclasses.replace(assets, staged_model=staged[assets.model_path])
+
+
 def check_cluster(plan: Plan) -> None:
     """Multi-node safety (shared storage, remote tracking) once Ray is up, before any trial starts."""
     try:
@@ -818,6 +832,7 @@ def execute(plan: Plan) -> dict[str, Any]:
     t0 = time.time()
     _init_ray(plan.args)
     check_cluster(plan)
+    stage_models(plan)
     client, exp_id, parent_id = _setup_parent(plan)
     print(f"sweep {plan.args.name}: {len(plan.cells)} cell(s) → {plan.run_dir}; MLflow {plan.tracking_uri}", flush=True)
     for cell in plan.cells:

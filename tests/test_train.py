@@ -222,3 +222,20 @@ def test_every_other_method_runs_through_the_runner(method, extra, rte_cfg, rte_
         assert len(result.method_report["importance"]) == 18
     else:
         assert result.total_steps == 4
+
+
+def test_assets_use_the_node_local_copy_only_when_the_driver_folder_is_missing(rte_assets, tmp_path):
+    import dataclasses
+
+    class Copy:  # the interface of sweeps.cluster_checks.StagedDir
+        calls = 0
+
+        def local_path(self):
+            Copy.calls += 1
+            return tmp_path / "model-copy"
+
+    here = dataclasses.replace(rte_assets, staged_model=Copy())
+    assert here.on_this_node() is here and Copy.calls == 0  # the folder exists on this node
+    away = dataclasses.replace(rte_assets, model_path=str(tmp_path / "driver-only"), staged_model=Copy())
+    local = away.on_this_node()
+    assert local.model_path == str(tmp_path / "model-copy") and local.staged_model is None and Copy.calls == 1

@@ -59,6 +59,8 @@ def run_trial(config: dict[str, Any], *, assets: Any, method: str) -> None:
         method: the method slug.
     """
     cfg = trial_config(config, method)
+    # On a cluster the model folder may exist on the driver only: one staged copy per node.
+    assets = assets.on_this_node() if hasattr(assets, "on_this_node") else assets
 
     def report(metrics: Mapping[str, Any], checkpoint_dir: str | None) -> None:
         m = _clean(metrics)

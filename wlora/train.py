@@ -222,6 +222,15 @@ class RunAssets:
     data: TaskData
     n_adapters: int | None = None
     model_type: str = ""
+    staged_model: Any = None
+    """Set by a cluster sweep: an object whose ``local_path()`` gives this node's copy of ``model_path``
+    (the folder exists on the driver only); None when every process sees ``model_path``."""
+
+    def on_this_node(self) -> RunAssets:
+        """These assets with ``model_path`` valid on the calling node (staging the folder if needed)."""
+        if self.staged_model is None or Path(self.model_path).is_dir():
+            return self
+        return dataclasses.replace(self, model_path=str(self.staged_model.local_path()), staged_model=None)
 
 
 @dataclass
