@@ -301,18 +301,18 @@ def _sweep_rows(storage: Path) -> dict[str, list[dict[str, Any]]]:
 
 def watch_sweep(cluster, worker, storage: Path, pids: PidNodes, stop: threading.Event, record: dict) -> None:
     """Attribute every reported row to a node while its process lives; kill the worker node once one of its
-    trials reported step >= SWEEP_KILL_STEP with a checkpoint; keep attributing until ``stop``."""
+    trials logged a row for step >= SWEEP_KILL_STEP + 2; keep attributing until ``stop``.
+
+    Tune logs a result row before it registers that step's checkpoint (a separate save task on the trial's
+    actor), so a node that dies right after a row appears may take that step's checkpoint with it. The next
+    training step is only scheduled once the save was processed, so a row for SWEEP_KILL_STEP + 2 means the
+    checkpoint of step SWEEP_KILL_STEP (after WeightLoRA's selection) or a later one is registered."""
     killed = False
     while not stop.is_set():
         for trial, rows in _sweep_rows(storage).items():
             for row in rows:
                 node = pids.node_of(row["pid"])
-                if (
-                    not killed
-                    and node == "worker"
-                    and row.get("step", 0) >= SWEEP_KILL_STEP
-                    and any((storage / trial).glob("checkpoint_*"))
-                ):
+                if not killed and node == "worker" and row.get("step", 0) >= SWEEP_KILL_STEP + 2:
                     record["killed_trial"] = trial
                     record["killed_after_step"] = max(r.get("step", 0) for r in rows if pids.node_of(r["pid"]) == node)
                     cluster.remove_node(worker, allow_graceful=False)

@@ -100,7 +100,7 @@ def test_losing_the_worker_node_loses_no_trial(workdir):
 @pytest.mark.slow
 def test_glue_sweep_on_two_nodes_survives_losing_the_worker(workdir, minilm_path, glue_dir):
     """The real sweep (MiniLM, RTE slice, WeightLoRA with selection at step 4) on two nodes; the worker node is
-    killed once one of its trials reported step >= 4 (after the selection). The sweep's WLORA_MODEL /
+    killed once one of its trials logged step >= 6 (two steps after the selection). The sweep's WLORA_MODEL /
     WLORA_DATA_DIR reach the harness through the environment (the fixtures only check they are set)."""
     r = run_scenario("sweep", workdir)
     assert r["killed_trial"], "no trial on the worker reached the kill step"
@@ -118,10 +118,13 @@ def test_glue_sweep_on_two_nodes_survives_losing_the_worker(workdir, minilm_path
     after = [row for row in killed if row["node"] == "head"]
     assert before and after, killed
     assert killed.index(after[0]) == len(before)  # worker first, then only the head
-    assert before[0]["step"] == 2 and max(row["step"] for row in before) >= SWEEP_KILL_STEP
-    # resumed from the last checkpoint, not from scratch: steps continue ...
-    assert after[0]["step"] == max(row["step"] for row in before) + 2
+    last = max(row["step"] for row in before)
+    assert before[0]["step"] == 2 and last >= SWEEP_KILL_STEP + 2, killed
+    # resumed from a checkpoint taken after the selection, not from scratch: steps continue ... (the node may die
+    # between Tune logging a step's row and registering that step's checkpoint, so the restart may repeat the
+    # last evaluation: it resumes from the last registered checkpoint, the last row's or the one before)
+    assert last <= after[0]["step"] <= last + 2, killed
     # ... and so does the method state: WeightLoRA's selection (18 adapters -> K) survived the restart
-    assert before[0]["active_adapters"] == 18
-    assert before[-1]["active_adapters"] == after[0]["active_adapters"] < 18
-    assert after[-1]["final"] == 1.0
+    assert before[0]["active_adapters"] == 18, killed
+    assert before[-1]["active_adapters"] == after[0]["active_adapters"] < 18, killed
+    assert after[-1]["final"] == 1.0, killed
