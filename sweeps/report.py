@@ -10,15 +10,16 @@ What is read (the sweep's MLflow schema): the parent run (tag ``wlora.role=sweep
 (tag ``mlflow.parentRunId``): trials (``wlora.role=trial``; tags ``method``, ``task``, ``status``,
 ``seed``; metrics ``eval_main`` (the GLUE task score, higher is better), ``eval_<metric>``,
 ``train_loss``, ``epoch``, ``trainable_params`` … by optimizer step, ``final_trainable_params`` /
-``final_trainable_pct`` / ``final_active_adapters`` once at the end; artifact ``selection.json``) and
-seed re-runs (``wlora.role=seed_run``).
+``final_trainable_pct`` / ``final_method_params`` / ``final_method_pct`` / ``final_active_adapters`` once
+at the end; artifact ``selection.json``) and seed re-runs (``wlora.role=seed_run``).
 
 What is written to ``out_dir`` and logged under the parent run's ``report/`` artifacts:
 
 * ``table.md`` / ``table.csv`` — method × task, main metric (mean ± std over seed re-runs when there
-  are any, else the best trial), ``# Params`` (trainable share) and the average column, as in the
+  are any, else the best trial), ``# Params`` (what the method trains besides the task head, and its
+  share of the base model, as the papers count it) and the average column, as in the
   WeightLoRA paper's Tables 1/2; ``table_long.csv`` has every cell with its run ids and settings.
-* ``pareto.png`` (+ ``pareto.json``) — task metric vs trainable parameters, one point per trial,
+* ``pareto.png`` (+ ``pareto.json``) — task metric vs # Params (as in the table), one point per trial,
   the non-dominated front highlighted; one panel per task.
 * ``selection_<task>_<method>.png`` (+ ``.json``) — per best WeightLoRA(+) / random-select /
   LoRA-drop / ROLoRA / AdaLoRA trial: layers × module type, colour = |ω| at selection, importance, or
@@ -242,7 +243,7 @@ def table_cells(children: Sequence[RunInfo]) -> list[dict[str, Any]]:
             vals = [v for v in (_metric(r, name) for r in runs) if v is not None]
             if len(vals) == len(runs):
                 rec[f"{name}_mean"], rec[f"{name}_std"] = _mean_std(vals)
-        for m in ("trainable_params", "trainable_pct", "active_adapters"):
+        for m in ("trainable_params", "trainable_pct", "method_params", "method_pct", "active_adapters"):
             vals = [v for r in runs if (v := r.final(m)) is not None]
             rec[m] = float(np.mean(vals)) if vals else None
         src = best.get(key, runs[0])
@@ -250,6 +251,18 @@ def table_cells(children: Sequence[RunInfo]) -> list[dict[str, Any]]:
             rec[p] = src.params.get(p, "")
         cells.append(rec)
     return cells
+
+
+def _params(cell: dict[str, Any], pct: bool = False) -> float | None:
+    """# Params of a cell: trainable parameters besides the task head (runs logged before that metric
+    existed fall back to every trainable parameter)."""
+    new, old = ("method_pct", "trainable_pct") if pct else ("method_params", "trainable_params")
+    return cell.get(new) if cell.get(new) is not None else cell.get(old)
+
+
+def _final_params(t: RunInfo) -> float | None:
+    v = t.final("method_params")
+    return v if v is not None else t.final("trainable_params")
 
 
 def _fmt_params(n: float | None, pct: float | None) -> str:
@@ -286,8 +299,8 @@ def build_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[s
     md_rows, csv_rows, avgs = [], [], {}
     for m in methods:
         row = [c for t in tasks if (c := by.get((m, t)))]
-        params = [c["trainable_params"] for c in row if c["trainable_params"] is not None]
-        pcts = [c["trainable_pct"] for c in row if c["trainable_pct"] is not None]
+        params = [p for c in row if (p := _params(c)) is not None]
+        pcts = [p for c in row if (p := _params(c, pct=True)) is not None]
         label = METHODS.get(m, m)
         settings = [f"{p}={v}" for p in ("r",) if (v := _uniform(c[p] for c in row))]
         if m in K_METHODS and (k := _uniform(f"{c['active_adapters']:g}" for c in row if c["active_adapters"])):
@@ -297,10 +310,10 @@ def build_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[s
         avgs[m] = float(np.mean([c["main_mean"] for c in row])) if len(row) == len(tasks) else None
         csv_row: dict[str, Any] = {
             "method": m,
-            "trainable_params": float(np.mean(params)) if params else "",
-            "trainable_pct": float(np.mean(pcts)) if pcts else "",
+            "params": float(np.mean(params)) if params else "",
+            "params_pct": float(np.mean(pcts)) if pcts else "",
         }
-        md = [label, _fmt_params(csv_row["trainable_params"] or None, csv_row["trainable_pct"] or None)]
+        md = [label, _fmt_params(csv_row["params"] or None, csv_row["params_pct"] or None)]
         for t in tasks:
             c = by.get((m, t))
             csv_row[f"{t}_mean"] = c["main_mean"] if c else ""
@@ -369,7 +382,7 @@ def _method_colors(methods: Iterable[str]) -> dict[str, Any]:
 
 def plot_pareto(trials: Sequence[RunInfo], path: Path) -> dict[str, Any]:
     """Metric vs trainable params, one point per trial (hollow = ASHA-stopped), front as a line."""
-    pts = [t for t in trials if t.role == "trial" and t.main is not None and t.final("trainable_params") is not None]
+    pts = [t for t in trials if t.role == "trial" and t.main is not None and _final_params(t) is not None]
     pts = [t for t in pts if t.status in STATUS_OK]
     tasks = _ordered({t.task for t in pts}, list(TASKS), key=task_key)
     colors = _method_colors({t.method for t in pts})
@@ -379,7 +392,7 @@ def plot_pareto(trials: Sequence[RunInfo], path: Path) -> dict[str, Any]:
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False)
     for ax, task in zip(axes.flat, tasks, strict=False):
         tp = [t for t in pts if t.task == task]
-        xy = [(t.final("trainable_params"), t.main) for t in tp]
+        xy = [(_final_params(t), t.main) for t in tp]
         front = pareto_front(xy)
         for m in _ordered({t.method for t in tp}, list(METHODS)):
             for stopped in (False, True):
@@ -401,7 +414,7 @@ def plot_pareto(trials: Sequence[RunInfo], path: Path) -> dict[str, Any]:
         )
         ax.set_xscale("log")
         ax.set_title(TASKS.get(task_key(task), (task,))[0])
-        ax.set_xlabel("trainable parameters")
+        ax.set_xlabel("# Params (trainable, besides the task head)")
         ax.set_ylabel(f"{MAIN} (task score)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
@@ -718,8 +731,10 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: str | Path) -> 
             if seeded
             else "of the best trial per method and task (one seed). "
         )
-        + "# Params = trainable parameters (adapters + task head) and their share of the base model, "
-        "averaged over tasks; Avg = mean task score over the columns. Best per column in bold."
+        + "# Params = trainable parameters besides the task head (adapters and gates; every weight for full "
+        "fine-tuning), as the papers count them, and their share of the base model, averaged over tasks; the "
+        "task head (pooler + classifier) trains in every method on top. Avg = mean task score over the columns. "
+        "Best per column in bold."
     )
     table_md = out / "table.md"
     table_md.write_text(_md_table(header, md_rows) + "\n" + note + "\n")

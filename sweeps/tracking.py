@@ -249,7 +249,7 @@ class MlflowTrialCallback(Callback):
         stopped = trial.trial_id in self.ledger
         status = "asha_stopped" if stopped else "completed"
         final = numeric_metrics(result)
-        keep = ("trainable_params", "trainable_pct", "active_adapters")
+        keep = ("trainable_params", "trainable_pct", "method_params", "method_pct", "active_adapters")
         metrics = [Metric(f"final_{k}", final[k], int(time.time() * 1000), 0) for k in keep if k in final]
         self.client.log_batch(run_id, metrics=metrics, tags=[RunTag("status", status)])
         report = result.get("method_report")

@@ -81,8 +81,8 @@ def test_family_defaults(model_fn, leaves, n):
 def test_all_linear_skips_head_and_pattern_forms():
     model = tiny_bert(layers=2)
     all_lin = find_targets(model, "all-linear")
-    # q, k, v, attn-out, ffn-in, ffn-out per layer + pooler; the classifier head is excluded
-    assert len(all_lin) == 2 * 6 + 1 and not any(n.startswith("classifier") for n in all_lin)
+    # q, k, v, attn-out, ffn-in, ffn-out per layer; the head (pooler + classifier) is excluded
+    assert len(all_lin) == 2 * 6 and not any(n.startswith(("classifier", "bert.pooler")) for n in all_lin)
     assert find_targets(model, ["value"]) == [f"bert.encoder.layer.{i}.attention.self.value" for i in range(2)]
     assert find_targets(model, r".*layer\.1\.attention\.self\.(query|key)") == [
         "bert.encoder.layer.1.attention.self.query",
@@ -101,11 +101,13 @@ def test_head_stays_trainable_and_base_is_frozen():
     model = tiny_bert()
     ctl = wlora.build_method("lora", model, {"r": 4})
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert {"classifier.weight", "classifier.bias"} <= trainable
-    assert all(("lora_" in n) or n.startswith("classifier") for n in trainable)
+    # the head: BERT's pooler (dense + tanh on [CLS]) and the classifier it feeds, as RoBERTa's classifier
+    assert ctl.head_names == ["bert.pooler", "classifier"]
+    assert {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight"} <= trainable
+    assert all(("lora_" in n) or n.startswith(("classifier", "bert.pooler")) for n in trainable)
     counts = count_parameters(model, ctl.head_names)
     assert counts["adapter"] == 6 * 4 * (32 + 32)
-    assert counts["head"] == 32 * 2 + 2
+    assert counts["head"] == (32 * 32 + 32) + (32 * 2 + 2)
     assert counts["trainable"] == counts["adapter"] + counts["head"]
 
 
@@ -133,7 +135,7 @@ def test_lora_equals_peft_lora(train_mode):
             lora_alpha=16,
             lora_dropout=0.1,
             target_modules=["query", "key", "value"],
-            modules_to_save=["classifier"],
+            modules_to_save=["pooler", "classifier"],
         ),
     )
     g = torch.Generator().manual_seed(3)

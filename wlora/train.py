@@ -653,6 +653,9 @@ def run_training(
             lr=engine.scheduler.get_last_lr()[0],
             trainable_params=float(counts["trainable"]),
             trainable_pct=float(counts["trainable_pct"]),
+            # the papers' "# Params": what the method trains besides the task head, which every method trains
+            method_params=float(counts["trainable"] - counts["head"]),
+            method_pct=100.0 * (counts["trainable"] - counts["head"]) / max(counts["base_model"], 1),
             active_adapters=float(len(method.active_adapters)),
             step_time_s=float(np.mean(step_times)),
             examples_per_s=examples / max(sum(step_times), 1e-9),

@@ -42,6 +42,14 @@ FAMILY_TARGETS: dict[str, tuple[str, ...]] = {
 #: Top-level task heads that stay fully trainable (peft's ``modules_to_save`` for SEQ_CLS / QA).
 HEAD_NAMES: tuple[str, ...] = ("classifier", "classification_head", "score", "qa_outputs")
 
+#: The pooling layer that feeds a sequence classifier (BERT/ALBERT ``<base>.pooler``, DeBERTa ``pooler``,
+#: DistilBERT ``pre_classifier``): part of the classification head, so it trains with it. RoBERTa/ELECTRA keep
+#: the same dense layer inside ``classifier`` and peft trains it there; for BERT-style models peft's default
+#: ``modules_to_save`` leaves it frozen — pretrained for an unrelated objective (NSP) or not in the checkpoint
+#: at all (DeBERTa-v3: random) — which on MiniLM kept STS-B at Pearson 0.03 where a trainable pooler gave 0.78
+#: with the same budget. Deliberate deviation from peft's default; pass ``head_modules`` to choose otherwise.
+POOLER_NAMES: tuple[str, ...] = ("pooler", "pre_classifier")
+
 _OUTPUT_LAYER_NAMES = ("lm_head",)
 
 TargetSpec = str | Sequence[str] | None
@@ -76,6 +84,13 @@ def head_module_names(model: nn.Module, heads: Sequence[str] | None = None) -> l
         # Top-level head of a *For* model (e.g. "classifier"), not a nested module of the same name.
         if leaf in HEAD_NAMES and "." not in name:
             found.append(name)
+    if found and type(model).__name__.endswith("ForSequenceClassification"):
+        prefix = getattr(model, "base_model_prefix", "")
+        for leaf in POOLER_NAMES:
+            for name in (leaf, f"{prefix}.{leaf}"):
+                if name in names and any(True for _ in names[name].parameters()):
+                    found.insert(0, name)
+                    break
     return found
 
 
