@@ -223,3 +223,32 @@ def test_reused_actor_leaks_no_state_and_seed_reruns(sweep_cmd, tmp_path):
     assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1"]
     assert all(r.data.tags["method"] == "weightlora" and r.data.tags["status"] == "completed" for r in runs)
     assert " ± " in (tmp_path / "runs" / "reuse" / "results" / "table.md").read_text()
+
+
+def test_diverging_trial_fails_and_the_sweep_goes_on(sweep_cmd, tmp_path):
+    """One trial of a cell diverges (lr 1e30: non-finite loss), the other trains: the sweep finishes, the
+    diverged trial is marked failed in the state and in MLflow (with the runner's error), and the best
+    configuration, the table and the exported adapter come from the trial that completed."""
+    from mlflow.tracking import MlflowClient
+
+    make, env = sweep_cmd
+    args = [*TINY, "--methods", "lora", "--search", "grid", "--space", "lr=grid:1e30,0.002"]
+    args += ["--set", "warmup_steps=0", "--no-asha", "--max-concurrent", "1", "--name", "nan"]
+    out = _run(make(*args), env)
+    state = _state(tmp_path / "runs" / "nan")
+    assert state["finished"]
+    cell = state["cells"]["sst2-lora-r8"]
+    assert (cell["n_trials"], cell["n_completed"], cell["n_failed"]) == (2, 1, 1), cell
+    failed = next(t for t in cell["trials"] if t["status"] == "failed")
+    assert "non-finite" in failed["error"].lower() or "nan" in failed["error"].lower(), failed
+    assert cell["best_config"]["lr"] == pytest.approx(0.002)
+
+    client = MlflowClient(state["tracking_uri"])
+    children = _children(client, state)
+    by_status = {c.data.tags["status"]: c for c in children}
+    assert sorted(by_status) == ["completed", "failed"], [c.data.tags for c in children]
+    assert by_status["failed"].info.status == "FAILED" and by_status["failed"].data.tags["error"]
+    assert by_status["completed"].info.status == "FINISHED"
+    assert "| lora | 8 |" in (tmp_path / "runs" / "nan" / "results" / "table.md").read_text()
+    exported = client.list_artifacts(state["parent_run_id"], "best_adapter/sst2/lora")
+    assert exported, out.stdout[-2000:]
