@@ -21,13 +21,14 @@ from wlora.data import read_glue_split
 from wlora.data.metrics import MAIN_METRIC, trivial_baseline
 from wlora.train import OBJECTIVE, TrainConfig, prepare_run, run_training
 
-#: Per-task budget: training examples (None = the whole training set), epochs, max sequence length.
+#: Per-task budget: training examples (None = the whole training set), epochs, max sequence length,
+#: learning rate and adapter targets (None = the family default, q/k/v).
 BUDGETS: dict[str, dict] = {
-    "sst2": dict(train_subset=512, epochs=2.0, max_length=128),
-    "stsb": dict(train_subset=512, epochs=4.0, max_length=128),
-    "mrpc": dict(train_subset=None, epochs=2.0, max_length=128),
-    "rte": dict(train_subset=None, epochs=3.0, max_length=128),
-    "cola": dict(train_subset=None, epochs=3.0, max_length=64),
+    "sst2": dict(train_subset=512, epochs=2.0, max_length=128, lr=2e-3, targets=None),
+    "stsb": dict(train_subset=512, epochs=4.0, max_length=128, lr=2e-3, targets=None),
+    "mrpc": dict(train_subset=None, epochs=2.0, max_length=128, lr=2e-3, targets=None),
+    "rte": dict(train_subset=None, epochs=3.0, max_length=128, lr=1e-3, targets="all-linear"),
+    "cola": dict(train_subset=None, epochs=3.0, max_length=64, lr=2e-3, targets=None),
 }
 
 
@@ -40,7 +41,8 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--train-subset", type=int, default=None, help="override every task's; 0 = whole training set")
     p.add_argument("--epochs", type=float, default=None, help="override every task's")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=None, help="override every task's")
+    p.add_argument("--targets", default=None, help="override every task's: 'all-linear' or comma-separated names")
     p.add_argument("--warmup-steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -51,18 +53,21 @@ def main() -> None:
     results = []
     print(f"{'task':6} {'run':>8} {'baseline':>9} {'diff':>8} {'steps':>6} {'time':>7}")
     for task in args.tasks.split(","):
-        budget = dict(BUDGETS.get(task, dict(train_subset=512, epochs=2.0, max_length=128)))
+        budget = dict(BUDGETS.get(task, dict(train_subset=512, epochs=2.0, max_length=128, lr=2e-3, targets=None)))
         if args.train_subset is not None:
             budget["train_subset"] = args.train_subset or None
-        if args.epochs is not None:
-            budget["epochs"] = args.epochs
+        for key in ("epochs", "lr", "targets"):
+            if getattr(args, key) is not None:
+                budget[key] = getattr(args, key)
+        targets = budget.pop("targets")
+        if targets not in (None, "all-linear"):
+            targets = targets.split(",")
         cfg = TrainConfig(
             method=args.method,
             task=task,
             model=args.model,
             data_dir=args.data_dir,
-            method_config={"r": args.rank},
-            lr=args.lr,
+            method_config={"r": args.rank, "target_modules": targets},
             warmup_steps=args.warmup_steps,
             batch_size=args.batch_size,
             seed=args.seed,
@@ -79,7 +84,7 @@ def main() -> None:
         steps = int(result.metrics["step"])
         print(f"{task:6} {score:8.4f} {base:9.4f} {score - base:+8.4f} {steps:6d} {wall:6.0f}s", flush=True)
         results.append(dict(task=task, score=score, baseline=base, steps=steps, wall_s=wall, status=result.status,
-                            lr=args.lr, rank=args.rank, method=args.method, **budget))  # fmt: skip
+                            rank=args.rank, method=args.method, targets=targets, **budget))  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
