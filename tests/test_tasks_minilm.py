@@ -1,7 +1,10 @@
-"""Real MiniLM on real data, end to end through ``run_training``: a short SST-2 run beats the trivial
-baseline on dev, and SQuAD / XSum run and produce their metrics."""
+"""Real MiniLM on real data, end to end through ``run_training``: short SST-2 and STS-B runs beat the
+trivial baseline on dev (MRPC and RTE too, with whole-training-set runs, when WLORA_LONG_TESTS=1), and
+SQuAD / XSum run and produce their metrics."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -12,26 +15,32 @@ from wlora.train import OBJECTIVE, TrainConfig, prepare_run, run_training
 
 pytestmark = pytest.mark.slow
 
-#: Short LoRA runs (≈ 30 s each on 2 CPU cores) that beat the trivial baseline with a wide margin.
-#: CoLA, RTE and MRPC need far longer runs with this model; bench/glue_short_runs.py measures any budget.
+#: Short LoRA runs (r = 8 on q/k/v, 1–2 minutes each on 2 CPU cores) and the margin by which each beats
+#: the trivial baseline on the full dev set (SST-2 accuracy; STS-B Pearson/Spearman mean). MRPC, RTE and
+#: CoLA need whole-training-set runs of several epochs with this model (minutes to tens of minutes here):
+#: bench/glue_short_runs.py runs them, and the README's "Short GLUE runs" lists what they measured.
 GLUE_BUDGET = {
-    "sst2": dict(train_subset=512, epochs=2.0, lr=2e-3),
+    "sst2": dict(train_subset=512, epochs=2.0, margin=0.1),
+    "stsb": dict(train_subset=512, epochs=4.0, margin=0.3),
 }
 
 
 @pytest.mark.parametrize("task", list(GLUE_BUDGET))
 def test_short_lora_run_beats_the_trivial_baseline(task, minilm_path, glue_dir, tmp_path):
+    budget = dict(GLUE_BUDGET[task])
+    margin = budget.pop("margin")
     cfg = TrainConfig(
         method="lora",
         task=task,
         model=str(minilm_path),
         data_dir=str(glue_dir.parent),
         method_config={"r": 8},
+        lr=2e-3,
         warmup_steps=10,
         batch_size=32,
         max_length=128,
         cache_dir=str(tmp_path),
-        **GLUE_BUDGET[task],
+        **budget,
     )
     result = run_training(cfg, assets=prepare_run(cfg))
     train = [e.label for e in read_glue_split(glue_dir, task, "train")]
@@ -40,7 +49,40 @@ def test_short_lora_run_beats_the_trivial_baseline(task, minilm_path, glue_dir, 
     score = result.metrics[OBJECTIVE]
     print(f"\n{task}: dev {OBJECTIVE} = {score:.4f} vs trivial baseline {baseline:.4f}")
     assert result.status == "completed"
-    assert score > baseline + 0.1, f"{task}: {score:.4f} does not beat the trivial baseline {baseline:.4f}"
+    assert score > baseline + margin, f"{task}: {score:.4f} does not beat the trivial baseline {baseline:.4f}"
+
+
+LONG_TASKS = ("mrpc", "rte")
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("task", LONG_TASKS)
+def test_whole_training_set_lora_run_beats_the_trivial_baseline(task, minilm_path, glue_dir, tmp_path):
+    """MRPC and RTE with bench/glue_short_runs.py's budgets (2–3 epochs over the whole training set:
+    6–12 minutes each on 2 CPU cores, so only with ``WLORA_LONG_TESTS=1``)."""
+    if os.environ.get("WLORA_LONG_TESTS") != "1":
+        pytest.skip("6-12 minutes per task on 2 CPU cores: set WLORA_LONG_TESTS=1 to run")
+    from bench.glue_short_runs import BUDGETS
+
+    budget = dict(BUDGETS[task])
+    cfg = TrainConfig(
+        method="lora",
+        task=task,
+        model=str(minilm_path),
+        data_dir=str(glue_dir.parent),
+        method_config={"r": 8, "target_modules": budget.pop("targets")},
+        warmup_steps=10,
+        batch_size=32,
+        cache_dir=str(tmp_path),
+        **budget,
+    )
+    result = run_training(cfg, assets=prepare_run(cfg))
+    train = [e.label for e in read_glue_split(glue_dir, task, "train")]
+    dev = [e.label for e in read_glue_split(glue_dir, task, "dev")]
+    baseline = trivial_baseline(task, train, dev)["main"]
+    score = result.metrics[OBJECTIVE]
+    print(f"\n{task}: dev {OBJECTIVE} = {score:.4f} vs trivial baseline {baseline:.4f}")
+    assert result.status == "completed" and score > baseline + 0.02
 
 
 def test_trivial_baselines_by_hand(glue_dir):
