@@ -22,13 +22,16 @@ from wlora.data.metrics import MAIN_METRIC, trivial_baseline
 from wlora.train import OBJECTIVE, TrainConfig, prepare_run, run_training
 
 #: Per-task budget: training examples (None = the whole training set), epochs, max sequence length,
-#: learning rate and adapter targets (None = the family default, q/k/v).
+#: learning rate, adapter targets (None = the family default, q/k/v), batch size (default 32) and warm-up
+#: steps (default 10).
 BUDGETS: dict[str, dict] = {
     "sst2": dict(train_subset=512, epochs=2.0, max_length=128, lr=2e-3, targets=None),
     "stsb": dict(train_subset=512, epochs=4.0, max_length=128, lr=2e-3, targets=None),
     "mrpc": dict(train_subset=None, epochs=2.0, max_length=128, lr=2e-3, targets=None),
     "rte": dict(train_subset=None, epochs=3.0, max_length=128, lr=1e-3, targets="all-linear"),
-    "cola": dict(train_subset=None, epochs=3.0, max_length=64, lr=2e-3, targets=None),
+    "cola": dict(
+        train_subset=None, epochs=3.0, max_length=64, lr=1e-3, targets="all-linear", batch_size=16, warmup_steps=30
+    ),
 }
 
 
@@ -43,8 +46,8 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=None, help="override every task's")
     p.add_argument("--lr", type=float, default=None, help="override every task's")
     p.add_argument("--targets", default=None, help="override every task's: 'all-linear' or comma-separated names")
-    p.add_argument("--warmup-steps", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--warmup-steps", type=int, default=None, help="override every task's (default 10)")
+    p.add_argument("--batch-size", type=int, default=None, help="override every task's (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
@@ -56,7 +59,9 @@ def main() -> None:
         budget = dict(BUDGETS.get(task, dict(train_subset=512, epochs=2.0, max_length=128, lr=2e-3, targets=None)))
         if args.train_subset is not None:
             budget["train_subset"] = args.train_subset or None
-        for key in ("epochs", "lr", "targets"):
+        budget.setdefault("batch_size", 32)
+        budget.setdefault("warmup_steps", 10)
+        for key in ("epochs", "lr", "targets", "batch_size", "warmup_steps"):
             if getattr(args, key) is not None:
                 budget[key] = getattr(args, key)
         targets = budget.pop("targets")
@@ -68,8 +73,6 @@ def main() -> None:
             model=args.model,
             data_dir=args.data_dir,
             method_config={"r": args.rank, "target_modules": targets},
-            warmup_steps=args.warmup_steps,
-            batch_size=args.batch_size,
             seed=args.seed,
             **budget,
         )
