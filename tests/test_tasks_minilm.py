@@ -25,22 +25,16 @@ GLUE_BUDGET = {
 }
 
 
-@pytest.mark.parametrize("task", list(GLUE_BUDGET))
-def test_short_lora_run_beats_the_trivial_baseline(task, minilm_path, glue_dir, tmp_path):
-    budget = dict(GLUE_BUDGET[task])
-    margin = budget.pop("margin")
+def assert_lora_run_beats_the_trivial_baseline(task, margin, minilm_path, glue_dir, tmp_path, targets=None, **budget):
+    """One LoRA run (r = 8) on ``task``; its dev main metric must beat the trivial baseline by ``margin``."""
     cfg = TrainConfig(
         method="lora",
         task=task,
         model=str(minilm_path),
         data_dir=str(glue_dir.parent),
-        method_config={"r": 8},
-        lr=2e-3,
-        warmup_steps=10,
-        batch_size=32,
-        max_length=128,
+        method_config={"r": 8, "target_modules": targets},
         cache_dir=str(tmp_path),
-        **budget,
+        **{"lr": 2e-3, "warmup_steps": 10, "batch_size": 32, "max_length": 128, **budget},
     )
     result = run_training(cfg, assets=prepare_run(cfg))
     train = [e.label for e in read_glue_split(glue_dir, task, "train")]
@@ -50,6 +44,12 @@ def test_short_lora_run_beats_the_trivial_baseline(task, minilm_path, glue_dir, 
     print(f"\n{task}: dev {OBJECTIVE} = {score:.4f} vs trivial baseline {baseline:.4f}")
     assert result.status == "completed"
     assert score > baseline + margin, f"{task}: {score:.4f} does not beat the trivial baseline {baseline:.4f}"
+
+
+@pytest.mark.parametrize("task", list(GLUE_BUDGET))
+def test_short_lora_run_beats_the_trivial_baseline(task, minilm_path, glue_dir, tmp_path):
+    assert_lora_run_beats_the_trivial_baseline(task, minilm_path=minilm_path, glue_dir=glue_dir, tmp_path=tmp_path,
+                                               **GLUE_BUDGET[task])  # fmt: skip
 
 
 LONG_TASKS = ("mrpc", "rte", "cola")
@@ -64,23 +64,7 @@ def test_whole_training_set_lora_run_beats_the_trivial_baseline(task, minilm_pat
         pytest.skip("5-12 minutes per task on 2 CPU cores: set WLORA_LONG_TESTS=1 to run")
     from bench.glue_short_runs import BUDGETS
 
-    budget = {"batch_size": 32, "warmup_steps": 10, **BUDGETS[task]}
-    cfg = TrainConfig(
-        method="lora",
-        task=task,
-        model=str(minilm_path),
-        data_dir=str(glue_dir.parent),
-        method_config={"r": 8, "target_modules": budget.pop("targets")},
-        cache_dir=str(tmp_path),
-        **budget,
-    )
-    result = run_training(cfg, assets=prepare_run(cfg))
-    train = [e.label for e in read_glue_split(glue_dir, task, "train")]
-    dev = [e.label for e in read_glue_split(glue_dir, task, "dev")]
-    baseline = trivial_baseline(task, train, dev)["main"]
-    score = result.metrics[OBJECTIVE]
-    print(f"\n{task}: dev {OBJECTIVE} = {score:.4f} vs trivial baseline {baseline:.4f}")
-    assert result.status == "completed" and score > baseline + 0.02
+    assert_lora_run_beats_the_trivial_baseline(task, 0.02, minilm_path, glue_dir, tmp_path, **BUDGETS[task])
 
 
 def test_trivial_baselines_by_hand(glue_dir):
