@@ -270,10 +270,10 @@ def test_pareto_front():
     from sweeps.common import _pareto
 
     rows = [
-        {"trial_id": "a", "status": "completed", "eval_main": 0.80, "trainable_pct": 0.5},
-        {"trial_id": "b", "status": "completed", "eval_main": 0.78, "trainable_pct": 0.1},
-        {"trial_id": "c", "status": "completed", "eval_main": 0.70, "trainable_pct": 0.3},  # dominated by b
-        {"trial_id": "d", "status": "asha_stopped", "eval_main": 0.99, "trainable_pct": 0.01},  # not final
+        {"trial_id": "a", "status": "completed", "eval_main": 0.80, "method_pct": 0.5},
+        {"trial_id": "b", "status": "completed", "eval_main": 0.78, "method_pct": 0.1},
+        {"trial_id": "c", "status": "completed", "eval_main": 0.70, "method_pct": 0.3},  # dominated by b
+        {"trial_id": "d", "status": "asha_stopped", "eval_main": 0.99, "method_pct": 0.01},  # not final
     ]
     assert [r["trial_id"] for r in _pareto(rows)] == ["b", "a"]
 
