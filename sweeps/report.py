@@ -381,7 +381,7 @@ def _method_colors(methods: Iterable[str]) -> dict[str, Any]:
 
 
 def plot_pareto(trials: Sequence[RunInfo], path: Path) -> dict[str, Any]:
-    """Metric vs trainable params, one point per trial (hollow = ASHA-stopped), front as a line."""
+    """Metric vs # Params (trainable besides the head), one point per trial (hollow = ASHA-stopped), front as a line."""
     pts = [t for t in trials if t.role == "trial" and t.main is not None and _final_params(t) is not None]
     pts = [t for t in pts if t.status in STATUS_OK]
     tasks = _ordered({t.task for t in pts}, list(TASKS), key=task_key)
