@@ -1,0 +1,201 @@
+"""The configuration of one run (:class:`TrainConfig`), what is resolved before it (:class:`RunAssets`)
+and what it returns (:class:`RunResult`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from wlora.data.metrics import MAIN_METRIC
+from wlora.data.tasks import TaskData, task_kind
+from wlora.registry import get_method, make_config
+
+#: The metric every task reports as its objective (higher is better for every task).
+OBJECTIVE = f"eval_{MAIN_METRIC}"
+#: The model used when none is given: small, the same architecture family as the papers' encoders.
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one run needs. Field names are the CLI flags (``--warmup-steps``) and Tune keys."""
+
+    method: str = "lora"
+    """Method slug (``wlora.registry.METHODS``)."""
+    task: str = "sst2"
+    """GLUE task (sst2, cola, mrpc, rte, stsb, qnli, qqp, mnli), squad, squad_v2, xsum or cnn_dailymail."""
+    model: str = DEFAULT_MODEL
+    """Hugging Face hub id or local model folder."""
+    data_dir: str | None = None
+    """Folder holding glue/, squad/, xsum/, cnn_dailymail/; None = read the hub datasets."""
+    train_file: str | None = None
+    """QA / summarisation: read the training split from this file instead."""
+    eval_file: str | None = None
+    """QA / summarisation: read the evaluation split from this file instead."""
+    eval_split: str = "dev"
+    """dev (MNLI: matched; also dev_mismatched), or test for summarisation."""
+    method_config: Mapping[str, Any] = field(default_factory=dict)
+    """The method's config fields (r, alpha, k, t, lr_w, …); validated by the method's config class."""
+    lr: float = 5e-4
+    """Peak AdamW learning rate."""
+    warmup_steps: int = 0
+    """Linear warm-up steps (then linear decay to 0)."""
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm; None = no clipping."""
+    batch_size: int = 32
+    """Examples per optimizer step and device = batch_size × grad_accum."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    eval_batch_size: int = 64
+    epochs: float = 3.0
+    """Training length in epochs (fractions allowed); ignored when max_steps is set."""
+    max_steps: int | None = None
+    """Training length in optimizer steps."""
+    eval_every: int | None = None
+    """Evaluate every N optimizer steps; None = at the end of every epoch (and always at the end)."""
+    max_length: int = 128
+    """Truncation length of inputs (QA: window length; seq2seq: source length)."""
+    max_target_length: int = 64
+    """Seq2seq: target length (training) and generated tokens (evaluation)."""
+    doc_stride: int = 64
+    """QA: overlap of consecutive context windows, in tokens."""
+    source_prefix: str | None = None
+    """Seq2seq: input prefix; None = "summarize: " for T5 models, "" otherwise."""
+    num_beams: int = 1
+    """Seq2seq: beams at evaluation."""
+    train_subset: int | None = None
+    """Keep this many training examples (drawn with data_seed)."""
+    eval_subset: int | None = None
+    """Keep this many evaluation examples (drawn with data_seed)."""
+    data_seed: int = 0
+    """Seed of the subset draws (kept apart from `seed` so all trials of a sweep see the same data)."""
+    seed: int = 0
+    """Seed of the run: head init, adapter init, dropout, batch order."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    cpu: bool = False
+    """Train on CPU even when a GPU is available."""
+    cache_dir: str | None = None
+    """Tokenized-feature cache; None = $WLORA_CACHE_DIR or ~/.cache/wlora."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method_config", dict(self.method_config or {}))
+        get_method(self.method)  # raises for an unknown slug
+        task_kind(self.task)  # raises for an unknown task
+        checks = [
+            (self.lr > 0 and math.isfinite(self.lr), "lr", "a positive number"),
+            (self.warmup_steps >= 0, "warmup_steps", ">= 0"),
+            (self.weight_decay >= 0, "weight_decay", ">= 0"),
+            (self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "> 0 or None"),
+            (self.batch_size >= 1, "batch_size", ">= 1"),
+            (self.grad_accum >= 1, "grad_accum", ">= 1"),
+            (self.eval_batch_size >= 1, "eval_batch_size", ">= 1"),
+            (self.epochs > 0, "epochs", "> 0"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1 or None"),
+            (self.eval_every is None or self.eval_every >= 1, "eval_every", ">= 1 or None"),
+            (self.max_length > 8, "max_length", "> 8"),
+            (self.max_target_length >= 1, "max_target_length", ">= 1"),
+            (
+                task_kind(self.task) != "qa" or 0 <= self.doc_stride < self.max_length,
+                "doc_stride",
+                "in [0, max_length) for QA",
+            ),
+            (self.num_beams >= 1, "num_beams", ">= 1"),
+            (self.train_subset is None or self.train_subset >= 1, "train_subset", ">= 1 or None"),
+            (self.eval_subset is None or self.eval_subset >= 1, "eval_subset", ">= 1 or None"),
+            (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "one of no, bf16, fp16"),
+        ]
+        for ok, name, want in checks:
+            if not ok:
+                raise ValueError(f"`{name}` must be {want}, got {getattr(self, name)!r}")
+        make_config(self.method, self._method_values(None))  # the method's own validation
+
+    # ----- construction -----
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name != "method_config"]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """From a dict with ``method_config`` nested; unknown keys raise ``ValueError``."""
+        unknown = sorted(set(values) - {*cls.field_names(), "method_config"})
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid: {cls.field_names()}")
+        return cls(**values)
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> TrainConfig:
+        """From a flat dict (a Tune config): TrainConfig fields by name, every other key goes to the
+        method's config — whose validation rejects keys it does not know."""
+        own = set(cls.field_names())
+        train = {k: v for k, v in flat.items() if k in own}
+        method_cfg = {k: v for k, v in flat.items() if k not in own}
+        if "method_config" in flat:
+            raise ValueError("`method_config` cannot appear in a flat config; give its fields at the top level")
+        return cls(**train, method_config=method_cfg)
+
+    def to_flat(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.field_names()}
+        overlap = set(out) & set(self.method_config)
+        if overlap:
+            raise ValueError(f"method config keys {sorted(overlap)} clash with TrainConfig fields")
+        return {**out, **self.method_config}
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ----- derived -----
+
+    def _method_values(self, run_info: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The method config, with run facts (total steps …) filled in where the method declares them."""
+        values = dict(self.method_config)
+        fields = {f.name for f in dataclasses.fields(get_method(self.method).config_cls)}
+        for key, value in (run_info or {}).items():
+            if key in fields and values.get(key) is None:
+                values[key] = value
+        return values
+
+
+@dataclass
+class RunAssets:
+    """What :func:`prepare_run` resolved once: a local model folder and the tokenized data."""
+
+    model_path: str
+    data: TaskData
+    n_adapters: int | None = None
+    model_type: str = ""
+    staged_model: Any = None
+    """Set by a cluster sweep: an object whose ``local_path()`` gives this node's copy of ``model_path``
+    (the folder exists on the driver only); None when every process sees ``model_path``."""
+
+    def on_this_node(self) -> RunAssets:
+        """These assets with ``model_path`` valid on the calling node (staging the folder if needed)."""
+        if self.staged_model is None or Path(self.model_path).is_dir():
+            return self
+        return dataclasses.replace(self, model_path=str(self.staged_model.local_path()), staged_model=None)
+
+
+@dataclass
+class RunResult:
+    status: Literal["completed", "failed"]
+    error: str | None
+    metrics: dict[str, float]
+    """The last evaluation (plus training stats)."""
+    history: list[dict[str, float]]
+    method_report: dict[str, Any]
+    steps: int
+    total_steps: int
+    train_time_s: float
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The evaluation with the highest objective."""
+        return max(self.history, key=lambda m: m[OBJECTIVE]) if self.history else {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "best": self.best}

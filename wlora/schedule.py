@@ -1,0 +1,110 @@
+"""The run's step plan: steps per epoch and in all, the LoRA-drop importance phase, which optimizer
+steps evaluate, and the micro-batches of each step.
+
+:func:`planned_evaluations` is the one count of evaluations a run reports: the runner evaluates on
+exactly the steps :meth:`Schedule.evaluates` accepts, and a sweep's ASHA ``max_t`` is this number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from wlora.core.controller import Controller
+from wlora.data.tasks import TaskData, collate
+from wlora.registry import make_config
+from wlora.run_config import TrainConfig
+
+
+def task_steps(cfg: TrainConfig, n_train: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, optimizer steps of the task run) for ``n_train`` training examples."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps_per_epoch = max(1, math.ceil(n_train / per_step))
+    total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    return steps_per_epoch, total
+
+
+def run_info(cfg: TrainConfig, n_train: int) -> dict[str, Any]:
+    """The run facts a method config may declare as fields (``wlora.registry.RUN_FIELDS``)."""
+    steps_per_epoch, total = task_steps(cfg, n_train)
+    return {"total_steps": total, "steps_per_epoch": steps_per_epoch, "n_train_examples": n_train}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimizer steps ``1..total``: first ``phase`` importance steps (LoRA-drop), then the task run."""
+
+    steps_per_epoch: int
+    total: int
+    phase: int
+    eval_every: int | None
+
+    def evaluates(self, step: int) -> bool:
+        """Whether the run evaluates (and reports) after optimizer step ``step`` (1-based)."""
+        if step == self.total:
+            return True
+        if self.eval_every is not None:
+            return step % self.eval_every == 0
+        return step > self.phase and (step - self.phase) % self.steps_per_epoch == 0
+
+    @property
+    def n_evaluations(self) -> int:
+        return sum(1 for s in range(1, self.total + 1) if self.evaluates(s))
+
+
+def schedule_for(cfg: TrainConfig, n_train: int, method_values: Mapping[str, Any] | None = None) -> Schedule:
+    """The schedule of ``cfg`` on ``n_train`` examples; the importance phase comes from the method's config."""
+    info = run_info(cfg, n_train)
+    values = cfg._method_values(info) if method_values is None else dict(method_values)
+    phase = getattr(make_config(cfg.method, values), "importance_steps", 0) or 0
+    return Schedule(info["steps_per_epoch"], info["total_steps"] + phase, phase, cfg.eval_every)
+
+
+def planned_evaluations(cfg: TrainConfig, n_train: int) -> int:
+    """How many evaluations (reports) a full run of ``cfg`` on ``n_train`` examples makes (ASHA's max_t)."""
+    return schedule_for(cfg, n_train).n_evaluations
+
+
+def importance_sample(cfg: TrainConfig, data: TaskData, ratio: float) -> list[int]:
+    """LoRA-drop's stratified ``sample_ratio`` subset of the training set (STS-B scores binned to
+    integers; QA / seq2seq have no class to stratify by, so the draw is uniform)."""
+    from wlora.core.sampling import stratified_sample
+
+    if data.kind == "classification":
+        labels = [f["labels"] for f in data.train]
+    elif data.kind == "regression":
+        labels = [round(f["labels"]) for f in data.train]
+    else:
+        labels = [0] * len(data.train)
+    return stratified_sample(labels, ratio, seed=cfg.seed)
+
+
+def micro_batches(
+    cfg: TrainConfig, data: TaskData, step: int, steps_per_epoch: int, device, method: Controller | None = None
+) -> list[dict]:
+    """The micro-batches of optimizer step ``step`` (0-based): a pure function of (seed, step), so a
+    resumed run sees exactly the batches it would have seen.
+
+    A method with an importance phase on a data sample (LoRA-drop: ``importance_steps``,
+    ``sample_steps`` and ``config.sample_ratio``) gets its first steps from passes over that sample,
+    then the normal epochs (counted from the end of the phase)."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    phase = getattr(method, "importance_steps", 0) or 0
+    if step < phase:
+        sample = importance_sample(cfg, data, method.config.sample_ratio)
+        p, pos = divmod(step, method.sample_steps)
+        perm = torch.randperm(len(sample), generator=torch.Generator().manual_seed(cfg.seed * 7_919 + p))
+        idx = [sample[i] for i in perm[pos * per_step : (pos + 1) * per_step].tolist()]
+    else:
+        epoch, pos = divmod(step - phase, steps_per_epoch)
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        idx = order[pos * per_step : (pos + 1) * per_step].tolist()
+    out = []
+    for i in range(0, len(idx), cfg.batch_size):
+        feats = [data.train[j] for j in idx[i : i + cfg.batch_size]]
+        out.append({k: v.to(device) for k, v in collate(feats, data.pad_token_id).items()})
+    return out
