@@ -17,13 +17,14 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from wlora.data.glue import GLUE_TASKS, get_task, load_glue
 from wlora.data.squad import SQUAD_VERSIONS, load_squad, qa_eval_features, qa_train_features
 from wlora.data.summarization import SUMMARIZATION_TASKS, load_summarization, seq2seq_features
+
+if TYPE_CHECKING:
+    import torch
 
 TaskKind = Literal["classification", "regression", "qa", "seq2seq"]
 #: Bump when the feature format changes, so old cache entries are not reused.
@@ -241,6 +242,8 @@ TARGET_KEYS = ("labels", "start_positions", "end_positions")
 
 def collate(features: Sequence[dict[str, Any]], pad_token_id: int, *, with_targets: bool = True) -> dict:
     """Pad one batch to its longest sequence (dynamic padding). Sequence labels pad with -100."""
+    import torch  # deferred: reading and locating data needs no torch
+
     out: dict[str, torch.Tensor] = {}
     longest = max(len(f["input_ids"]) for f in features)
     for key in MODEL_INPUTS:
