@@ -22,13 +22,13 @@ from wlora.data.tasks import list_tasks
 from wlora.fields import field_infos, format_fields, parse_field_value
 from wlora.model_source import check_model_source
 from wlora.registry import METHODS, get_method
-from wlora.run_config import DEFAULT_MODEL, OBJECTIVE, TrainConfig
+from wlora.run_config import OBJECTIVE, TrainConfig
 
 #: Flags whose help says more than the field's (choices, environment defaults).
 _HELP_EXTRA = {
     "method": f"method slug: {', '.join(METHODS)}",
     "task": f"task: {', '.join(list_tasks())}",
-    "model": f"hub id or local model folder (default: $WLORA_MODEL, else {DEFAULT_MODEL})",
+    "model": "hub id or local model folder",
 }
 _ENV_DEFAULTS = {"model": "WLORA_MODEL", "data_dir": "WLORA_DATA_DIR"}
 
@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         choices = typing.get_args(info.type) if typing.get_origin(info.type) is typing.Literal else None
         if env:
             text += f" (default: ${_ENV_DEFAULTS[info.name]}={env})"
-        elif info.name not in _HELP_EXTRA:
+        elif info.name in _ENV_DEFAULTS:
+            text += f" (default: {default}; ${_ENV_DEFAULTS[info.name]} sets another)"
+        else:
             text += f" (default: {default})"
         p.add_argument(flag, type=_converter(info.name, info.type), default=default, choices=choices, help=text)
     p.add_argument(
