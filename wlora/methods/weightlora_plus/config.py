@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wlora.core.config import GateConfig, _require
-from wlora.core.growth import GROWTH_INITS
 
 
 @dataclass(frozen=True)
@@ -21,6 +20,8 @@ class WeightLoRAPlusConfig(GateConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from wlora.core.growth import GROWTH_INITS  # deferred: growth needs torch, listing the fields does not
+
         _require(self.init in GROWTH_INITS, f"`init` must be one of {list(GROWTH_INITS)}, got {self.init!r}")
         _require(
             isinstance(self.stages, int) and not isinstance(self.stages, bool) and self.stages >= 1,
