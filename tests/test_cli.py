@@ -223,3 +223,15 @@ def test_rte_run_from_the_glue_download_script_layout(minilm_path, glue_dir, tmp
     assert result["status"] == "completed" and result["metrics"]["step"] == 2
     assert result["metrics"]["active_adapters"] == 12  # query and value of 6 layers
     assert 0.0 <= result["metrics"]["eval_main"] <= 1.0
+
+
+@pytest.mark.subprocess
+def test_unreachable_hub_data_says_how_to_use_local_copies(minilm_path, tmp_path):
+    proc = _run(
+        "-m", "wlora.train", "--model", str(minilm_path), "--task", "rte", "--cache-dir", str(tmp_path / "c"),
+        env={"WLORA_DATA_DIR": "", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+        timeout=300,
+    )  # fmt: skip
+    error = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(error) == 1, proc.stderr
+    assert "rte: could not read nyu-mll/glue/rte from the hub" in error[0] and LOCAL_COPIES_HINT in error[0]
