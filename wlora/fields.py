@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import textwrap
 import types
 import typing
 from collections.abc import Sequence
@@ -140,7 +141,7 @@ def format_fields(cls: type, skip: Sequence[str] = ()) -> str:
         default = "(required)" if info.default is dataclasses.MISSING else repr(info.default)
         lines.append(f"{info.name} = {default}  ({_type_name(info.type)})")
         if info.help:
-            lines.append(f"    {info.help}")
+            lines.append(textwrap.fill(info.help, 100, initial_indent="    ", subsequent_indent="    "))
     return "\n".join(lines)
 
 
