@@ -118,5 +118,6 @@ def locate_task_files(
             return found[0], found[1]
         looked.append(f"{folder} (no {', '.join(missing)})")
     raise FileNotFoundError(
-        f"{task}: no {' and '.join(needed)} under --data-dir {root}; looked in: " + "; ".join(looked)
+        f"{task}: data files not found: no {' and '.join(needed)} under --data-dir {root}; looked in: "
+        + "; ".join(looked)
     )
