@@ -135,3 +135,28 @@ def test_family_table_still_wins():
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
     )
     assert default_targets(_model(cfg)) == FAMILY_TARGETS["bert"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        T.BertConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+        ),
+        T.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=37),
+        T.DebertaV2Config(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+        ),
+        T.ElectraConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+        ),
+    ],
+    ids=lambda c: c.model_type,
+)
+def test_discovery_agrees_with_the_table_on_listed_encoders(config):
+    """The rule for unlisted models picks exactly what the table lists for the encoder families."""
+    model = _model(config)
+    roles = discover_attention_targets(model)
+    chosen = {n.rsplit(".", 1)[-1] for role in ("query", "key", "value") for n in roles.get(role, [])}
+    assert chosen == set(FAMILY_TARGETS[config.model_type])
+    assert sum(len(roles.get(r, [])) for r in ("query", "key", "value")) == 3 * 2
