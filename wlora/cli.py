@@ -33,7 +33,7 @@ _HELP_EXTRA = {
 _ENV_DEFAULTS = {"model": "WLORA_MODEL", "data_dir": "WLORA_DATA_DIR"}
 
 
-def _converter(name: str, tp: Any):
+def _converter(tp: Any):
     """argparse ``type=`` for a TrainConfig field of declared type ``tp`` (``none`` allowed if optional)."""
     members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, type(int | None)) else (tp,)
     optional = type(None) in members
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
             text += f" (default: {default}; ${_ENV_DEFAULTS[info.name]} sets another)"
         else:
             text += f" (default: {default})"
-        p.add_argument(flag, type=_converter(info.name, info.type), default=default, choices=choices, help=text)
+        p.add_argument(flag, type=_converter(info.type), default=default, choices=choices, help=text)
     p.add_argument(
         "--set",
         action="append",
