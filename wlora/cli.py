@@ -1,108 +1,150 @@
-"""``python -m wlora.train``: one run from the command line, its result printed as JSON."""
+"""``python -m wlora.train``: one run from the command line, its result printed as JSON.
+
+Flags and their help come from :class:`~wlora.run_config.TrainConfig`'s fields; method fields are set
+with ``--set KEY=VALUE`` and listed, with defaults and help, by ``--list-method-fields``. Everything
+that can be checked without the model — flags, the method config, the data folder, the model
+folder — is checked before torch is imported, so ``--help`` and bad input answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
-import itertools
 import json
 import os
 import sys
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from wlora.data.layout import locate_task_files
 from wlora.data.tasks import list_tasks
+from wlora.fields import field_infos, format_fields, parse_field_value
+from wlora.model_source import check_model_source
 from wlora.registry import METHODS, get_method
-from wlora.run_config import DEFAULT_MODEL, OBJECTIVE, TrainConfig
+from wlora.run_config import OBJECTIVE, TrainConfig
 
+#: Flags whose help says more than the field's (choices, environment defaults).
 _HELP_EXTRA = {
     "method": f"method slug: {', '.join(METHODS)}",
     "task": f"task: {', '.join(list_tasks())}",
-    "model": "hub id or local model folder (default: $WLORA_MODEL, else " + DEFAULT_MODEL + ")",
-    "data_dir": "folder holding glue/, squad/, xsum/, cnn_dailymail/ (default: $WLORA_DATA_DIR; unset = the hub)",
+    "model": "hub id or local model folder",
 }
+_ENV_DEFAULTS = {"model": "WLORA_MODEL", "data_dir": "WLORA_DATA_DIR"}
 
 
-def _field_docs() -> dict[str, str]:
-    """Attribute docstrings of TrainConfig (the text after each field), for --help."""
-    import ast
+def _converter(tp: Any):
+    """argparse ``type=`` for a TrainConfig field of declared type ``tp`` (``none`` allowed if optional)."""
+    members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, type(int | None)) else (tp,)
+    optional = type(None) in members
+    base = next((m for m in members if m is not type(None)), str)
 
-    src = inspect.getsource(TrainConfig)
-    body = ast.parse(src).body[0].body
-    docs: dict[str, str] = {}
-    for a, b in itertools.pairwise(body):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-            docs[a.target.id] = " ".join(str(b.value.value).split())
-    return docs
+    def convert(text: str) -> Any:
+        if optional and text.strip().lower() in ("none", "null"):
+            return None
+        if base in (int, float):
+            try:
+                return base(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {base.__name__}, got {text!r}") from None
+        return text
+
+    convert.__name__ = getattr(base, "__name__", "value")
+    return convert
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m wlora.train",
         description="Train one method on one task and print the result as JSON.",
-        epilog="Method fields are set with repeated --set KEY=VALUE (e.g. --set r=8 --set k=4 --set t=100); "
-        "each method's fields are listed by --list-method-fields METHOD.",
+        epilog="Method fields are set with repeated --set KEY=VALUE (e.g. --set r=8 --set k=4 "
+        "--set target_modules=query,value); --list-method-fields METHOD prints each field's default and help. "
+        "--data-dir may hold glue/<TASK>/, the task folders directly (glue_data/RTE/...), or be the task folder.",
     )
-    docs = _field_docs()
-    defaults = TrainConfig()
-    env_default = {"model": os.environ.get("WLORA_MODEL"), "data_dir": os.environ.get("WLORA_DATA_DIR")}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "method_config":
+    for info in field_infos(TrainConfig).values():
+        if info.name == "method_config":
             continue
-        default = env_default.get(f.name) or getattr(defaults, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        text = _HELP_EXTRA.get(f.name, docs.get(f.name, f.name.replace("_", " ")))
-        if f.name == "cpu":
+        env = os.environ.get(_ENV_DEFAULTS.get(info.name, ""), "")
+        default = env or info.default
+        flag = "--" + info.name.replace("_", "-")
+        text = _HELP_EXTRA.get(info.name, info.help)
+        if info.type is bool:
             p.add_argument(flag, action="store_true", help=text)
             continue
-        kind = {"lr": float, "weight_decay": float, "epochs": float, "max_grad_norm": float}.get(f.name)
-        if kind is None:
-            kind = int if isinstance(getattr(defaults, f.name), int) or f.name.endswith(("steps", "subset")) else str
-        if f.name in ("eval_every", "max_steps", "train_subset", "eval_subset"):
-            kind = int
-        p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
+        choices = typing.get_args(info.type) if typing.get_origin(info.type) is typing.Literal else None
+        if env:
+            text += f" (default: ${_ENV_DEFAULTS[info.name]}={env})"
+        elif info.name in _ENV_DEFAULTS:
+            text += f" (default: {default}; ${_ENV_DEFAULTS[info.name]} sets another)"
+        else:
+            text += f" (default: {default})"
+        p.add_argument(flag, type=_converter(info.type), default=default, choices=choices, help=text)
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a method config field (value parsed as JSON when possible, e.g. r=8, target_modules='[\"query\"]')",
+        help="a method config field; lists as a comma list or JSON (target_modules=query,value), "
+        "numbers and true/false/none as usual",
     )
     p.add_argument("--output-dir", help="write result.json, the final checkpoint and a PEFT export here")
     p.add_argument("--resume-from", help="continue from a checkpoint folder (…/checkpoint)")
-    p.add_argument("--list-method-fields", metavar="METHOD", help="print METHOD's config fields and exit")
+    p.add_argument(
+        "--list-method-fields",
+        metavar="METHOD",
+        help="print METHOD's config fields with their defaults and help, then exit ('all' for every method)",
+    )
     return p
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+def list_method_fields(slug: str) -> str:
+    """The text of ``--list-method-fields``: each field's default, type and help."""
+    slugs = list(METHODS) if slug == "all" else [get_method(slug).slug]
+    blocks = []
+    for s in slugs:
+        spec = METHODS[s]
+        run = f"\n(filled in by the run when unset: {', '.join(spec.run_fields)})" if spec.run_fields else ""
+        blocks.append(f"# {s}: {spec.summary}{run}\n{format_fields(spec.config_cls)}")
+    return "\n\n".join(blocks)
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """The validated run config (raises ``ValueError`` naming the bad field)."""
+    method_cfg: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        method_cfg[key.strip()] = parse_field_value(key.strip(), raw, args.method)
+    values = {k: getattr(args, k) for k in TrainConfig.field_names()}
+    return TrainConfig(**values, method_config=method_cfg)
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """What can be checked without loading anything: the model folder and the data files."""
+    check_model_source(cfg.model)
+    locate_task_files(
+        cfg.task, cfg.data_dir, eval_split=cfg.eval_split, train_file=cfg.train_file, eval_file=cfg.eval_file
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.list_method_fields:
-        spec = get_method(args.list_method_fields)
-        for f in dataclasses.fields(spec.config_cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            print(f"{f.name} = {default!r}")
-        return 0
-    values = {k: getattr(args, k) for k in TrainConfig.field_names()}
-    method_cfg = {}
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        method_cfg[key.strip()] = _parse_value(raw)
+    try:
+        if args.list_method_fields:
+            print(list_method_fields(args.list_method_fields))
+            return 0
+        cfg = _config(args)
+        check_inputs(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    # Only now does a run start: torch, transformers and peft load here.
     from wlora.loop import _jsonable, data_kind_exportable, export_from_checkpoint, run_training
     from wlora.modeling import prepare_run
 
     try:
-        cfg = TrainConfig(**values, method_config=method_cfg)
         assets = prepare_run(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,28 +12,10 @@ from torch import nn
 from wlora.core.controller import Controller
 from wlora.data.tasks import prepare_task_data, task_kind
 from wlora.engine import Engine, seed_everything
+from wlora.model_source import resolve_model
 from wlora.registry import get_method, make_config
 from wlora.run_config import RunAssets, TrainConfig
 from wlora.schedule import run_info, schedule_for
-
-
-def resolve_model(name_or_path: str) -> str:
-    """A local folder as is; a hub id → its local snapshot (downloaded once, then from the HF cache)."""
-    if Path(name_or_path).expanduser().is_dir():
-        return str(Path(name_or_path).expanduser().resolve())
-    if name_or_path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model folder not found: {name_or_path}")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(
-            name_or_path,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "spiece*", "*.bin"],
-        )
-    except Exception as e:  # network, auth, missing repo: one clear message
-        raise FileNotFoundError(
-            f"model {name_or_path!r} is not a local folder and could not be fetched from the hub: {e}"
-        ) from None
 
 
 def load_tokenizer(model_path: str):

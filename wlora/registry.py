@@ -12,22 +12,17 @@ validates before the run is sized); building the method then raises a ``ValueErr
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from wlora.core.config import MethodConfig
-from wlora.core.controller import Controller
-from wlora.methods.adalora import AdaLoRAConfig, AdaLoRAController
-from wlora.methods.full import FullConfig, FullController
-from wlora.methods.lora import LoRAConfig, LoRAController
-from wlora.methods.lora_drop import LoRADropConfig, LoRADropController
-from wlora.methods.random_select import RandomSelectConfig, RandomSelectController
-from wlora.methods.rolora import RoLoRAConfig, RoLoRAController
-from wlora.methods.weightlora import WeightLoRAConfig, WeightLoRAController
-from wlora.methods.weightlora_plus import WeightLoRAPlusConfig, WeightLoRAPlusController
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from wlora.core.controller import Controller
 
 #: Config fields the training runner fills in: field name → what it means.
 RUN_FIELDS: dict[str, str] = {
@@ -38,52 +33,71 @@ RUN_FIELDS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """One method. Its classes are named ``"module:Class"`` and imported on first use: the config
+    classes load without torch (so the command line answers at once), the controllers with it."""
+
     slug: str
-    config_cls: type[MethodConfig]
-    controller_cls: type[Controller]
+    config_ref: str
+    controller_ref: str
     summary: str
     run_fields: tuple[str, ...] = ()
+
+    @property
+    def config_cls(self) -> type[MethodConfig]:
+        return _load(self.config_ref)
+
+    @property
+    def controller_cls(self) -> type[Controller]:
+        return _load(self.controller_ref)
+
+
+def _load(ref: str) -> type:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _refs(slug: str, config: str, controller: str) -> tuple[str, str]:
+    return f"wlora.methods.{slug}.config:{config}", f"wlora.methods.{slug}.controller:{controller}"
 
 
 METHODS: dict[str, MethodSpec] = {
     spec.slug: spec
     for spec in (
-        MethodSpec("lora", LoRAConfig, LoRAController, "LoRA on every target module"),
-        MethodSpec("weightlora", WeightLoRAConfig, WeightLoRAController, "learned gates, keep the top-K adapters"),
+        MethodSpec("lora", *_refs("lora", "LoRAConfig", "LoRAController"), "LoRA on every target module"),
+        MethodSpec(
+            "weightlora",
+            *_refs("weightlora", "WeightLoRAConfig", "WeightLoRAController"),
+            "learned gates, keep the top-K adapters",
+        ),
         MethodSpec(
             "weightlora_plus",
-            WeightLoRAPlusConfig,
-            WeightLoRAPlusController,
+            *_refs("weightlora_plus", "WeightLoRAPlusConfig", "WeightLoRAPlusController"),
             "WeightLoRA, then grow the K survivors' ranks to LoRA's budget",
         ),
         MethodSpec(
             "random_select",
-            RandomSelectConfig,
-            RandomSelectController,
+            *_refs("random_select", "RandomSelectConfig", "RandomSelectController"),
             "K adapters chosen at random (ablation)",
         ),
         MethodSpec(
             "lora_drop",
-            LoRADropConfig,
-            LoRADropController,
+            *_refs("lora_drop", "LoRADropConfig", "LoRADropController"),
             "LoRA on the modules with the largest output norm, one shared LoRA per type for the rest",
             run_fields=("steps_per_epoch",),
         ),
         MethodSpec(
             "rolora",
-            RoLoRAConfig,
-            RoLoRAController,
+            *_refs("rolora", "RoLoRAConfig", "RoLoRAController"),
             "ranks re-allocated by sparsify / rescale / Frank-Wolfe / extend within Σ r_i ≤ n·R",
             run_fields=("total_steps",),
         ),
         MethodSpec(
             "adalora",
-            AdaLoRAConfig,
-            AdaLoRAController,
+            *_refs("adalora", "AdaLoRAConfig", "AdaLoRAController"),
             "peft's AdaLoRA: SVD-form adapters pruned from init_r to r by importance",
             run_fields=("total_steps",),
         ),
-        MethodSpec("full", FullConfig, FullController, "full fine-tuning (all weights trainable)"),
+        MethodSpec("full", *_refs("full", "FullConfig", "FullController"), "full fine-tuning (all weights trainable)"),
     )
 }
 

@@ -24,63 +24,90 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 class TrainConfig:
     """Everything one run needs. Field names are the CLI flags (``--warmup-steps``) and Tune keys."""
 
-    method: str = "lora"
-    """Method slug (``wlora.registry.METHODS``)."""
-    task: str = "sst2"
-    """GLUE task (sst2, cola, mrpc, rte, stsb, qnli, qqp, mnli), squad, squad_v2, xsum or cnn_dailymail."""
-    model: str = DEFAULT_MODEL
-    """Hugging Face hub id or local model folder."""
-    data_dir: str | None = None
-    """Folder holding glue/, squad/, xsum/, cnn_dailymail/; None = read the hub datasets."""
-    train_file: str | None = None
-    """QA / summarisation: read the training split from this file instead."""
-    eval_file: str | None = None
-    """QA / summarisation: read the evaluation split from this file instead."""
-    eval_split: str = "dev"
-    """dev (MNLI: matched; also dev_mismatched), or test for summarisation."""
-    method_config: Mapping[str, Any] = field(default_factory=dict)
-    """The method's config fields (r, alpha, k, t, lr_w, …); validated by the method's config class."""
-    lr: float = 5e-4
-    """Peak AdamW learning rate."""
-    warmup_steps: int = 0
-    """Linear warm-up steps (then linear decay to 0)."""
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    """Clip the global gradient norm; None = no clipping."""
-    batch_size: int = 32
-    """Examples per optimizer step and device = batch_size × grad_accum."""
-    grad_accum: int = 1
-    """Micro-batches accumulated per optimizer step."""
-    eval_batch_size: int = 64
-    epochs: float = 3.0
-    """Training length in epochs (fractions allowed); ignored when max_steps is set."""
-    max_steps: int | None = None
-    """Training length in optimizer steps."""
-    eval_every: int | None = None
-    """Evaluate every N optimizer steps; None = at the end of every epoch (and always at the end)."""
-    max_length: int = 128
-    """Truncation length of inputs (QA: window length; seq2seq: source length)."""
-    max_target_length: int = 64
-    """Seq2seq: target length (training) and generated tokens (evaluation)."""
-    doc_stride: int = 64
-    """QA: overlap of consecutive context windows, in tokens."""
-    source_prefix: str | None = None
-    """Seq2seq: input prefix; None = "summarize: " for T5 models, "" otherwise."""
-    num_beams: int = 1
-    """Seq2seq: beams at evaluation."""
-    train_subset: int | None = None
-    """Keep this many training examples (drawn with data_seed)."""
-    eval_subset: int | None = None
-    """Keep this many evaluation examples (drawn with data_seed)."""
-    data_seed: int = 0
-    """Seed of the subset draws (kept apart from `seed` so all trials of a sweep see the same data)."""
-    seed: int = 0
-    """Seed of the run: head init, adapter init, dropout, batch order."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    cpu: bool = False
-    """Train on CPU even when a GPU is available."""
-    cache_dir: str | None = None
-    """Tokenized-feature cache; None = $WLORA_CACHE_DIR or ~/.cache/wlora."""
+    method: str = field(default="lora", metadata={"help": "Method slug (``wlora.registry.METHODS``)."})
+    task: str = field(
+        default="sst2",
+        metadata={
+            "help": "GLUE task (sst2, cola, mrpc, rte, stsb, qnli, qqp, mnli), squad, squad_v2, xsum or cnn_dailymail."
+        },
+    )
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Hugging Face hub id or local model folder."})
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Local data: a folder holding glue/<TASK>/ (or the task folders directly, as the GLUE download "
+                "script makes them), squad/, xsum/, cnn_dailymail/, or one task's own folder; None = the hub."
+            )
+        },
+    )
+    train_file: str | None = field(
+        default=None, metadata={"help": "QA / summarisation: read the training split from this file instead."}
+    )
+    eval_file: str | None = field(
+        default=None, metadata={"help": "QA / summarisation: read the evaluation split from this file instead."}
+    )
+    eval_split: str = field(
+        default="dev", metadata={"help": "dev (MNLI: matched; also dev_mismatched), or test for summarisation."}
+    )
+    method_config: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "The method's config fields (r, alpha, k, t, lr_w, …); validated by the method's config class."
+        },
+    )
+    lr: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps (then linear decay to 0)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float | None = field(
+        default=1.0, metadata={"help": "Clip the global gradient norm; None = no clipping."}
+    )
+    batch_size: int = field(
+        default=32, metadata={"help": "Examples per optimizer step and device = batch_size × grad_accum."}
+    )
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Examples per evaluation batch."})
+    epochs: float = field(
+        default=3.0, metadata={"help": "Training length in epochs (fractions allowed); ignored when max_steps is set."}
+    )
+    max_steps: int | None = field(default=None, metadata={"help": "Training length in optimizer steps."})
+    eval_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate every N optimizer steps; None = at the end of every epoch (and always at the end)."
+        },
+    )
+    max_length: int = field(
+        default=128, metadata={"help": "Truncation length of inputs (QA: window length; seq2seq: source length)."}
+    )
+    max_target_length: int = field(
+        default=64, metadata={"help": "Seq2seq: target length (training) and generated tokens (evaluation)."}
+    )
+    doc_stride: int = field(default=64, metadata={"help": "QA: overlap of consecutive context windows, in tokens."})
+    source_prefix: str | None = field(
+        default=None, metadata={"help": 'Seq2seq: input prefix; None = "summarize: " for T5 models, "" otherwise.'}
+    )
+    num_beams: int = field(default=1, metadata={"help": "Seq2seq: beams at evaluation."})
+    train_subset: int | None = field(
+        default=None, metadata={"help": "Keep this many training examples (drawn with data_seed)."}
+    )
+    eval_subset: int | None = field(
+        default=None, metadata={"help": "Keep this many evaluation examples (drawn with data_seed)."}
+    )
+    data_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the subset draws (kept apart from `seed` so all trials of a sweep see the same data)."
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the run: head init, adapter init, dropout, batch order."})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(
+        default="no", metadata={"help": "Mixed precision on GPU: no, bf16 or fp16."}
+    )
+    cpu: bool = field(default=False, metadata={"help": "Train on CPU even when a GPU is available."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Tokenized-feature cache; None = $WLORA_CACHE_DIR or ~/.cache/wlora."}
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method_config", dict(self.method_config or {}))

@@ -17,15 +17,16 @@ order a run uses them:
   (:class:`wlora.engine.Engine`), gradient accumulation, mixed precision and device placement via
   accelerate, ``report(metrics, checkpoint_dir)`` after each evaluation, resume, and a ``failed``
   status (no exception) when the loss turns NaN/inf; :func:`export_from_checkpoint`.
-* :mod:`wlora.cli` — the command line.
+* :mod:`wlora.cli` — the command line; its flags and help come from the config classes' fields
+  (:mod:`wlora.fields`, which also reads ``--set`` values), and it checks the data folder
+  (:mod:`wlora.data.layout`) and the model folder (:mod:`wlora.model_source`) before loading torch.
 
 Names are resolved lazily, so ``python -m wlora.train --help`` loads no torch. Never imports ray or mlflow.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wlora.lazy import lazy_exports
 
 _HOMES = {
     "OBJECTIVE": "wlora.run_config",
@@ -35,7 +36,8 @@ _HOMES = {
     "RunResult": "wlora.run_config",
     "prepare_run": "wlora.modeling",
     "build_run": "wlora.modeling",
-    "resolve_model": "wlora.modeling",
+    "resolve_model": "wlora.model_source",
+    "parse_field_value": "wlora.fields",
     "planned_evaluations": "wlora.schedule",
     "evaluate": "wlora.evaluation",
     "run_training": "wlora.loop",
@@ -48,17 +50,7 @@ _HOMES = {
 }
 
 __all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOMES])
-
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
 
 if __name__ == "__main__":
     from wlora.cli import main

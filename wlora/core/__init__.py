@@ -1,21 +1,22 @@
-"""Adapter layer, injection by name pattern, optimizer surgery, accounting, controller base."""
+"""Adapter layer, injection by name pattern, optimizer surgery, accounting, controller base.
 
-from wlora.core.accounting import count_parameters
-from wlora.core.config import AdapterConfig, GateConfig, KSelectionConfig
-from wlora.core.controller import Controller
-from wlora.core.inject import FAMILY_TARGETS, find_targets, inject_adapters
-from wlora.core.layer import LoRALinear
-from wlora.core.optim import optimizer_state_bytes
+Names are imported on first use, so the config classes (``wlora.core.config``) load without torch.
+"""
 
-__all__ = [
-    "FAMILY_TARGETS",
-    "AdapterConfig",
-    "Controller",
-    "GateConfig",
-    "KSelectionConfig",
-    "LoRALinear",
-    "count_parameters",
-    "find_targets",
-    "inject_adapters",
-    "optimizer_state_bytes",
-]
+from wlora.lazy import lazy_exports
+
+_HOMES = {
+    "FAMILY_TARGETS": "wlora.core.inject",
+    "AdapterConfig": "wlora.core.config",
+    "Controller": "wlora.core.controller",
+    "GateConfig": "wlora.core.config",
+    "KSelectionConfig": "wlora.core.config",
+    "LoRALinear": "wlora.core.layer",
+    "count_parameters": "wlora.core.accounting",
+    "find_targets": "wlora.core.inject",
+    "inject_adapters": "wlora.core.inject",
+    "optimizer_state_bytes": "wlora.core.optim",
+}
+
+__all__ = sorted(_HOMES)
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

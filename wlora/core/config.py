@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 
@@ -67,16 +67,27 @@ def require_run_field(config: Any, name: str) -> int:
 class AdapterConfig(MethodConfig):
     """Fields every LoRA-style method shares (peft names where peft has one)."""
 
-    r: int = 8
-    """Adapter rank (> 0)."""
-    alpha: float = 32.0
-    """LoRA α; the adapter scale is α / r (paper default 32, never tuned)."""
-    dropout: float = 0.05
-    """Dropout on the adapter input, in [0, 1)."""
-    target_modules: str | tuple[str, ...] | None = None
-    """Module-name patterns (peft semantics), a regex string, 'all-linear', or None = family default."""
-    head_modules: tuple[str, ...] | None = None
-    """Task-head modules kept fully trainable; None = auto-detect (see ``wlora.core.inject.HEAD_NAMES``)."""
+    r: int = field(default=8, metadata={"help": "Adapter rank (> 0)."})
+    alpha: float = field(
+        default=32.0, metadata={"help": "LoRA α; the adapter scale is α / r (paper default 32, never tuned)."}
+    )
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapter input, in [0, 1)."})
+    target_modules: str | tuple[str, ...] | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Module-name patterns (peft semantics): names (a module matches if its name ends with one), "
+                "a regex string, 'all-linear', or None = the family default (for an architecture not in the "
+                "family table: its attention query/key/value projections)."
+            )
+        },
+    )
+    head_modules: tuple[str, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "Task-head modules kept fully trainable; None = auto-detect (see ``wlora.core.inject.HEAD_NAMES``)."
+        },
+    )
 
     def __post_init__(self) -> None:
         for f in ("target_modules", "head_modules"):
@@ -103,10 +114,13 @@ class AdapterConfig(MethodConfig):
 class KSelectionConfig(AdapterConfig):
     """An adapter config that keeps K of the n adapters (WeightLoRA, WeightLoRA+, random selection)."""
 
-    k: int | None = None
-    """Adapters to keep, in [1, n]. Mutually exclusive with `k_fraction`."""
-    k_fraction: float | None = None
-    """Keep round(k_fraction · n) adapters (at least 1); used when `k` is None. Default 0.25."""
+    k: int | None = field(
+        default=None, metadata={"help": "Adapters to keep, in [1, n]. Mutually exclusive with `k_fraction`."}
+    )
+    k_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Keep round(k_fraction · n) adapters (at least 1); used when `k` is None. Default 0.25."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -137,14 +151,27 @@ class KSelectionConfig(AdapterConfig):
 class GateConfig(KSelectionConfig):
     """Gate training by StoIHT (WeightLoRA §3.3): shared by WeightLoRA and WeightLoRA+."""
 
-    t: int = 100
-    """T: optimizer steps of gate training before the n − K zero-gated adapters are removed (≥ 0)."""
-    lr_w: float = 5.0
-    """Learning rate of the plain SGD step on the gates ω (official default 5.0)."""
-    topk_by: str = "abs"
-    """Projection keeps the K largest |ω| ("abs", default) or the K largest signed ω ("value", official)."""
-    lr_w_scheduled: bool = True
-    """Scale `lr_w` by the run's warm-up/decay multiplier, as when ω shares the scheduled optimizer."""
+    t: int = field(
+        default=100,
+        metadata={
+            "help": "T: optimizer steps of gate training before the n − K zero-gated adapters are removed (≥ 0)."
+        },
+    )
+    lr_w: float = field(
+        default=5.0, metadata={"help": "Learning rate of the plain SGD step on the gates ω (official default 5.0)."}
+    )
+    topk_by: str = field(
+        default="abs",
+        metadata={
+            "help": 'Projection keeps the K largest |ω| ("abs", default) or the K largest signed ω ("value", official).'
+        },
+    )
+    lr_w_scheduled: bool = field(
+        default=True,
+        metadata={
+            "help": "Scale `lr_w` by the run's warm-up/decay multiplier, as when ω shares the scheduled optimizer."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

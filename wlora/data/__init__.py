@@ -1,16 +1,21 @@
-"""Task data: GLUE readers (local GLUE-layout folders) and task metrics."""
+"""Task data: GLUE / SQuAD / XSum readers (local folders or the hub), tokenization and task metrics.
 
-from wlora.data.glue import GLUE_TASKS, GlueExample, GlueTask, get_task, read_glue_split
-from wlora.data.metrics import MAIN_METRIC, glue_metrics, rouge_metrics, squad_metrics
+Names are imported on first use.
+"""
 
-__all__ = [
-    "GLUE_TASKS",
-    "MAIN_METRIC",
-    "GlueExample",
-    "GlueTask",
-    "get_task",
-    "glue_metrics",
-    "read_glue_split",
-    "rouge_metrics",
-    "squad_metrics",
-]
+from wlora.lazy import lazy_exports
+
+_HOMES = {
+    "GLUE_TASKS": "wlora.data.glue",
+    "GlueExample": "wlora.data.glue",
+    "GlueTask": "wlora.data.glue",
+    "get_task": "wlora.data.glue",
+    "read_glue_split": "wlora.data.glue",
+    "MAIN_METRIC": "wlora.data.metrics",
+    "glue_metrics": "wlora.data.metrics",
+    "rouge_metrics": "wlora.data.metrics",
+    "squad_metrics": "wlora.data.metrics",
+}
+
+__all__ = sorted(_HOMES)
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

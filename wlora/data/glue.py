@@ -1,4 +1,4 @@
-"""GLUE from a local folder in the original GLUE TSV layout (``<root>/<TASK>/{train,dev}.tsv``) or the hub.
+"""GLUE from local TSV files in the original GLUE layout (``<TASK>/{train,dev}.tsv``) or the hub.
 
 Quirks handled: TSVs are read with no quote processing (``csv.QUOTE_NONE``; pandas-style quoting
 silently merges MRPC rows), MRPC starts with a UTF-8 BOM (read as ``utf-8-sig``), CoLA has no header,
@@ -112,9 +112,16 @@ def read_glue_split(root: str | Path, task: str, split: str = "train") -> list[G
     """
     spec = get_task(task)
     fname = spec.dev_split if split == "dev" else split
-    path = Path(root) / spec.name / f"{fname}.tsv"
+    return read_glue_file(Path(root) / spec.name / f"{fname}.tsv", task, split)
+
+
+def read_glue_file(path: str | Path, task: str, split: str = "") -> list[GlueExample]:
+    """Read one GLUE TSV file of ``task`` (see :func:`read_glue_split` for the errors)."""
+    spec = get_task(task)
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"GLUE {spec.name} {split} split not found: expected {path}")
+        what = f"{split} split" if split else "file"
+        raise FileNotFoundError(f"GLUE {spec.name} {what} not found: expected {path}")
     out: list[GlueExample] = []
     with path.open(encoding="utf-8-sig", newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -183,13 +190,18 @@ def glue_from_hub_rows(task: str, rows) -> list[GlueExample]:
 
 
 def load_glue(task: str, split: str = "train", data_dir: str | Path | None = None) -> list[GlueExample]:
-    """GLUE examples from a local folder (``<data_dir>/<TASK>/<split>.tsv``) or, with no folder, the hub.
+    """GLUE examples from a local folder or, with no folder, the hub.
 
-    ``data_dir`` is the folder that holds the task folders (``SST-2/``, ``CoLA/``, …). Both sources
-    give identical examples for the same split.
+    ``data_dir`` is any layout :mod:`wlora.data.layout` accepts (``<data_dir>/glue/<TASK>/``,
+    ``<data_dir>/<TASK>/`` or the task folder itself). Both sources give identical examples for the
+    same split.
     """
     if data_dir is not None:
-        return read_glue_split(data_dir, task, split)
+        from wlora.data.layout import locate_task_files
+
+        key = get_task(task).hub_config
+        train, dev = locate_task_files(key, data_dir, eval_split="dev" if split == "train" else split)
+        return read_glue_file(train if split == "train" else dev, task, split)
     import datasets  # deferred: the hub path is optional
 
     spec = get_task(task)

@@ -19,8 +19,6 @@ import string
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 #: Metrics reported per GLUE task (first = listed first in the papers' tables).
 GLUE_METRICS: dict[str, tuple[str, ...]] = {
@@ -50,6 +48,10 @@ MAIN_METRIC = "main"
 def glue_metrics(task: str, predictions: Sequence, labels: Sequence) -> dict[str, float]:
     """The task's metrics plus ``MAIN_METRIC`` (the GLUE task score). Classification takes class ids,
     STS-B takes real-valued scores."""
+    # deferred: scipy and scikit-learn are needed only when a run evaluates
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
     key = _task_key(task)
     preds, golds = np.asarray(predictions), np.asarray(labels)
     if preds.shape != golds.shape or preds.size == 0:

@@ -17,13 +17,15 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
-from wlora.data.glue import GLUE_TASKS, get_task, load_glue
+from wlora.data.glue import GLUE_TASKS, get_task, load_glue, read_glue_file
+from wlora.data.layout import LOCAL_COPIES_HINT, locate_task_files, one_line
 from wlora.data.squad import SQUAD_VERSIONS, load_squad, qa_eval_features, qa_train_features
 from wlora.data.summarization import SUMMARIZATION_TASKS, load_summarization, seq2seq_features
+
+if TYPE_CHECKING:
+    import torch
 
 TaskKind = Literal["classification", "regression", "qa", "seq2seq"]
 #: Bump when the feature format changes, so old cache entries are not reused.
@@ -109,7 +111,7 @@ def prepare_task_data(
     Args:
         task: a GLUE task (``sst2`` …), ``squad`` / ``squad_v2``, or ``xsum`` / ``cnn_dailymail``.
         tokenizer: the model's tokenizer.
-        data_dir: folder holding ``glue/``, ``squad/``, ``xsum/``, ``cnn_dailymail/``; None = the hub.
+        data_dir: a local data folder in any layout :mod:`wlora.data.layout` accepts; None = the hub.
         train_file, eval_file: read these files instead (SQuAD json / summarisation jsonl).
         eval_split: ``dev`` (MNLI: also ``dev_mismatched``; summarisation: also ``test``).
         max_length: truncation length of inputs (QA: window length; seq2seq: source length).
@@ -122,35 +124,14 @@ def prepare_task_data(
     kind = task_kind(task)
     if max_length <= 8:
         raise ValueError(f"`max_length` must be > 8, got {max_length}")
-    root = Path(data_dir) if data_dir is not None else None
-    if root is not None and not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
-
     # 1) where the data comes from (identifies the cache entry)
+    files = locate_task_files(task, data_dir, eval_split=eval_split, train_file=train_file, eval_file=eval_file)
     if kind in ("classification", "regression"):
-        spec = get_task(task)
-        glue_root = root / "glue" if root is not None else None
-        split = spec.dev_split if eval_split == "dev" else eval_split
-        files = [glue_root / spec.name / f"{s}.tsv" if glue_root else None for s in ("train", split)]
-        hub = f"nyu-mll/glue/{spec.hub_config}"
+        hub = f"nyu-mll/glue/{get_task(task).hub_config}"
     elif kind == "qa":
-        v = SQUAD_VERSIONS[task]
-        files = [
-            Path(train_file) if train_file else (root / "squad" / f"train-v{v}.json" if root else None),
-            Path(eval_file) if eval_file else (root / "squad" / f"dev-v{v}.json" if root else None),
-        ]
         hub = f"squad/{task}"
     else:
-        folder = SUMMARIZATION_TASKS[task].folder
-        ev = {"dev": "validation"}.get(eval_split, eval_split)
-        files = [
-            Path(train_file) if train_file else (root / folder / "train.jsonl" if root else None),
-            Path(eval_file) if eval_file else (root / folder / f"{ev}.jsonl" if root else None),
-        ]
         hub = f"{SUMMARIZATION_TASKS[task].hub_id}"
-    for f in files:
-        if f is not None and not f.is_file():
-            raise FileNotFoundError(f"{task}: data file not found: {f}")
     source = ", ".join(str(f) if f else hub for f in files)
 
     options = dict(
@@ -175,15 +156,23 @@ def prepare_task_data(
                 return pickle.load(fh)
 
     # 2) load + subset (before tokenizing, so a small subset is cheap)
-    if kind in ("classification", "regression"):
-        tr = load_glue(task, "train", glue_root)
-        ev_rows = load_glue(task, eval_split, glue_root)
-    elif kind == "qa":
-        tr = load_squad(task, "train", root, files[0] if (train_file or root) else None)
-        ev_rows = load_squad(task, "dev", root, files[1] if (eval_file or root) else None)
-    else:
-        tr = load_summarization(task, "train", root, files[0] if (train_file or root) else None)
-        ev_rows = load_summarization(task, eval_split, root, files[1] if (eval_file or root) else None)
+    def load(split: str, file: Path | None) -> list:
+        if kind in ("classification", "regression"):
+            read = (lambda: read_glue_file(file, task, split)) if file else (lambda: load_glue(task, split))
+        elif kind == "qa":
+            read = lambda: load_squad(task, "train" if split == "train" else "dev", file=file)  # noqa: E731
+        else:
+            read = lambda: load_summarization(task, split, file=file)  # noqa: E731
+        if file is not None:
+            return read()
+        try:
+            return read()
+        except Exception as e:  # offline, missing package, auth: one message that says what to do
+            raise FileNotFoundError(
+                f"{task}: could not read {hub} from the hub ({one_line(e)}). {LOCAL_COPIES_HINT}"
+            ) from None
+
+    tr, ev_rows = load("train", files[0]), load(eval_split, files[1])
     if not tr or not ev_rows:
         raise ValueError(f"{task}: empty data ({len(tr)} train / {len(ev_rows)} eval examples) from {source}")
     tr = _subset(tr, train_subset, data_seed, "train_subset")
@@ -241,6 +230,8 @@ TARGET_KEYS = ("labels", "start_positions", "end_positions")
 
 def collate(features: Sequence[dict[str, Any]], pad_token_id: int, *, with_targets: bool = True) -> dict:
     """Pad one batch to its longest sequence (dynamic padding). Sequence labels pad with -100."""
+    import torch  # deferred: reading and locating data needs no torch
+
     out: dict[str, torch.Tensor] = {}
     longest = max(len(f["input_ids"]) for f in features)
     for key in MODEL_INPUTS:

@@ -1,4 +1,12 @@
-from wlora.methods.adalora.config import AdaLoRAConfig
-from wlora.methods.adalora.controller import AdaLoRAController
+"""The `adalora` method: its config and controller (imported on first use)."""
+
+from wlora.lazy import lazy_exports
 
 __all__ = ["AdaLoRAConfig", "AdaLoRAController"]
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "AdaLoRAConfig": "wlora.methods.adalora.config",
+        "AdaLoRAController": "wlora.methods.adalora.controller",
+    },
+)

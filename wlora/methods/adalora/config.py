@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wlora.core.config import AdapterConfig, _check_run_field, _is_int, _require
 
@@ -17,23 +17,38 @@ class AdaLoRAConfig(AdapterConfig):
     fixed for the last `tfinal` steps.
     """
 
-    init_r: int | None = None
-    """Initial rank of every module; None = ⌈1.5·r⌉ (AdaLoRA paper's recommendation, as in ROLoRA §6)."""
-    tinit: int = 0
-    """Steps of initial fine-tuning before any pruning (peft ``tinit``)."""
-    tfinal: int = 0
-    """Steps of final fine-tuning with the mask fixed (peft ``tfinal``)."""
-    delta_t: int = 1
-    """Prune every `delta_t` steps during the budget decay (peft ``deltaT``)."""
-    beta1: float = 0.85
-    """EMA coefficient of the sensitivity smoothing (peft ``beta1``)."""
-    beta2: float = 0.85
-    """EMA coefficient of the uncertainty (peft ``beta2``)."""
-    orth_reg_weight: float = 0.5
-    """Coefficient of the orthogonal regulariser on P (B) and Q (A) (peft ``orth_reg_weight``)."""
-    total_steps: int | None = None
-    """Optimizer steps of the whole run (peft's ``total_step``; required to build the method — the
-    training runner fills it in)."""
+    init_r: int | None = field(
+        default=None,
+        metadata={
+            "help": "Initial rank of every module; None = ⌈1.5·r⌉ (AdaLoRA paper's recommendation, as in ROLoRA §6)."
+        },
+    )
+    tinit: int = field(
+        default=0, metadata={"help": "Steps of initial fine-tuning before any pruning (peft ``tinit``)."}
+    )
+    tfinal: int = field(
+        default=0, metadata={"help": "Steps of final fine-tuning with the mask fixed (peft ``tfinal``)."}
+    )
+    delta_t: int = field(
+        default=1, metadata={"help": "Prune every `delta_t` steps during the budget decay (peft ``deltaT``)."}
+    )
+    beta1: float = field(
+        default=0.85, metadata={"help": "EMA coefficient of the sensitivity smoothing (peft ``beta1``)."}
+    )
+    beta2: float = field(default=0.85, metadata={"help": "EMA coefficient of the uncertainty (peft ``beta2``)."})
+    orth_reg_weight: float = field(
+        default=0.5,
+        metadata={"help": "Coefficient of the orthogonal regulariser on P (B) and Q (A) (peft ``orth_reg_weight``)."},
+    )
+    total_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Optimizer steps of the whole run (peft's ``total_step``; required to build the "
+                "method — the training runner fills it in)."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wlora.core.config import AdapterConfig, _check_run_field, _is_int, _require, require_run_field
 
@@ -16,17 +16,34 @@ class LoRADropConfig(AdapterConfig):
     steps_per_epoch⌉`` optimizer steps of the run (see the controller docstring).
     """
 
-    threshold: float = 0.9
-    """T: keep the most important modules until their cumulative importance reaches T, in (0, 1]."""
-    sample_ratio: float = 0.1
-    """α: fraction of the training set the importance evaluation trains on, in (0, 1] (paper 10%)."""
-    importance_epochs: int = 3
-    """Passes over the sample in the importance evaluation (paper A.1: 3 epochs)."""
-    steps_per_epoch: int | None = None
-    """Optimizer steps in one epoch of the full training set (required to build the method; the training
-    runner fills it in)."""
-    share: bool = True
-    """Non-kept modules share ONE LoRA per module type (paper); False drops them (ablation "w/o share")."""
+    threshold: float = field(
+        default=0.9,
+        metadata={"help": "T: keep the most important modules until their cumulative importance reaches T, in (0, 1]."},
+    )
+    sample_ratio: float = field(
+        default=0.1,
+        metadata={
+            "help": "α: fraction of the training set the importance evaluation trains on, in (0, 1] (paper 10%)."
+        },
+    )
+    importance_epochs: int = field(
+        default=3, metadata={"help": "Passes over the sample in the importance evaluation (paper A.1: 3 epochs)."}
+    )
+    steps_per_epoch: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Optimizer steps in one epoch of the full training set (required to build the method;"
+                " the training runner fills it in)."
+            )
+        },
+    )
+    share: bool = field(
+        default=True,
+        metadata={
+            "help": 'Non-kept modules share ONE LoRA per module type (paper); False drops them (ablation "w/o share").'
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

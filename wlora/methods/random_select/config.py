@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wlora.core.config import KSelectionConfig, _require
 
@@ -11,8 +11,9 @@ from wlora.core.config import KSelectionConfig, _require
 class RandomSelectConfig(KSelectionConfig):
     """LoRA's fields plus `k` / `k_fraction` and the seed of the draw."""
 
-    selection_seed: int | None = None
-    """Seed of the uniform draw of K adapters; None = drawn from the run's seed."""
+    selection_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the uniform draw of K adapters; None = drawn from the run's seed."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

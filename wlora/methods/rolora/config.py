@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wlora.core.config import AdapterConfig, _check_run_field, _is_int, _require, require_run_field
 
@@ -17,26 +17,46 @@ class RoLoRAConfig(AdapterConfig):
     the fractions `tinit_frac` / `tfinal_frac` of the iteration (see the controller docstring).
     """
 
-    iterations: int = 3
-    """T: outer iterations (sparsify → rescale → Frank-Wolfe step → extend); paper T = 3."""
-    total_steps: int | None = None
-    """Optimizer steps of the whole run (required to build the method; the training runner fills it in)."""
-    tinit_frac: float = 0.1
-    """Fraction of each iteration trained before pruning starts (AdaLoRA's t_i)."""
-    tfinal_frac: float = 0.2
-    """Fraction of each iteration trained with the final mask fixed (AdaLoRA's t_f)."""
-    delta_t: int = 1
-    """Prune every `delta_t` steps during the budget decay (AdaLoRA's ΔT)."""
-    beta1: float = 0.85
-    """EMA coefficient of the sensitivity smoothing (AdaLoRA β1)."""
-    beta2: float = 0.85
-    """EMA coefficient of the uncertainty (AdaLoRA β2)."""
-    sparsify_start: float = 0.5
-    """μ_1 / R: the first SPARSIFY prunes to an average rank of `sparsify_start`·R (paper: R/2); after
-    iteration t the target average grows by the factor (1 + 1/(T + t))."""
-    score: str = "triplet"
-    """Importance of gate entry j: "triplet" = AdaLoRA's s(g_j) + mean s(A_j·) + mean s(B_·j) (eq. 10
-    of the AdaLoRA paper), "gate" = s(g_j) only; s = smoothed |w·∇w| × its uncertainty."""
+    iterations: int = field(
+        default=3,
+        metadata={"help": "T: outer iterations (sparsify → rescale → Frank-Wolfe step → extend); paper T = 3."},
+    )
+    total_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Optimizer steps of the whole run (required to build the method; the training runner fills it in)."
+        },
+    )
+    tinit_frac: float = field(
+        default=0.1, metadata={"help": "Fraction of each iteration trained before pruning starts (AdaLoRA's t_i)."}
+    )
+    tfinal_frac: float = field(
+        default=0.2, metadata={"help": "Fraction of each iteration trained with the final mask fixed (AdaLoRA's t_f)."}
+    )
+    delta_t: int = field(
+        default=1, metadata={"help": "Prune every `delta_t` steps during the budget decay (AdaLoRA's ΔT)."}
+    )
+    beta1: float = field(default=0.85, metadata={"help": "EMA coefficient of the sensitivity smoothing (AdaLoRA β1)."})
+    beta2: float = field(default=0.85, metadata={"help": "EMA coefficient of the uncertainty (AdaLoRA β2)."})
+    sparsify_start: float = field(
+        default=0.5,
+        metadata={
+            "help": (
+                "μ_1 / R: the first SPARSIFY prunes to an average rank of `sparsify_start`·R (paper: "
+                "R/2); after iteration t the target average grows by the factor (1 + 1/(T + t))."
+            )
+        },
+    )
+    score: str = field(
+        default="triplet",
+        metadata={
+            "help": (
+                'Importance of gate entry j: "triplet" = AdaLoRA\'s s(g_j) + mean s(A_j·) + mean '
+                's(B_·j) (eq. 10 of the AdaLoRA paper), "gate" = s(g_j) only; s = smoothed |w·∇w| × '
+                "its uncertainty."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
