@@ -4,11 +4,16 @@
 controller hooks in the documented order (see :mod:`wlora.core.controller`)::
 
     1) forward + backward (over the gradient-accumulation micro-batches, under autocast)
-    2) clip gradients (optional)
+    2) fp16: unscale the gradients — the optimizer's and those of the tensors the method updates
+       itself (WeightLoRA's gates) — and detect an overflow; clip gradients (optional)
     3) controller.before_optimizer_step   — e.g. WeightLoRA's gate SGD + top-K projection
     4) optimizer.step(); scheduler.step()
     5) controller.after_optimizer_step    — e.g. remove adapters at step T, grow ranks
     6) zero_grad
+
+On an fp16 overflow step (a non-finite gradient after unscaling, the GradScaler's own test) steps 3)
+and the parameter update of 4) are skipped together, so the gates never move on a step the
+optimizer skips; the schedule, the step counter and 5) advance as usual.
 
 The schedule counts all steps (warm-up is not restarted when WeightLoRA removes adapters).
 """
@@ -73,8 +78,10 @@ class Engine:
         betas, eps: AdamW constants (paper defaults).
         max_grad_norm: clip the global gradient norm of the optimizer's parameters; None = off.
         autocast: context-manager factory for the forward pass (e.g. ``accelerator.autocast``).
-        grad_scaler: a ``torch.amp.GradScaler`` for fp16 (e.g. ``accelerator.scaler``); gradients are
-            unscaled before clipping and before the method hook, so gate updates see true gradients.
+        grad_scaler: a ``torch.amp.GradScaler`` for fp16 (e.g. ``accelerator.scaler``). The gradients of
+            the optimizer's tensors *and* of the method's self-managed ones (gates) are unscaled before
+            clipping and before the method hook, so gate updates see true gradients; an overflow in
+            any of them skips the whole update (optimizer and gates) and lowers the scale.
         forward_model: the module to call for the loss when it differs from ``model`` (a wrapper).
     """
 
@@ -112,6 +119,8 @@ class Engine:
         self.forward_model = forward_model if forward_model is not None else getattr(method, "forward_model", model)
         #: Optimizer steps completed.
         self.step = 0
+        #: Whether the last step's update was skipped (fp16 overflow).
+        self.last_step_skipped = False
         self._build_optimizer()
 
     def _build_optimizer(self) -> None:
@@ -152,19 +161,33 @@ class Engine:
                 scaled = self.grad_scaler.scale(scaled)
             scaled.backward()
             value += v * n / total
-        if self.grad_scaler is not None:
-            self.grad_scaler.unscale_(self.optimizer)
-        # 2) clip
-        if self.max_grad_norm is not None:
-            # The optimizer's groups are exactly the live trainable tensors (surgery keeps them current).
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        # 2) unscale (fp16) every gradient an update will use, then clip
+        managed = [p for p in self.method.self_managed_params() if p.grad is not None]
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        scaler = self.grad_scaler if self.grad_scaler is not None and self.grad_scaler.is_enabled() else None
+        skip = False
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+            # The gates are not in the optimizer; a carrier optimizer (never stepped) hands them to the
+            # same scaler, so they are divided by the same scale and their overflow counts in update().
+            carrier = torch.optim.SGD(managed, lr=0.0) if managed else None
+            if carrier is not None:
+                scaler.unscale_(carrier)
+            grads = [p.grad for p in params + managed if p.grad is not None]
+            skip = bool(grads) and not bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        self.last_step_skipped = skip
+        if self.max_grad_norm is not None and not skip:
+            # The optimizer's groups are exactly the live trainable tensors (surgery keeps them
+            # current); the gates count in the norm as they would inside the optimizer.
+            torch.nn.utils.clip_grad_norm_(params + managed, self.max_grad_norm)
         # 3) method hook before the update (uses this step's gradients and lr)
-        self.method.before_optimizer_step(step, self.lr_scale())
+        if not skip:
+            self.method.before_optimizer_step(step, self.lr_scale())
         # 4) update + schedule
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
+        if scaler is not None:
+            if not skip:
+                scaler.step(self.optimizer)
+            scaler.update()
         else:
             self.optimizer.step()
         self.scheduler.step()

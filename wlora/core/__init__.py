@@ -1,6 +1,6 @@
 """Adapter layer, injection by name pattern, optimizer surgery, accounting, controller base."""
 
-from wlora.core.accounting import count_parameters
+from wlora.core.accounting import count_parameters, saved_for_backward_bytes
 from wlora.core.config import AdapterConfig, GateConfig, KSelectionConfig
 from wlora.core.controller import Controller
 from wlora.core.inject import FAMILY_TARGETS, find_targets, inject_adapters
@@ -18,4 +18,5 @@ __all__ = [
     "find_targets",
     "inject_adapters",
     "optimizer_state_bytes",
+    "saved_for_backward_bytes",
 ]

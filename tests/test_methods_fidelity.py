@@ -1,0 +1,124 @@
+"""Numerics that change a method's conclusions: fp16 gate updates, the gate's place in the graph,
+Adam state of grown components, the random-selection ablation, AdaLoRA's defaults and LoRA-drop's
+importance run (tiny models, exact)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import wlora
+from wlora.core.accounting import saved_for_backward_bytes
+from wlora.core.layer import LoRALinear
+from wlora.train import Engine, seed_everything
+
+from .conftest import tiny_batches, tiny_bert
+
+R = 4
+
+
+def _weightlora(seed=0, **engine_kw):
+    model = tiny_bert(layers=2, hidden=32, seed=seed)
+    seed_everything(seed)
+    ctl = wlora.build_method("weightlora", model, {"r": R, "dropout": 0.0, "k": 2, "t": 100, "lr_w": 5.0})
+    return model, ctl, Engine(model, ctl, lr=5e-3, total_steps=20, **engine_kw)
+
+
+def _gates(ctl) -> torch.Tensor:
+    return ctl.sgd.values().clone()
+
+
+# ----- 1) fp16: gates see unscaled gradients and skip overflow steps -----
+
+
+@pytest.mark.parametrize("init_scale", [1024.0, 65536.0])
+def test_fp16_scaler_path_gives_the_gates_the_fp32_update(init_scale):
+    batches = tiny_batches(4, seed=3)
+    _, ref_ctl, ref = _weightlora()
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=1000)
+    _, ctl, eng = _weightlora(grad_scaler=scaler)
+    for b in batches:
+        ref.train_step(b)
+        eng.train_step(b)
+        assert not eng.last_step_skipped
+        torch.testing.assert_close(_gates(ctl), _gates(ref_ctl), rtol=0, atol=1e-6)
+    # the gates did move (step 1 has ∇ω = 0 since B = 0; later steps train them)
+    assert float((_gates(ref_ctl) - 1).abs().max()) > 1e-3
+    ref_state, state = ref.trainable_state(), eng.trainable_state()
+    assert ref_state.keys() == state.keys()
+    for k in ref_state:
+        torch.testing.assert_close(state[k], ref_state[k], rtol=0, atol=1e-6)
+
+
+def test_fp16_overflow_in_a_gate_alone_skips_the_whole_update():
+    _, ctl, eng = _weightlora(grad_scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+    batches = tiny_batches(3, seed=3)
+    eng.train_step(batches[0])
+    eng.train_step(batches[1])
+    gates, weights = _gates(ctl), eng.trainable_state()
+    one = next(iter(ctl.layers.values())).gate
+    handle = one.register_hook(lambda g: g * float("inf"))  # only this gate's gradient overflows
+    eng.train_step(batches[2])
+    handle.remove()
+    assert eng.last_step_skipped and eng.step == 3
+    assert torch.equal(_gates(ctl), gates)
+    after = eng.trainable_state()
+    assert all(torch.equal(after[k], weights[k]) for k in weights)
+    assert eng.grad_scaler.get_scale() == 512.0  # the overflow lowered the scale, as for the optimizer's own
+
+
+def test_fp16_step_the_scaler_skips_leaves_the_gates_alone():
+    model, ctl, eng = _weightlora(grad_scaler=torch.amp.GradScaler("cpu", init_scale=65536.0))
+    batches = tiny_batches(3, seed=3)
+    eng.train_step(batches[0])
+    eng.train_step(batches[1])
+    gates, weights = _gates(ctl), eng.trainable_state()
+    # an overflow in the optimizer's own gradients (the classifier's): GradScaler skips optimizer.step
+    handle = model.classifier.weight.register_hook(lambda g: g * float("inf"))
+    eng.train_step(batches[2])
+    handle.remove()
+    assert eng.last_step_skipped
+    assert torch.equal(_gates(ctl), gates)
+    after = eng.trainable_state()
+    assert all(torch.equal(after[k], weights[k]) for k in weights)
+    assert eng.grad_scaler.get_scale() == 32768.0
+
+
+# ----- 6) the gate multiplies the rank-r intermediate -----
+
+
+def _old_gated_forward(layer: LoRALinear, x: torch.Tensor) -> torch.Tensor:
+    """ω·s applied to the d_out-sized adapter output (the previous formulation)."""
+    h = torch.nn.functional.linear(torch.nn.functional.linear(x, layer.lora_A), layer.lora_B)
+    return layer.base(x) + h * (layer.gate * layer.scaling)
+
+
+def test_gate_on_the_intermediate_matches_the_output_gate_and_saves_as_lora():
+    torch.manual_seed(0)
+    base = nn.Linear(48, 80)
+    layer = LoRALinear(base, r=R, alpha=16, dropout=0.0, gate=True)
+    with torch.no_grad():
+        layer.lora_B.normal_(std=0.1)
+        layer.gate.fill_(-0.7)
+    # float64: the two orders of operations agree to rounding; in float32 they differ by ~1e-7 relative
+    layer64 = LoRALinear(nn.Linear(48, 80).double(), r=R, alpha=16, gate=True)
+    layer64.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})
+    x = torch.randn(3, 5, 48)
+    w = torch.randn(3, 5, 80, dtype=torch.float64)
+    grads = []
+    for fn in (layer64, lambda x: _old_gated_forward(layer64, x)):
+        out = fn(x.double())
+        (out * w).sum().backward()
+        grads.append((out.detach(), *(p.grad.clone() for p in layer64.adapter_parameters())))
+        layer64.zero_grad()
+    for new, old in zip(*grads, strict=True):
+        torch.testing.assert_close(new, old, rtol=0, atol=1e-6)
+    plain = LoRALinear(base, r=R, alpha=16, dropout=0.0)
+    tokens = 3 * 5
+    saved_gated = saved_for_backward_bytes(lambda: layer(x).sum(), layer)
+    saved_plain = saved_for_backward_bytes(lambda: plain(x).sum(), plain)
+    saved_old = saved_for_backward_bytes(lambda: _old_gated_forward(layer, x).sum(), layer)
+    # ∇ω needs Ax: r numbers per token (+ the scalar ω·s), never the d_out-sized output
+    assert saved_gated - saved_plain <= tokens * R * 4 + 4
+    assert saved_old - saved_plain >= tokens * 80 * 4
