@@ -4,13 +4,17 @@ importance run (tiny models, exact)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import wlora
 from wlora.core.accounting import saved_for_backward_bytes
+from wlora.core.growth import grow_rank_
 from wlora.core.layer import LoRALinear
+from wlora.core.optim import reindex_param_, track_component_ages
 from wlora.train import Engine, seed_everything
 
 from .conftest import tiny_batches, tiny_bert
@@ -122,3 +126,114 @@ def test_gate_on_the_intermediate_matches_the_output_gate_and_saves_as_lora():
     # ∇ω needs Ax: r numbers per token (+ the scalar ω·s), never the d_out-sized output
     assert saved_gated - saved_plain <= tokens * R * 4 + 4
     assert saved_old - saved_plain >= tokens * 80 * 4
+
+
+# ----- 2) Adam state of grown components -----
+
+
+def _adamw(params, **kw):
+    return torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, **kw)
+
+
+def _feed(opt, params_grads):
+    for p, g in params_grads:
+        p.grad = g.clone()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _trained_layer(steps: int, seed: int = 0):
+    """A LoRA layer whose A/B took ``steps`` AdamW steps on random gradients (ages tracked)."""
+    torch.manual_seed(seed)
+    layer = LoRALinear(nn.Linear(24, 40), r=R, alpha=8)
+    with torch.no_grad():
+        layer.lora_B.normal_(std=0.1)
+    opt = _adamw([layer.lora_A, layer.lora_B])
+    track_component_ages(opt)
+    g = torch.Generator().manual_seed(seed + 1)
+    for _ in range(steps):
+        _feed(opt, [(p, torch.randn(p.shape, generator=g)) for p in (layer.lora_A, layer.lora_B)])
+    return layer, opt, g
+
+
+@pytest.mark.parametrize("before", [1, 60])
+def test_random_growth_keeps_old_adam_state_and_gives_new_components_a_fresh_adamw(before):
+    layer, opt, g = _trained_layer(before)
+    # references: the old blocks continue with a copy of their state; the new ones start a fresh AdamW
+    old_A, old_B = (nn.Parameter(p.detach().clone()) for p in (layer.lora_A, layer.lora_B))
+    ref_old = _adamw([old_A, old_B])
+    ref_old.load_state_dict(copy.deepcopy(opt.state_dict()))
+    grow_rank_(layer, 3 * R, "random", torch.Generator().manual_seed(5), opt)
+    new_A = nn.Parameter(layer.lora_A.detach()[R:].clone())
+    new_B = nn.Parameter(layer.lora_B.detach()[:, R:].clone())
+    ref_new = _adamw([new_A, new_B])
+    for _ in range(12):
+        gA, gB = torch.randn(layer.lora_A.shape, generator=g), torch.randn(layer.lora_B.shape, generator=g)
+        _feed(opt, [(layer.lora_A, gA), (layer.lora_B, gB)])
+        _feed(ref_old, [(old_A, gA[:R]), (old_B, gB[:, :R])])
+        _feed(ref_new, [(new_A, gA[R:]), (new_B, gB[:, R:])])
+        torch.testing.assert_close(layer.lora_A[:R], old_A, rtol=0, atol=1e-6)
+        torch.testing.assert_close(layer.lora_B[:, :R], old_B, rtol=0, atol=1e-6)
+        torch.testing.assert_close(layer.lora_A[R:], new_A, rtol=0, atol=1e-6)
+        torch.testing.assert_close(layer.lora_B[:, R:], new_B, rtol=0, atol=1e-6)
+    assert opt.state[layer.lora_A]["step"] == before + 12  # the old block's counter is untouched
+
+
+def test_qr_growth_restarts_a_and_b_as_fresh_adamw_tensors():
+    layer, opt, g = _trained_layer(40)
+    grow_rank_(layer, 2 * R, "qr", torch.Generator().manual_seed(5), opt)
+    assert layer.lora_A not in opt.state and layer.lora_B not in opt.state
+    ref_A, ref_B = (nn.Parameter(p.detach().clone()) for p in (layer.lora_A, layer.lora_B))
+    ref = _adamw([ref_A, ref_B])
+    for _ in range(6):
+        gA, gB = torch.randn(layer.lora_A.shape, generator=g), torch.randn(layer.lora_B.shape, generator=g)
+        _feed(opt, [(layer.lora_A, gA), (layer.lora_B, gB)])
+        _feed(ref, [(ref_A, gA), (ref_B, gB)])
+        torch.testing.assert_close(layer.lora_A, ref_A, rtol=0, atol=1e-6)
+        torch.testing.assert_close(layer.lora_B, ref_B, rtol=0, atol=1e-6)
+
+
+def test_reindexed_components_keep_their_age_and_new_ones_start_fresh():
+    """ROLoRA's extend: components move (with moments and age), others are dropped or added."""
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(R, 10))
+    opt = _adamw([p])
+    track_component_ages(opt)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        _feed(opt, [(p, torch.randn(p.shape, generator=g))])
+    src, dst = torch.tensor([2, 0]), torch.tensor([0, 1])  # keep components 2, 0; two new ones at 2, 3
+    kept = nn.Parameter(p.detach()[src].clone())
+    ref_old = _adamw([kept])
+    ref_old.load_state_dict(copy.deepcopy(opt.state_dict()))
+    ref_old.state[kept]["exp_avg"] = opt.state[p]["exp_avg"][src].clone()
+    ref_old.state[kept]["exp_avg_sq"] = opt.state[p]["exp_avg_sq"][src].clone()
+    new_value = torch.cat([p.detach()[src], torch.randn(2, 10)])
+    reindex_param_(p, new_value, 0, src, dst, opt)
+    fresh = nn.Parameter(new_value[2:].clone())
+    ref_new = _adamw([fresh])
+    for _ in range(8):
+        grad = torch.randn(p.shape, generator=g)
+        _feed(opt, [(p, grad)])
+        _feed(ref_old, [(kept, grad[:2])])
+        _feed(ref_new, [(fresh, grad[2:])])
+        torch.testing.assert_close(p[:2], kept, rtol=0, atol=1e-6)
+        torch.testing.assert_close(p[2:], fresh, rtol=0, atol=1e-6)
+    # a second reindex keeps the recorded ages of components born at the first one
+    reindex_param_(p, p.detach()[[3, 0]].clone(), 0, torch.tensor([3, 0]), torch.tensor([0, 1]), opt)
+    assert opt.state[p]["born"].tolist() == [30.0, 0.0]
+
+
+def test_component_ages_survive_an_optimizer_checkpoint():
+    layer, opt, g = _trained_layer(20)
+    grow_rank_(layer, 2 * R, "random", torch.Generator().manual_seed(5), opt)
+    _feed(opt, [(p, torch.randn(p.shape, generator=g)) for p in (layer.lora_A, layer.lora_B)])
+    twin = [nn.Parameter(p.detach().clone()) for p in (layer.lora_A, layer.lora_B)]
+    opt2 = _adamw(twin)
+    track_component_ages(opt2)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in twin]
+        _feed(opt, list(zip((layer.lora_A, layer.lora_B), grads, strict=True)))
+        _feed(opt2, list(zip(twin, grads, strict=True)))
+    assert torch.equal(twin[0], layer.lora_A) and torch.equal(twin[1], layer.lora_B)

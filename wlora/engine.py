@@ -32,6 +32,7 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from wlora.core.controller import Controller
+from wlora.core.optim import track_component_ages
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -128,6 +129,8 @@ class Engine:
         self.optimizer = torch.optim.AdamW(
             params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
         )
+        # Rank components grown mid-run get a fresh AdamW's bias correction (see wlora.core.optim).
+        track_component_ages(self.optimizer)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup_steps, self.total_steps)
         self.method.on_train_begin(self.optimizer)
 
