@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import wlora
+from wlora.core import count_parameters
 from wlora.core.accounting import saved_for_backward_bytes
 from wlora.core.growth import grow_rank_
 from wlora.core.layer import LoRALinear
@@ -237,3 +238,34 @@ def test_component_ages_survive_an_optimizer_checkpoint():
         _feed(opt, list(zip((layer.lora_A, layer.lora_B), grads, strict=True)))
         _feed(opt2, list(zip(twin, grads, strict=True)))
     assert torch.equal(twin[0], layer.lora_A) and torch.equal(twin[1], layer.lora_B)
+
+
+# ----- 3) RLoRA: WeightLoRA with a random selection at step T -----
+
+
+def test_random_select_trains_all_adapters_until_t_then_keeps_the_seeded_draw():
+    model = tiny_bert(layers=3)
+    seed_everything(0)
+    ctl = wlora.build_method("random_select", model, {"r": R, "k": 2, "t": 3, "selection_seed": 7})
+    eng = Engine(model, ctl, lr=5e-3, total_steps=6)
+    n = ctl.n_adapters
+    assert n == 9 and ctl.report()["selected"] is False
+    batches = tiny_batches(6)
+    for step, b in enumerate(batches, start=1):
+        before = {name: layer.lora_B.detach().clone() for name, layer in ctl.layers.items()}
+        eng.train_step(b)
+        if step < 3:
+            # all n adapters train, without gates
+            assert len(ctl.layers) == n and all(layer.gate is None for layer in ctl.layers.values())
+            assert all(not torch.equal(before[name], ctl.layers[name].lora_B) for name in before)
+        else:
+            assert list(ctl.layers) == ctl.chosen and len(ctl.chosen) == 2
+    assert ctl.report()["selected"] and ctl.report()["selected_adapters"] == ctl.chosen
+    # removed physically: no adapter tensors of the others in the model or the optimizer
+    live = {id(p) for g in eng.optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in model.parameters() if p.requires_grad} == live
+    assert count_parameters(model, ctl.head_names)["adapter"] == 2 * R * 64
+    assert len(eng.optimizer.state) == len(live)
+    # the same seed draws the same K whatever T is; t = 0 draws before the first step
+    ctl0 = wlora.build_method("random_select", tiny_bert(layers=3), {"r": R, "k": 2, "t": 0, "selection_seed": 7})
+    assert list(ctl0.layers) == ctl.chosen and ctl0.selected
