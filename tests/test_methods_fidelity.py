@@ -269,3 +269,39 @@ def test_random_select_trains_all_adapters_until_t_then_keeps_the_seeded_draw():
     # the same seed draws the same K whatever T is; t = 0 draws before the first step
     ctl0 = wlora.build_method("random_select", tiny_bert(layers=3), {"r": R, "k": 2, "t": 0, "selection_seed": 7})
     assert list(ctl0.layers) == ctl.chosen and ctl0.selected
+
+
+# ----- 5) AdaLoRA's schedule defaults -----
+
+
+@pytest.mark.parametrize("total", [1, 2, 10, 100, 6_700])
+def test_adalora_defaults_are_fractions_of_the_run_and_always_leave_a_budgeting_phase(total):
+    cfg = wlora.make_config("adalora", {"total_steps": total})
+    ti, tf = cfg.resolved_tinit, cfg.resolved_tfinal
+    assert ti == int(0.1 * total) and 0 <= tf <= int(0.5 * total) and ti < total - tf
+    if total >= 10:
+        assert tf == int(0.5 * total)  # the allocation is final for the second half of the run
+    explicit = wlora.make_config("adalora", {"total_steps": 100, "tinit": 0, "tfinal": 0})
+    assert (explicit.resolved_tinit, explicit.resolved_tfinal) == (0, 0)
+
+
+def test_adalora_default_schedule_reaches_the_target_budget_before_the_last_step():
+    model = tiny_bert(layers=2)
+    seed_everything(0)
+    total = 20
+    ctl = wlora.build_method("adalora", model, {"r": 2, "init_r": 4, "dropout": 0.0, "total_steps": total})
+    assert (ctl.peft_config.tinit, ctl.peft_config.tfinal) == (2, 10)
+    eng = Engine(model, ctl, lr=1e-2, total_steps=total)
+    target = 2 * ctl.n_adapters
+    budgets = []
+    for b in tiny_batches(total):
+        eng.train_step(b)
+        budgets.append(ctl.report()["budget"])
+    assert budgets[1] == 4 * ctl.n_adapters  # no pruning during tinit
+    assert budgets[total - 10 - 1] == target and budgets[-1] == target  # final from step total − tfinal on
+    assert ctl.report()["rank_sum"] <= target
+
+
+def test_adalora_rejects_fractions_without_a_budgeting_phase():
+    with pytest.raises(ValueError, match=r"`tinit_frac` \+ `tfinal_frac` must be < 1"):
+        wlora.make_config("adalora", {"tinit_frac": 0.5, "tfinal_frac": 0.5})
