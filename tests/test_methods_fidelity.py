@@ -305,3 +305,47 @@ def test_adalora_default_schedule_reaches_the_target_budget_before_the_last_step
 def test_adalora_rejects_fractions_without_a_budgeting_phase():
     with pytest.raises(ValueError, match=r"`tinit_frac` \+ `tfinal_frac` must be < 1"):
         wlora.make_config("adalora", {"tinit_frac": 0.5, "tfinal_frac": 0.5})
+
+
+# ----- 4) LoRA-drop: a short importance run of its own, then a fresh task schedule -----
+
+
+def test_lora_drop_importance_run_has_its_own_schedule_and_the_task_run_a_fresh_one():
+    model = tiny_bert(layers=2)
+    seed_everything(0)
+    cfg = {"r": R, "dropout": 0.0, "steps_per_epoch": 10, "sample_ratio": 0.2, "importance_epochs": 2}
+    ctl = wlora.build_method("lora_drop", model, cfg)
+    phase, task = ctl.importance_steps, 6
+    assert phase == 4
+    eng = Engine(model, ctl, lr=1e-2, total_steps=phase + task, warmup_steps=2)
+    lrs, b_moved = [], []
+    for step, b in enumerate(tiny_batches(phase + task), start=1):
+        lrs.append(eng.optimizer.param_groups[0]["lr"])  # the lr this step uses
+        before = {n: layer.lora_B.detach().clone() for n, layer in ctl.layers.items()}
+        eng.train_step(b)
+        if step <= phase:
+            b_moved.append(any(not torch.equal(before[n], ctl.layers[n].lora_B) for n in before))
+    peak = 1e-2
+    # importance run: peak lr at its first step, linear decay, every step trains
+    assert lrs[:phase] == pytest.approx([peak, 0.75 * peak, 0.5 * peak, 0.25 * peak])
+    assert all(b_moved)
+    # task run: a fresh warm-up (0, peak/2) then the decay over its own 6 steps, to 0 at the end
+    assert lrs[phase:] == pytest.approx([0.0, 0.5 * peak, peak, 0.75 * peak, 0.5 * peak, 0.25 * peak])
+    assert eng.scheduler.get_last_lr()[0] == 0.0
+    assert not ctl.report()["importance_uniform"]
+
+
+@pytest.mark.parametrize(("m", "per_step"), [(5, 4), (7, 16), (24, 8), (9, 2)])
+def test_importance_steps_are_never_empty_and_read_the_sample_in_passes(m, per_step):
+    from wlora.schedule import importance_batch_indices
+
+    sample = list(range(100, 100 + m))
+    q = min(m, per_step)
+    steps = 3 * -(-m // q) + 2  # more steps than whole passes: the planned count need not divide
+    batches = [importance_batch_indices(sample, s, per_step, seed=3) for s in range(steps)]
+    assert all(len(b) == q for b in batches)  # full batches, never empty
+    stream = [i for b in batches for i in b]
+    assert set(stream) <= set(sample)
+    for p in range(len(stream) // m):  # each whole pass is a permutation of the sample
+        assert sorted(stream[p * m : (p + 1) * m]) == sample
+    assert batches == [importance_batch_indices(sample, s, per_step, seed=3) for s in range(steps)]

@@ -15,7 +15,11 @@ On an fp16 overflow step (a non-finite gradient after unscaling, the GradScaler'
 and the parameter update of 4) are skipped together, so the gates never move on a step the
 optimizer skips; the schedule, the step counter and 5) advance as usual.
 
-The schedule counts all steps (warm-up is not restarted when WeightLoRA removes adapters).
+The schedule counts all steps (warm-up is not restarted when WeightLoRA removes adapters). A method
+with a separate importance run before the task run (LoRA-drop, ``method.importance_steps = P > 0``)
+gets two schedules, as two runs would: steps ``1..P`` decay linearly from the peak lr without warm-up
+(``lr·(P − i)/P`` at step i + 1, so every importance step trains), then the task run starts a fresh
+warm-up/decay over the remaining ``total_steps − P`` steps.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_linear_schedule_with_warmup
 
 from wlora.core.controller import Controller
@@ -49,6 +54,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def phased_lr_lambda(importance_steps: int, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """The lr multiplier after ``i`` scheduler steps: the importance run's linear decay for ``i < P``,
+    then ``transformers``' linear warm-up/decay restarted over the task run's ``total_steps − P`` steps."""
+    task_total = max(1, total_steps - importance_steps)
+
+    def factor(i: int) -> float:
+        if i < importance_steps:  # 1) importance run: peak lr, linear decay, never 0 inside the run
+            return (importance_steps - i) / importance_steps
+        j = i - importance_steps
+        if j < warmup_steps:  # 2) task run: warm-up from 0
+            return j / max(1, warmup_steps)
+        return max(0.0, (task_total - j) / max(1, task_total - warmup_steps))  # 3) linear decay to 0
+
+    return factor
 
 
 def _rng_state() -> dict[str, Any]:
@@ -131,7 +152,11 @@ class Engine:
         )
         # Rank components grown mid-run get a fresh AdamW's bias correction (see wlora.core.optim).
         track_component_ages(self.optimizer)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup_steps, self.total_steps)
+        phase = int(getattr(self.method, "importance_steps", 0) or 0)
+        if phase > 0:
+            self.scheduler = LambdaLR(self.optimizer, phased_lr_lambda(phase, self.warmup_steps, self.total_steps))
+        else:
+            self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup_steps, self.total_steps)
         self.method.on_train_begin(self.optimizer)
 
     def lr_scale(self) -> float:
