@@ -90,6 +90,24 @@ def test_fp16_step_the_scaler_skips_leaves_the_gates_alone():
     assert eng.grad_scaler.get_scale() == 32768.0
 
 
+def test_fp16_skipped_step_hands_score_based_methods_zero_gradients():
+    """ROLoRA/AdaLoRA accumulate sensitivities from gradients after the step: never from inf/NaN."""
+    model = tiny_bert(layers=2)
+    seed_everything(0)
+    ctl = wlora.build_method("rolora", model, {"r": 2, "dropout": 0.0, "total_steps": 12, "iterations": 2})
+    eng = Engine(model, ctl, lr=5e-3, total_steps=12, grad_scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+    batches = tiny_batches(3, seed=3)
+    eng.train_step(batches[0])
+    eng.train_step(batches[1])
+    handle = next(iter(ctl.layers.values())).lora_g.register_hook(lambda g: g * float("inf"))
+    eng.train_step(batches[2])
+    handle.remove()
+    assert eng.last_step_skipped
+    for slots in ctl.ema.values():
+        for avg, unc in slots.values():
+            assert bool(torch.isfinite(avg).all()) and bool(torch.isfinite(unc).all())
+
+
 # ----- 6) the gate multiplies the rank-r intermediate -----
 
 

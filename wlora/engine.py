@@ -13,7 +13,7 @@ controller hooks in the documented order (see :mod:`wlora.core.controller`)::
 
 On an fp16 overflow step (a non-finite gradient after unscaling, the GradScaler's own test) steps 3)
 and the parameter update of 4) are skipped together, so the gates never move on a step the
-optimizer skips; the schedule, the step counter and 5) advance as usual.
+optimizer skips; the schedule, the step counter and 5) advance as usual, with the gradients zeroed.
 
 The schedule counts all steps (warm-up is not restarted when WeightLoRA removes adapters). A method
 with a separate importance run before the task run (LoRA-drop, ``method.importance_steps = P > 0``)
@@ -204,6 +204,11 @@ class Engine:
             grads = [p.grad for p in params + managed if p.grad is not None]
             skip = bool(grads) and not bool(torch.stack([g.isfinite().all() for g in grads]).all())
         self.last_step_skipped = skip
+        if skip:
+            # after_optimizer_step still runs (step-scheduled events keep their step); sensitivity
+            # scores it accumulates (ROLoRA, AdaLoRA) must not read inf/NaN: this step carries none.
+            for g in grads:
+                g.zero_()
         if self.max_grad_norm is not None and not skip:
             # The optimizer's groups are exactly the live trainable tensors (surgery keeps them
             # current); the gates count in the norm as they would inside the optimizer.
