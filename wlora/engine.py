@@ -98,7 +98,9 @@ class Engine:
         warmup_steps: linear warm-up steps from 0 to ``lr``.
         weight_decay: AdamW decoupled weight decay.
         betas, eps: AdamW constants (paper defaults).
-        max_grad_norm: clip the global gradient norm of the optimizer's parameters; None = off.
+        max_grad_norm: clip the global gradient norm of the optimizer's parameters and the method's
+            self-managed ones (gates), as when the gates sit in the optimizer (official WeightLoRA
+            code under the HF Trainer); None = off.
         autocast: context-manager factory for the forward pass (e.g. ``accelerator.autocast``).
         grad_scaler: a ``torch.amp.GradScaler`` for fp16 (e.g. ``accelerator.scaler``). The gradients of
             the optimizer's tensors *and* of the method's self-managed ones (gates) are unscaled before
