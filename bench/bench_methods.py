@@ -8,6 +8,11 @@ Compares, with the same rank, targets, batch and AdamW:
     adapters physically left), and ``weightlora_plus`` after growth (K adapters, LoRA's budget).
 Configs are timed in interleaved rounds (median step time per config) so machine drift hits all
 alike. With ``--data-dir`` the batch is real SST-2 text, otherwise random token ids.
+
+Memory, as ratios to LoRA's (same batch, train mode): the bytes autograd saves for backward during
+one forward (``torch.autograd.graph.saved_tensors_hooks``; distinct storages, parameters left out)
+and the AdamW state bytes. ``--targets all-linear`` adapts every linear layer instead of q/k/v;
+``--memory-only`` skips the timing.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging
 
 import wlora
-from wlora.core import count_parameters, optimizer_state_bytes
+from wlora.core import count_parameters, optimizer_state_bytes, saved_for_backward_bytes
 from wlora.data import read_glue_split
 from wlora.train import Engine, seed_everything
 
@@ -48,6 +53,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed steps per config per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median over all)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--targets", default=None, help="target_modules (e.g. all-linear); default: the family's q/k/v")
+    p.add_argument("--memory-only", action="store_true", help="measure memory only, no step timing")
     return p.parse_args()
 
 
@@ -94,11 +101,13 @@ def main() -> None:
     steppers: dict[str, Callable[[], None]] = {}
 
     # ours vs peft: the same plain loop
+    common = {"r": args.r, **({"target_modules": args.targets} if args.targets else {})}
     ours = copy.deepcopy(base)
-    ctl = wlora.build_method("lora", ours, {"r": args.r})
+    ctl = wlora.build_method("lora", ours, common)
     n = ctl.n_adapters
     k = max(1, n // 4)
-    steppers["lora (ours)"] = plain_stepper(ours, ctl.optimizer_params(), batch)
+    if not args.memory_only:
+        steppers["lora (ours)"] = plain_stepper(ours, ctl.optimizer_params(), batch)
     rows["lora (ours)"] = {"params": count_parameters(ours, ctl.head_names)["trainable"], "active": n}
 
     pm = get_peft_model(
@@ -113,28 +122,50 @@ def main() -> None:
     )
     pm.train()
     peft_params = [p for p in pm.parameters() if p.requires_grad]
-    steppers["lora (peft)"] = plain_stepper(pm, peft_params, batch)
+    if not args.memory_only:
+        steppers["lora (peft)"] = plain_stepper(pm, peft_params, batch)
     rows["lora (peft)"] = {"params": sum(p.numel() for p in peft_params), "active": n}
 
     # the adaptive methods through the Engine (hooks included)
     def engine_config(label, slug, cfg, warm_steps):
         model = copy.deepcopy(base)
-        c = wlora.build_method(slug, model, {"r": args.r, **cfg})
+        c = wlora.build_method(slug, model, {**common, **cfg})
         eng = Engine(model, c, lr=1e-4, total_steps=10**6)
         for _ in range(warm_steps):  # get past selection / growth before timing
             eng.train_step(batch)
-        steppers[label] = lambda: eng.train_step(batch)
+        model.train()
         rows[label] = {
             "params": count_parameters(model, c.head_names)["trainable"],
             "active": len(c.layers),
             "opt_bytes": optimizer_state_bytes(eng.optimizer),
+            "saved_bytes": saved_for_backward_bytes(lambda: model(**batch).loss, model),
             "kept": list(c.layers),
         }
+        if not args.memory_only:
+            steppers[label] = lambda: eng.train_step(batch)
 
     engine_config("lora (ours, Engine)", "lora", {}, 1)
     engine_config("weightlora before selection", "weightlora", {"k": k, "t": 10**6}, 1)
     engine_config(f"weightlora after selection (K={k})", "weightlora", {"k": k, "t": 2}, 3)
     engine_config(f"weightlora_plus after growth (K={k})", "weightlora_plus", {"k": k, "t": 2}, 3)
+
+    print(
+        f"model={args.model} batch={args.batch_size}x{args.seq_len} r={args.r} n={n} K={k} "
+        f"targets={args.targets or 'family default'} threads={torch.get_num_threads()} "
+        f"data={'SST-2' if args.data_dir else 'random tokens'}"
+    )
+    wl_before, wl_after = "weightlora before selection", f"weightlora after selection (K={k})"
+    plus = f"weightlora_plus after growth (K={k})"
+    ref = rows["lora (ours, Engine)"]
+    print("memory, ratio to lora (saved-for-backward bytes / optimizer-state bytes):")
+    for label in ("lora (ours, Engine)", wl_before, wl_after, plus):
+        row = rows[label]
+        print(
+            f"  {label:38s} {row['saved_bytes'] / ref['saved_bytes']:.4f} / {row['opt_bytes'] / ref['opt_bytes']:.4f}"
+            f"   ({row['saved_bytes'] / 2**20:.1f} MiB / {row['opt_bytes'] / 2**20:.2f} MiB)"
+        )
+    if args.memory_only:
+        return
 
     times: dict[str, list[float]] = {label: [] for label in steppers}
     for fn in steppers.values():  # warm-up of allocator / kernels
@@ -147,15 +178,9 @@ def main() -> None:
                 times[label].append(time.perf_counter() - t0)
     med = {label: statistics.median(ts) for label, ts in times.items()}
 
-    print(
-        f"model={args.model} batch={args.batch_size}x{args.seq_len} r={args.r} n={n} K={k} "
-        f"threads={torch.get_num_threads()} data={'SST-2' if args.data_dir else 'random tokens'}"
-    )
     print(f"{'config':40s} {'step ms':>9s} {'trainable':>10s} {'active':>6s}")
     for label in steppers:
         print(f"{label:40s} {1000 * med[label]:9.1f} {rows[label]['params']:10d} {rows[label]['active']:6d}")
-    wl_before, wl_after = "weightlora before selection", f"weightlora after selection (K={k})"
-    plus = f"weightlora_plus after growth (K={k})"
     # Backward stops at the lowest layer holding a trainable tensor, so where the kept adapters sit
     # matters for step time as much as how many there are.
     print(f"kept after selection: {', '.join(x.replace('.attention.self', '') for x in rows[wl_after]['kept'])}")

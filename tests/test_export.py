@@ -23,7 +23,8 @@ CASES = [
     ("weightlora_plus", {"k": 2, "t": 3, "init": "random"}, 2),
     ("weightlora_plus", {"k": 2, "t": 3, "init": "qr"}, 2),
     ("weightlora_plus", {"k": 1, "t": 2, "stages": 2}, 1),
-    ("random_select", {"k": 3}, 3),
+    ("random_select", {"k": 3, "t": 3}, 3),
+    ("random_select", {"k": 3, "t": 50}, 6),  # exported before the draw takes effect
 ]
 
 

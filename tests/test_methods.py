@@ -211,7 +211,7 @@ def test_random_select_is_seeded_and_trains_k_adapters():
     picks = []
     for seed in (0, 0, 1):
         model = tiny_bert(layers=3)
-        ctl = wlora.build_method("random_select", model, {"k": 3, "selection_seed": seed})
+        ctl = wlora.build_method("random_select", model, {"k": 3, "t": 0, "selection_seed": seed})
         picks.append(sorted(ctl.layers))
         assert count_parameters(model, ctl.head_names)["adapter"] == 3 * 8 * WIDTH
         assert ctl.report()["selected_adapters"] == list(ctl.layers)

@@ -67,7 +67,7 @@ def _padded(batches):
         ("rolora", {"tinit_frac": 0.5, "tfinal_frac": 0.5, "total_steps": 9}, r"`tinit_frac` \+ `tfinal_frac` must"),
         ("rolora", {}, r"RoLoRAConfig needs `total_steps`"),
         ("adalora", {"total_steps": 10, "tinit": 6, "tfinal": 4}, r"`tinit`=6 and `tfinal`=4 leave no budgeting"),
-        ("adalora", {"total_steps": 10, "tinit": -1}, r"`tinit` must be an integer >= 0, got -1"),
+        ("adalora", {"total_steps": 10, "tinit": -1}, r"`tinit` must be None or an integer >= 0, got -1"),
         ("adalora", {"total_steps": 10, "init_r": 2}, r"`init_r` must be an integer >= r=4, got 2"),
         ("adalora", {"total_steps": 0}, r"`total_steps` must be a positive integer"),
         ("adalora", {}, r"AdaLoRAConfig needs `total_steps`"),

@@ -20,7 +20,7 @@ METHODS = {
     "lora": {},
     "weightlora": {"k_fraction": 0.25, "t": 4},
     "weightlora_plus": {"k_fraction": 0.25, "t": 4, "init": "qr"},
-    "random_select": {"k_fraction": 0.25, "selection_seed": 0},
+    "random_select": {"k_fraction": 0.25, "t": 4, "selection_seed": 0},
 }
 
 

@@ -21,7 +21,7 @@ CASES = {
     "weightlora_plus_random": ("weightlora_plus", {"k": 2, "t": 4, "init": "random"}),
     "weightlora_plus_qr": ("weightlora_plus", {"k": 2, "t": 4, "init": "qr"}),
     "weightlora_plus_stages": ("weightlora_plus", {"k": 1, "t": 2, "init": "qr", "stages": 3}),
-    "random_select": ("random_select", {"k": 3}),
+    "random_select": ("random_select", {"k": 3, "t": 4}),
 }
 
 

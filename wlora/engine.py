@@ -4,13 +4,22 @@
 controller hooks in the documented order (see :mod:`wlora.core.controller`)::
 
     1) forward + backward (over the gradient-accumulation micro-batches, under autocast)
-    2) clip gradients (optional)
+    2) fp16: unscale the gradients — the optimizer's and those of the tensors the method updates
+       itself (WeightLoRA's gates) — and detect an overflow; clip gradients (optional)
     3) controller.before_optimizer_step   — e.g. WeightLoRA's gate SGD + top-K projection
     4) optimizer.step(); scheduler.step()
     5) controller.after_optimizer_step    — e.g. remove adapters at step T, grow ranks
     6) zero_grad
 
-The schedule counts all steps (warm-up is not restarted when WeightLoRA removes adapters).
+On an fp16 overflow step (a non-finite gradient after unscaling, the GradScaler's own test) steps 3)
+and the parameter update of 4) are skipped together, so the gates never move on a step the
+optimizer skips; the schedule, the step counter and 5) advance as usual, with the gradients zeroed.
+
+The schedule counts all steps (warm-up is not restarted when WeightLoRA removes adapters). A method
+with a separate importance run before the task run (LoRA-drop, ``method.importance_steps = P > 0``)
+gets two schedules, as two runs would: steps ``1..P`` decay linearly from the peak lr without warm-up
+(``lr·(P − i)/P`` at step i + 1, so every importance step trains), then the task run starts a fresh
+warm-up/decay over the remaining ``total_steps − P`` steps.
 """
 
 from __future__ import annotations
@@ -24,9 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_linear_schedule_with_warmup
 
 from wlora.core.controller import Controller
+from wlora.core.optim import track_component_ages
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,6 +54,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def phased_lr_lambda(importance_steps: int, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """The lr multiplier after ``i`` scheduler steps: the importance run's linear decay for ``i < P``,
+    then ``transformers``' linear warm-up/decay restarted over the task run's ``total_steps − P`` steps."""
+    task_total = max(1, total_steps - importance_steps)
+
+    def factor(i: int) -> float:
+        if i < importance_steps:  # 1) importance run: peak lr, linear decay, never 0 inside the run
+            return (importance_steps - i) / importance_steps
+        j = i - importance_steps
+        if j < warmup_steps:  # 2) task run: warm-up from 0
+            return j / max(1, warmup_steps)
+        return max(0.0, (task_total - j) / max(1, task_total - warmup_steps))  # 3) linear decay to 0
+
+    return factor
 
 
 def _rng_state() -> dict[str, Any]:
@@ -71,10 +98,14 @@ class Engine:
         warmup_steps: linear warm-up steps from 0 to ``lr``.
         weight_decay: AdamW decoupled weight decay.
         betas, eps: AdamW constants (paper defaults).
-        max_grad_norm: clip the global gradient norm of the optimizer's parameters; None = off.
+        max_grad_norm: clip the global gradient norm of the optimizer's parameters and the method's
+            self-managed ones (gates), as when the gates sit in the optimizer (official WeightLoRA
+            code under the HF Trainer); None = off.
         autocast: context-manager factory for the forward pass (e.g. ``accelerator.autocast``).
-        grad_scaler: a ``torch.amp.GradScaler`` for fp16 (e.g. ``accelerator.scaler``); gradients are
-            unscaled before clipping and before the method hook, so gate updates see true gradients.
+        grad_scaler: a ``torch.amp.GradScaler`` for fp16 (e.g. ``accelerator.scaler``). The gradients of
+            the optimizer's tensors *and* of the method's self-managed ones (gates) are unscaled before
+            clipping and before the method hook, so gate updates see true gradients; an overflow in
+            any of them skips the whole update (optimizer and gates) and lowers the scale.
         forward_model: the module to call for the loss when it differs from ``model`` (a wrapper).
     """
 
@@ -112,6 +143,8 @@ class Engine:
         self.forward_model = forward_model if forward_model is not None else getattr(method, "forward_model", model)
         #: Optimizer steps completed.
         self.step = 0
+        #: Whether the last step's update was skipped (fp16 overflow).
+        self.last_step_skipped = False
         self._build_optimizer()
 
     def _build_optimizer(self) -> None:
@@ -119,7 +152,13 @@ class Engine:
         self.optimizer = torch.optim.AdamW(
             params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
         )
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup_steps, self.total_steps)
+        # Rank components grown mid-run get a fresh AdamW's bias correction (see wlora.core.optim).
+        track_component_ages(self.optimizer)
+        phase = int(getattr(self.method, "importance_steps", 0) or 0)
+        if phase > 0:
+            self.scheduler = LambdaLR(self.optimizer, phased_lr_lambda(phase, self.warmup_steps, self.total_steps))
+        else:
+            self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup_steps, self.total_steps)
         self.method.on_train_begin(self.optimizer)
 
     def lr_scale(self) -> float:
@@ -152,19 +191,38 @@ class Engine:
                 scaled = self.grad_scaler.scale(scaled)
             scaled.backward()
             value += v * n / total
-        if self.grad_scaler is not None:
-            self.grad_scaler.unscale_(self.optimizer)
-        # 2) clip
-        if self.max_grad_norm is not None:
-            # The optimizer's groups are exactly the live trainable tensors (surgery keeps them current).
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        # 2) unscale (fp16) every gradient an update will use, then clip
+        managed = [p for p in self.method.self_managed_params() if p.grad is not None]
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        scaler = self.grad_scaler if self.grad_scaler is not None and self.grad_scaler.is_enabled() else None
+        skip = False
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+            # The gates are not in the optimizer; a carrier optimizer (never stepped) hands them to the
+            # same scaler, so they are divided by the same scale and their overflow counts in update().
+            carrier = torch.optim.SGD(managed, lr=0.0) if managed else None
+            if carrier is not None:
+                scaler.unscale_(carrier)
+            grads = [p.grad for p in params + managed if p.grad is not None]
+            skip = bool(grads) and not bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        self.last_step_skipped = skip
+        if skip:
+            # after_optimizer_step still runs (step-scheduled events keep their step); sensitivity
+            # scores it accumulates (ROLoRA, AdaLoRA) must not read inf/NaN: this step carries none.
+            for g in grads:
+                g.zero_()
+        if self.max_grad_norm is not None and not skip:
+            # The optimizer's groups are exactly the live trainable tensors (surgery keeps them
+            # current); the gates count in the norm as they would inside the optimizer.
+            torch.nn.utils.clip_grad_norm_(params + managed, self.max_grad_norm)
         # 3) method hook before the update (uses this step's gradients and lr)
-        self.method.before_optimizer_step(step, self.lr_scale())
+        if not skip:
+            self.method.before_optimizer_step(step, self.lr_scale())
         # 4) update + schedule
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
+        if scaler is not None:
+            if not skip:
+                scaler.step(self.optimizer)
+            scaler.update()
         else:
             self.optimizer.step()
         self.scheduler.step()

@@ -83,22 +83,39 @@ def importance_sample(cfg: TrainConfig, data: TaskData, ratio: float) -> list[in
     return stratified_sample(labels, ratio, seed=cfg.seed)
 
 
+def importance_batch_indices(sample: list[int], step: int, per_step: int, seed: int) -> list[int]:
+    """Training-set indices of importance step ``step`` (0-based): the importance run reads the
+    sample as a stream of passes (pass p: a permutation seeded by ``seed`` and p) and every step takes
+    the next ``min(per_step, |sample|)`` examples, so no step is empty or short whatever the sample's
+    size; the phase's length (``importance_epochs · sample_steps`` steps) is what the run plans."""
+    m = len(sample)
+    q = min(per_step, m)
+    out: list[int] = []
+    pos = step * q
+    while len(out) < q:
+        p, offset = divmod(pos, m)
+        perm = torch.randperm(m, generator=torch.Generator().manual_seed(seed * 7_919 + p)).tolist()
+        take = perm[offset : offset + q - len(out)]
+        out.extend(sample[i] for i in take)
+        pos += len(take)
+    return out
+
+
 def micro_batches(
     cfg: TrainConfig, data: TaskData, step: int, steps_per_epoch: int, device, method: Controller | None = None
 ) -> list[dict]:
     """The micro-batches of optimizer step ``step`` (0-based): a pure function of (seed, step), so a
     resumed run sees exactly the batches it would have seen.
 
-    A method with an importance phase on a data sample (LoRA-drop: ``importance_steps``,
-    ``sample_steps`` and ``config.sample_ratio``) gets its first steps from passes over that sample,
-    then the normal epochs (counted from the end of the phase)."""
+    A method with an importance phase on a data sample (LoRA-drop: ``importance_steps`` and
+    ``config.sample_ratio``) gets its first steps from :func:`importance_batch_indices`, then the
+    normal epochs (counted from the end of the phase)."""
     per_step = cfg.batch_size * cfg.grad_accum
     phase = getattr(method, "importance_steps", 0) or 0
     if step < phase:
-        sample = importance_sample(cfg, data, method.config.sample_ratio)
-        p, pos = divmod(step, method.sample_steps)
-        perm = torch.randperm(len(sample), generator=torch.Generator().manual_seed(cfg.seed * 7_919 + p))
-        idx = [sample[i] for i in perm[pos * per_step : (pos + 1) * per_step].tolist()]
+        idx = importance_batch_indices(
+            importance_sample(cfg, data, method.config.sample_ratio), step, per_step, cfg.seed
+        )
     else:
         epoch, pos = divmod(step - phase, steps_per_epoch)
         order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))

@@ -1,7 +1,6 @@
-"""Random selection ablation: K only (no gates to train)."""
-
-from ray import tune
+"""Random selection ablation (RLoRA): K and the selection step T, searched exactly as WeightLoRA's."""
 
 from sweeps.spaces.common import ADAPTER
+from sweeps.spaces.weightlora import SPACE as WEIGHTLORA
 
-SPACE = {**ADAPTER, "k_fraction": tune.choice([0.1, 0.25, 0.5])}
+SPACE = {**ADAPTER, "k_fraction": WEIGHTLORA["k_fraction"], "t": WEIGHTLORA["t"]}

@@ -16,6 +16,7 @@ _HOMES = {
     "find_targets": "wlora.core.inject",
     "inject_adapters": "wlora.core.inject",
     "optimizer_state_bytes": "wlora.core.optim",
+    "saved_for_backward_bytes": "wlora.core.accounting",
 }
 
 __all__ = sorted(_HOMES)

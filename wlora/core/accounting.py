@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
 from wlora.core.layer import LoRALinear
@@ -47,3 +50,24 @@ def count_parameters(model: nn.Module, head_names: list[str] | tuple[str, ...] =
         "base_model": base_model,
         "trainable_pct": 100.0 * trainable / base_model if base_model else 0.0,
     }
+
+
+def saved_for_backward_bytes(fn: Callable[[], torch.Tensor], model: nn.Module) -> int:
+    """Bytes autograd keeps for backward while ``fn()`` builds its graph (activation memory).
+
+    Counts each distinct storage once (views share one) and leaves out ``model``'s parameters and
+    buffers, which exist whether or not a graph holds them. Backward is not run.
+    """
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())

@@ -18,6 +18,10 @@ def _require(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+#: How WeightLoRA+ initialises the grown rank components (``wlora.core.growth``).
+GROWTH_INITS = ("random", "qr")
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """Base of every method config: ``from_dict`` (unknown keys raise) and ``to_dict``.

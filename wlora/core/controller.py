@@ -12,6 +12,9 @@ Hook order for one optimizer step (the contract ``wlora.train`` follows; cf. pef
 
 ``step`` is the 1-based index of the optimizer step being taken. ``on_train_begin(optimizer)`` is
 called once the optimizer exists (fresh or resumed run) and must be idempotent.
+On an fp16 step whose gradients overflow, the Engine skips ``before_optimizer_step`` together with
+``optimizer.step()`` (the gradients it would read are inf/NaN); ``after_optimizer_step`` still runs,
+so step-scheduled events (selection at T) keep their step, and sees zeroed gradients.
 
 Resuming: ``state_dict()`` holds everything the method changed (structure, gates, counters, RNG).
 On a freshly built model, call ``load_state_dict`` *first*: it re-applies the structure (removed

@@ -9,7 +9,16 @@ With ``A: r × d_in`` and ``B: d_out × r`` (peft orientation) and ``e = r_new �
   output directions are orthogonal to the old ones.
 
 The scale s is left unchanged, so the adapter output, and hence the model output, is unchanged at
-the moment of growth. Optimizer moments of the old block are kept, the new block's start at zero.
+the moment of growth.
+
+AdamW state. ``random``: the old rows of A and columns of B are the same coordinates as before
+(∂L/∂A_old = s·B_oldᵀ G, ∂L/∂B_old = s·G A_oldᵀ with G = ∂L/∂ΔW, unchanged by appending), so their
+moments and step count stay exactly; the new components start at zero moments with a fresh AdamW's
+bias correction (:func:`~wlora.core.optim.track_component_ages`). ``qr``: the old block is
+re-parametrised (B → Q, A → R A), so its gradients become ∂L/∂Q = (∂L/∂B) Rᵀ and ∂L/∂(RA) = R⁻ᵀ ∂L/∂A —
+a linear mix (and rescaling: ‖Q_j‖ = 1 while B starts at 0) of the old coordinates. The first moment
+would transform with R but the second (element-wise squares) cannot, so the old moments describe
+other coordinates: the whole of A and B restart as fresh AdamW tensors (state dropped).
 """
 
 from __future__ import annotations
@@ -19,10 +28,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from wlora.core.config import GROWTH_INITS
 from wlora.core.layer import LoRALinear
-from wlora.core.optim import resize_param_
-
-GROWTH_INITS = ("random", "qr")
+from wlora.core.optim import reset_state, resize_param_
 
 
 def plan_ranks(layers: Mapping[str, LoRALinear], survivors: Sequence[str], budget: int) -> dict[str, int]:
@@ -84,4 +92,6 @@ def grow_rank_(
         A_new = torch.cat([R @ A64, torch.zeros(extra, d_in, dtype=torch.float64)], dim=0).to(A)
     resize_param_(layer.lora_A, A_new, (slice(0, r), slice(None)), optimizer)
     resize_param_(layer.lora_B, B_new, (slice(None), slice(0, r)), optimizer)
+    if init == "qr" and optimizer is not None:
+        reset_state(optimizer, [layer.lora_A, layer.lora_B])  # new coordinates: see the module docstring
     layer.r = r_new

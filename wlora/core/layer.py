@@ -2,11 +2,12 @@
 
 Math (Hu et al., 2021; peft's ``lora.Linear``)::
 
-    h = W0 x + s · g · B (A dropout(x)),      s = α / r
+    h = W0 x + s · g · B (A dropout(x)) = W0 x + B (s · g · A dropout(x)),      s = α / r
 
 ``A: r × d_in`` (Kaiming-uniform), ``B: d_out × r`` (zeros), ``g`` an optional scalar gate
 (WeightLoRA's ω). The product is always evaluated right to left, ``B (A x)``: a dense ``B @ A``
-(``d_out × d_in``) is never formed, so cost and memory stay O(r · (d_in + d_out)) per token.
+(``d_out × d_in``) is never formed, so cost and memory stay O(r · (d_in + d_out)) per token. The gate
+multiplies the rank-r intermediate ``A x``, so a gated adapter saves as much for backward as a plain one.
 """
 
 from __future__ import annotations
@@ -75,8 +76,13 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
         h = self.lora_dropout(x.to(self.lora_A.dtype))
-        h = F.linear(F.linear(h, self.lora_A), self.lora_B)
-        h = h * self.scaling if self.gate is None else h * (self.gate * self.scaling)
+        h = F.linear(h, self.lora_A)
+        if self.gate is None:
+            h = F.linear(h, self.lora_B) * self.scaling  # peft's order of operations
+        else:
+            # ω·s·B(Ax) = B(ω·s·(Ax)): gating the rank-r intermediate, autograd keeps r numbers per
+            # token for ∇ω instead of the d_out-sized adapter output.
+            h = F.linear(h * (self.gate * self.scaling), self.lora_B)
         return result + h.to(result.dtype)
 
     # ----- structural edits (used by controllers; never called inside forward) -----

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from wlora.core.config import AdapterConfig, _check_run_field, _is_int, _require
+from wlora.core.config import AdapterConfig, _check_run_field, _is_int, _require, require_run_field
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,14 @@ class AdaLoRAConfig(AdapterConfig):
     peft's schedule over the run's ``total_steps`` steps: ranks stay at `init_r` for steps ≤ `tinit`,
     the rank budget decays cubically to n·r until step ``total_steps − tfinal``, then the final mask is
     fixed for the last `tfinal` steps.
+
+    Defaults: `tinit` / `tfinal` as fractions of the run's steps, from the AdaLoRA/ROLoRA GLUE settings
+    (ROLoRA Tables 8–9, DeBERTaV3-base; steps = ⌈train size / batch⌉ · epochs). On the small tasks,
+    the ones a short run resembles, t_i / total = 0.17 (MRPC), 0.09 (CoLA), 0.15 (RTE), 0.13 (STS-B)
+    and t_f / total = 0.52, 0.52, 0.46, 0.44; the large tasks use smaller fractions (SST-2 0.005 /
+    0.17, QNLI 0.012 / 0.049, MNLI 0.013 / 0.081, QQP 0.014 / 0.044). Hence `tinit_frac` = 0.1
+    and `tfinal_frac` = 0.5: the budget decays over the middle 40 % of the run and the allocation
+    is final for its second half. ``tinit = tfinal = 0`` would fix the allocation only at the last step.
     """
 
     init_r: int | None = field(
@@ -23,11 +31,28 @@ class AdaLoRAConfig(AdapterConfig):
             "help": "Initial rank of every module; None = ⌈1.5·r⌉ (AdaLoRA paper's recommendation, as in ROLoRA §6)."
         },
     )
-    tinit: int = field(
-        default=0, metadata={"help": "Steps of initial fine-tuning before any pruning (peft ``tinit``)."}
+    tinit: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Steps of initial fine-tuning before any pruning (peft ``tinit``); None = ⌊`tinit_frac` · total_steps⌋."
+            )
+        },
     )
-    tfinal: int = field(
-        default=0, metadata={"help": "Steps of final fine-tuning with the mask fixed (peft ``tfinal``)."}
+    tfinal: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Steps of final fine-tuning with the mask fixed (peft ``tfinal``); None = ⌊`tfinal_frac` · "
+                "total_steps⌋, shortened if needed to leave at least one budgeting step."
+            )
+        },
+    )
+    tinit_frac: float = field(
+        default=0.1, metadata={"help": "`tinit` as a fraction of the run's steps when `tinit` is None, in [0, 1)."}
+    )
+    tfinal_frac: float = field(
+        default=0.5, metadata={"help": "`tfinal` as a fraction of the run's steps when `tfinal` is None, in [0, 1)."}
     )
     delta_t: int = field(
         default=1, metadata={"help": "Prune every `delta_t` steps during the budget decay (peft ``deltaT``)."}
@@ -61,12 +86,22 @@ class AdaLoRAConfig(AdapterConfig):
             )
         for f in ("tinit", "tfinal"):
             v = getattr(self, f)
-            _require(_is_int(v) and v >= 0, f"`{f}` must be an integer >= 0, got {v!r}")
+            _require(v is None or (_is_int(v) and v >= 0), f"`{f}` must be None or an integer >= 0, got {v!r}")
+        for f in ("tinit_frac", "tfinal_frac"):
+            v = getattr(self, f)
+            _require(isinstance(v, int | float) and 0.0 <= v < 1.0, f"`{f}` must be in [0, 1), got {v!r}")
         _require(
-            ts is None or self.tinit < ts - self.tfinal,
-            f"`tinit`={self.tinit} and `tfinal`={self.tfinal} leave no budgeting phase in total_steps={ts} "
-            f"steps: need tinit < total_steps − tfinal",
+            self.tinit_frac + self.tfinal_frac < 1.0,
+            f"`tinit_frac` + `tfinal_frac` must be < 1 to leave a budgeting phase, got "
+            f"{self.tinit_frac} + {self.tfinal_frac}",
         )
+        if ts is not None:
+            ti, tf = self.resolved_tinit, self.resolved_tfinal
+            _require(
+                ti < ts - tf,
+                f"`tinit`={ti} and `tfinal`={tf} leave no budgeting phase in total_steps={ts} "
+                f"steps: need tinit < total_steps − tfinal",
+            )
         _require(
             _is_int(self.delta_t) and self.delta_t > 0, f"`delta_t` must be a positive integer, got {self.delta_t!r}"
         )
@@ -75,6 +110,21 @@ class AdaLoRAConfig(AdapterConfig):
             _require(isinstance(v, int | float) and 0.0 < v < 1.0, f"`{f}` must be in (0, 1), got {v!r}")
         w = self.orth_reg_weight
         _require(isinstance(w, int | float) and w >= 0, f"`orth_reg_weight` must be >= 0, got {w!r}")
+
+    @property
+    def resolved_tinit(self) -> int:
+        """`tinit`, or ⌊`tinit_frac` · total_steps⌋."""
+        if self.tinit is not None:
+            return self.tinit
+        return math.floor(self.tinit_frac * require_run_field(self, "total_steps"))
+
+    @property
+    def resolved_tfinal(self) -> int:
+        """`tfinal`, or ⌊`tfinal_frac` · total_steps⌋ capped so that tinit < total_steps − tfinal."""
+        if self.tfinal is not None:
+            return self.tfinal
+        ts = require_run_field(self, "total_steps")
+        return max(0, min(math.floor(self.tfinal_frac * ts), ts - self.resolved_tinit - 1))
 
     @property
     def resolved_init_r(self) -> int:

@@ -47,8 +47,8 @@ class AdaLoRAController(Controller):
             target_modules=list(self.target_names),
             init_r=self.init_r,
             target_r=config.r,
-            tinit=config.tinit,
-            tfinal=config.tfinal,
+            tinit=config.resolved_tinit,
+            tfinal=config.resolved_tfinal,
             deltaT=config.delta_t,
             beta1=config.beta1,
             beta2=config.beta2,
@@ -153,6 +153,8 @@ class AdaLoRAController(Controller):
             "target_r": self.config.r,
             "rank_sum": sum(ranks.values()),
             "rank_changes": self.rank_changes,
+            "tinit": self.peft_config.tinit,
+            "tfinal": self.peft_config.tfinal,
         }
         if self.steps_done > 0:
             out["budget"] = self.peft.rankallocator.budget_schedule(self.steps_done)[0]

@@ -13,7 +13,8 @@ class LoRADropConfig(AdapterConfig):
     """LoRA's fields plus the importance evaluation and the selection threshold.
 
     The importance phase is the first ``importance_steps = importance_epochs · ⌈sample_ratio ·
-    steps_per_epoch⌉`` optimizer steps of the run (see the controller docstring).
+    steps_per_epoch⌉`` optimizer steps of the run, with its own learning-rate schedule, before the
+    task run's full budget (see the controller docstring).
     """
 
     threshold: float = field(

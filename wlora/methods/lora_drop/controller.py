@@ -14,14 +14,17 @@ How it runs inside the generic training loop (the controller never sees the data
 importance evaluation is the first ``importance_steps = importance_epochs · sample_steps`` optimizer
 steps of the run, ``sample_steps = ⌈sample_ratio · steps_per_epoch⌉`` being one pass over the α-sample
 (``steps_per_epoch`` is filled in by the runner). During them plain LoRA trains on all n targets as
-usual. The runner is expected to feed those steps from a stratified ``sample_ratio`` subset of the
-training set, ``importance_epochs`` passes over it (:func:`wlora.core.sampling.stratified_sample`
-draws one); if it feeds the normal stream instead, the sample is the first batches of the run
-(random, not stratified). ``g_i`` is accumulated by forward hooks during the last pass over the sample
-(its final ``sample_steps`` steps): every sample example is counted once, with the adapters as they
-are while that pass trains (the paper evaluates them after training; a separate data pass is not
-possible through the hooks). Only real tokens count (``attention_mask`` of the batch) and ΔW x is taken
-without dropout. At the end of step ``importance_steps`` (``after_optimizer_step``): selection, then
+usual. The runner feeds those steps from a stratified ``sample_ratio`` subset of the training set
+(:func:`wlora.core.sampling.stratified_sample`), read as a stream of passes in which every step takes a
+full batch (:func:`wlora.schedule.importance_batch_indices`: no empty or short steps, whatever the
+sample's size); if it fed the normal stream instead, the sample would be the first batches of the run
+(random, not stratified). The importance run is a short run of its own: the Engine gives it its own
+learning-rate schedule (peak lr, linear decay, no warm-up, so every step trains) and the task run a
+fresh warm-up/decay over its own steps (:func:`wlora.engine.phased_lr_lambda`). ``g_i`` is accumulated
+by forward hooks during the last ``sample_steps`` steps (about one pass over the sample), with the
+adapters as they are while that pass trains (the paper evaluates them after training; a separate data
+pass is not possible through the hooks). Only real tokens count (``attention_mask`` of the batch) and
+ΔW x is taken without dropout. At the end of step ``importance_steps`` (``after_optimizer_step``): selection, then
 the restart: all importance adapters are removed with their optimizer state, the task head is reset
 to its initial weights with fresh optimizer state, and the new adapters join the optimizer fresh.
 
@@ -29,10 +32,8 @@ Left open by the paper, decided here: the importance budget (paper: 3 epochs ove
 ``importance_epochs``); the "module type" of the sharing (the module name with its layer indices
 replaced by ``*``, e.g. ``bert.encoder.layer.*.attention.self.query``; shapes must match); ties in I
 go to model order; the cumulative test is exact (``Σ_{k≤K} g_(k) ≥ T·Σ g``); if every g_i is 0 the
-importance is uniform (reported as ``importance_uniform``; it happens when the importance phase ends
-before any update reached B, e.g. inside a warm-up at learning rate 0). The learning-rate schedule
-is the run's one (warm-up is not restarted at the switch, as in the other methods); runners that want
-a full task-adaptation budget add ``importance_steps`` to their total.
+importance is uniform (reported as ``importance_uniform``; it happens only if no update reached B
+before the last pass). The runner's total counts the importance run plus the full task budget.
 """
 
 from __future__ import annotations

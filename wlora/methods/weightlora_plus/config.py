@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wlora.core.config import GateConfig, _require
+from wlora.core.config import GROWTH_INITS, GateConfig, _require
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,6 @@ class WeightLoRAPlusConfig(GateConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from wlora.core.growth import GROWTH_INITS  # deferred: growth needs torch, listing the fields does not
 
         _require(self.init in GROWTH_INITS, f"`init` must be one of {list(GROWTH_INITS)}, got {self.init!r}")
         _require(
