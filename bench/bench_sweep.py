@@ -58,8 +58,9 @@ def plain_loop(model: str, data_dir: str | None, steps: int, threads: int) -> fl
 
 
 def tune_sweep(argv: list[str], name: str) -> tuple[float, dict]:
-    from sweeps.common import execute, plan_sweep
     from sweeps.glue_sweep import DEFAULTS, parser
+    from sweeps.plan import plan_sweep
+    from sweeps.run import execute
 
     args = parser().parse_args([*argv, "--name", name])
     t0 = time.perf_counter()

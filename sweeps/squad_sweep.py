@@ -13,7 +13,8 @@ if __name__ == "__main__":
 
     fix_path(__file__)
 
-from sweeps.common import SweepDefaults, build_parser, main
+from sweeps.flags import SweepDefaults, build_parser
+from sweeps.run import main
 
 DEFAULTS = SweepDefaults(
     kind="squad",

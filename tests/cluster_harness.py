@@ -327,8 +327,9 @@ def scenario_sweep(workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"start_s": time.monotonic() - t0}
     import ray
 
-    from sweeps.common import build_parser, run_sweep
+    from sweeps.flags import build_parser
     from sweeps.glue_sweep import DEFAULTS
+    from sweeps.run import run_sweep
 
     ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False)
     storage = workdir / "runs"

@@ -24,6 +24,10 @@ from wlora.train import TrainConfig, run_training
 
 #: Key of the summary report that follows the last evaluation (see ``sweeps.search.FINAL_KEY``).
 FINAL_KEY = "final"
+#: Keys the pooled sweep adds to every trial's config (its cell, and ``trial`` or ``seed_run``); they route the
+#: trial to its cell's search and ASHA and are not ``TrainConfig`` fields.
+CELL_KEY = "sweep_cell"
+ROLE_KEY = "sweep_role"
 
 
 class TrialFailedError(RuntimeError):
@@ -32,7 +36,7 @@ class TrialFailedError(RuntimeError):
 
 def trial_config(config: Mapping[str, Any], method: str) -> TrainConfig:
     """The validated ``TrainConfig`` of a Tune config dict; unknown keys raise ``ValueError``."""
-    flat = dict(config)
+    flat = {k: v for k, v in config.items() if k not in (CELL_KEY, ROLE_KEY)}
     if flat.setdefault("method", method) != method:
         raise ValueError(f"trainable for {method!r} got config for method {flat['method']!r}")
     return TrainConfig.from_flat(flat)
