@@ -134,3 +134,22 @@ def export_best(cfg, assets, checkpoint: str, out: Path) -> str:
         shutil.rmtree(out)
     export_from_checkpoint(cfg, assets, checkpoint, out)
     return str(out)
+
+
+def slot_usage(intervals: Sequence[tuple[float, float]], slots: int) -> dict[str, float]:
+    """How well a sweep filled its slots, from its trials' (start, end) times (e.g. MLflow child runs).
+
+    Returns:
+        ``max_concurrent`` (most trials running at one time), ``busy_fraction`` (trial time / (slots × span),
+        span = first start to last end) and ``span_s``.
+    """
+    if not intervals:
+        return {"max_concurrent": 0, "busy_fraction": 0.0, "span_s": 0.0}
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda ev: (ev[0], ev[1]))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    span = max(e for _, e in intervals) - min(s for s, _ in intervals)
+    busy = sum(e - s for s, e in intervals)
+    return {"max_concurrent": peak, "busy_fraction": busy / (slots * span) if span > 0 else 0.0, "span_s": span}

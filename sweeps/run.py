@@ -36,8 +36,24 @@ logger = logging.getLogger("sweeps")
 
 #: The name of the sweep's one Tune experiment inside the run folder.
 EXPERIMENT = "pool"
-#: Environment of every trial process: no per-trial download/"Loading weights" progress bars in the console.
-QUIET_WORKERS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
+#: Environment of the driver and every trial process: no "Loading weights" / download progress bars in the
+#: console (the live view is the sweep's one progress table).
+QUIET = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TQDM_DISABLE": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def quiet_console() -> None:
+    """No progress bars on the driver either (set before the plan loads the model; idempotent)."""
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def init_ray(args: argparse.Namespace) -> None:
@@ -48,7 +64,7 @@ def init_ray(args: argparse.Namespace) -> None:
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": True,
-        "runtime_env": {"env_vars": QUIET_WORKERS},
+        "runtime_env": {"env_vars": QUIET},
     }
     if args.address:
         kwargs["address"] = args.address
@@ -300,6 +316,7 @@ def summarize(plan: Plan, results, searcher) -> None:
 
 def run_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> dict[str, Any]:
     """Plan (validates; raises before Ray starts) and execute the sweep — the importable entry point."""
+    quiet_console()
     return execute(plan_sweep(args, defaults))
 
 
@@ -308,6 +325,7 @@ def execute(plan: Plan) -> dict[str, Any]:
     # num_to_keep=1 snapshots the experiment at every checkpoint (what makes --resume exact); quiet
     # Tune's warning about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_console()
     t0 = time.time()
     init_ray(plan.args)
     check_cluster(plan)
@@ -367,6 +385,7 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None, description
         return 2
     apply_smoke(args, defaults, parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_console()
     try:
         plan = plan_sweep(args, defaults)
         execute(plan)

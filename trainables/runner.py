@@ -12,6 +12,7 @@ after its evaluations were reported, so Tune marks the trial ERROR and the sweep
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -63,6 +64,8 @@ def run_trial(config: dict[str, Any], *, assets: Any, method: str) -> None:
         method: the method slug.
     """
     cfg = trial_config(config, method)
+    # One "Checkpoint successfully created" line per evaluation and trial would flood the sweep's console.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     # On a cluster the model folder may exist on the driver only: one staged copy per node.
     assets = assets.on_this_node() if hasattr(assets, "on_this_node") else assets
 
