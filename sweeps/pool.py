@@ -61,7 +61,7 @@ class ListSearch:
         pass
 
 
-def variant_configs(space: Mapping[str, Any], *, grid: bool, num_samples: int, seed: int) -> list[dict[str, Any]]:
+def variant_configs(space: Mapping[str, Any], *, grid: bool, num_samples: int, seed: int = 0) -> list[dict[str, Any]]:
     """Random search: ``num_samples`` draws from ``space``; grid: every grid point once (other dimensions drawn
     per point). Seeded, so a sweep and its resume draw the same configs."""
     rng = np.random.RandomState(seed)

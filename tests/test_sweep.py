@@ -399,3 +399,30 @@ def test_pooled_searcher_fair_per_cell_studies_pruned_seeds_and_restore(tmp_path
     assert all(s["lr"] == got[4]["lr"] for s in seeds)
     # Nothing left to hand out (sst2 has no seed re-runs): Tune waits for the live trials, then ends.
     assert searcher.suggest("s2") == Searcher.FINISHED
+
+
+# ----- ASHA's max_t is the runner's own count of evaluations -----
+
+
+@pytest.mark.slow
+def test_planned_evaluations_match_a_real_run(real_args):
+    """ASHA's max_t for each cell (the plan's ``planned_evals``) equals the number of evaluations a REAL run of
+    that cell reports, by epochs (LoRA-drop's importance phase included) and by ``--eval-every``."""
+    from sweeps.pool import variant_configs
+    from wlora.loop import run_training
+    from wlora.run_config import TrainConfig
+
+    for extra in (["--max-steps", "none", "--max-epochs", "2"], ["--max-steps", "7", "--eval-every", "3"]):
+        args = real_args(
+            "--tasks", "sst2", "--methods", "lora,lora_drop", "--train-subset", "24", "--batch-size", "8",
+            "--eval-subset", "8", "--max-length", "16", "--set", "lora_drop.sample_ratio=0.5",
+            "--set", "lora_drop.importance_epochs=1", "--name", f"maxt{len(extra)}{extra[1]}", *extra,
+        )  # fmt: skip
+        plan = plan_sweep(args, DEFAULTS)
+        for cell in plan.cells:
+            config = {**plan.fixed[cell.name], **variant_configs(plan.spaces[cell.name], grid=False, num_samples=1)[0]}
+            reports: list[dict] = []
+            cfg = TrainConfig.from_flat(config)
+            result = run_training(cfg, assets=plan.assets[cell.task], report=lambda m, ckpt, out=reports: out.append(m))
+            assert result.status == "completed", result.error
+            assert plan.planned_evals[cell.name] == len(reports), (cell.name, extra, [m.get("step") for m in reports])
