@@ -412,11 +412,11 @@ def test_planned_evaluations_match_a_real_run(real_args):
     from wlora.loop import run_training
     from wlora.run_config import TrainConfig
 
-    for extra in (["--max-steps", "none", "--max-epochs", "2"], ["--max-steps", "7", "--eval-every", "3"]):
+    for extra in (["--max-steps", "none", "--max-epochs", "2"], ["--max-steps", "4", "--eval-every", "1"]):
         args = real_args(
             "--tasks", "sst2", "--methods", "lora,lora_drop", "--train-subset", "24", "--batch-size", "8",
             "--eval-subset", "8", "--max-length", "16", "--set", "lora_drop.sample_ratio=0.5",
-            "--set", "lora_drop.importance_epochs=1", "--name", f"maxt{len(extra)}{extra[1]}", *extra,
+            "--set", "lora_drop.importance_epochs=2", "--name", f"maxt{len(extra)}{extra[1]}", *extra,
         )  # fmt: skip
         plan = plan_sweep(args, DEFAULTS)
         for cell in plan.cells:
