@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +393,17 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None, description
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def entry_points(defaults: SweepDefaults, doc: str | None) -> tuple[Callable[[], argparse.ArgumentParser], Callable]:
+    """``(parser, main)`` of a sweep entry script: its parser (help: the script docstring's first line) and
+    ``main(argv=None) -> exit code``."""
+    description = (doc or "").strip().splitlines()[0] if doc else ""
+
+    def parser() -> argparse.ArgumentParser:
+        return build_parser(defaults, description)
+
+    def entry(argv: Sequence[str] | None = None) -> int:
+        return main(defaults, argv, description=description)
+
+    return parser, entry
