@@ -64,8 +64,12 @@ def run_trial(config: dict[str, Any], *, assets: Any, method: str) -> None:
         method: the method slug.
     """
     cfg = trial_config(config, method)
-    # One "Checkpoint successfully created" line per evaluation and trial would flood the sweep's console.
+    # One "Checkpoint successfully created" line per evaluation and a "Loading weights" bar per trial would
+    # flood the sweep's console (Ray's log deduplication does not fold them all).
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     # On a cluster the model folder may exist on the driver only: one staged copy per node.
     assets = assets.on_this_node() if hasattr(assets, "on_this_node") else assets
 
