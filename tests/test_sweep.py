@@ -426,3 +426,28 @@ def test_planned_evaluations_match_a_real_run(real_args):
             result = run_training(cfg, assets=plan.assets[cell.task], report=lambda m, ckpt, out=reports: out.append(m))
             assert result.status == "completed", result.error
             assert plan.planned_evals[cell.name] == len(reports), (cell.name, extra, [m.get("step") for m in reports])
+
+
+def test_pooled_searcher_multi_objective_cells():
+    """``--multi-objective``: each cell's study optimises (metric ↑, params % ↓) over its own trials."""
+    from sweeps.pool import CellSearch, PooledSearcher
+    from sweeps.search import make_optuna
+
+    cells = []
+    for name in ("rte", "sst2"):
+        search = make_optuna(
+            {"lr": tune.loguniform(1e-5, 1e-2)},
+            ledger=EarlyStopLedger(f"pool-multi-{name}"),
+            seed=0,
+            metric=["eval_main", "method_pct"],
+            mode=["max", "min"],
+        )
+        cells.append(CellSearch(name, {"task": name}, 2, search))
+    searcher = PooledSearcher(cells)
+    got = {f"t{i}": searcher.suggest(f"t{i}") for i in range(4)}
+    for i, tid in enumerate(got):
+        searcher.on_trial_complete(tid, result={"eval_main": 0.5 + i / 10, "method_pct": 0.1 * (4 - i), FINAL_KEY: 1})
+    for name in ("rte", "sst2"):
+        study = searcher.cells[name].search._ot_study
+        assert len(study.directions) == 2
+        assert searcher.optuna_states(name) == {t: "COMPLETE" for t, c in got.items() if c[CELL_KEY] == name}
