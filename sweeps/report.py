@@ -54,9 +54,10 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from sweeps.results import pareto_front
+from wlora.run_config import OBJECTIVE
 
-#: The objective every trial logs (the GLUE task score; higher is better).
-MAIN = "eval_main"
+#: The objective every trial logs (the task's main dev score; higher is better).
+MAIN = OBJECTIVE
 
 #: Row order and display names (the papers' order: references first, then the proposed methods).
 METHODS: dict[str, str] = {

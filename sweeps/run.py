@@ -258,6 +258,9 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
         tune_config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
         return tuner.fit(), getattr(tune_config, "search_alg", None)
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per cell
     searcher = PooledSearcher([cell_search(plan, cell) for cell in plan.cells])
     n_trials = sum(c.budget + c.seeds for c in searcher.cells.values())
     cb = MlflowTrialCallback(
@@ -274,7 +277,7 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
             # metric/mode live in each cell's search and scheduler (Tune refuses them twice).
             search_alg=searcher,
             scheduler=pooled_scheduler(plan),
-            num_samples=-1,  # the searcher says when every cell is done
+            num_samples=n_trials,  # at most; the searcher says when every cell is done
             max_concurrent_trials=pool_slots(a, n_trials),
             reuse_actors=not a.no_reuse_actors,
             trial_dirname_creator=_trial_dirname,
