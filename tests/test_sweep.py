@@ -451,3 +451,37 @@ def test_pooled_searcher_multi_objective_cells():
         study = searcher.cells[name].search._ot_study
         assert len(study.directions) == 2
         assert searcher.optuna_states(name) == {t: "COMPLETE" for t, c in got.items() if c[CELL_KEY] == name}
+
+
+def test_one_progress_table_for_the_whole_sweep():
+    """The live view lists every cell's trials in one table (STOPPED = cut by its cell's ASHA) and ends with a
+    summary per cell."""
+    from sweeps.tracking import ProgressTable
+
+    lines: list[str] = []
+    table = ProgressTable("demo", interval_s=0, out=lambda text, flush=True: lines.append(text))
+    trials = []
+    for cell, tid, status, result in [
+        ("rte-lora-r8", "a1", "TERMINATED", {"step": 8, "eval_main": 0.61, FINAL_KEY: 1.0}),
+        ("rte-lora-r8", "a2", "TERMINATED", {"step": 2, "eval_main": 0.40}),
+        ("sst2-lora-r8", "b1", "RUNNING", {"step": 4, "eval_main": 0.85}),
+    ]:
+        t = _pool_trial(cell, tid)
+        t.status = status
+        t.update_last_result(dict(result))
+        trials.append(t)
+    table.on_step_end(1, trials)
+    table.on_experiment_end(trials)
+    live, final = lines
+    assert live.splitlines()[0] == "== demo: 3 trials (1 running, 1 stopped, 1 terminated) =="
+    rows = [ln.split() for ln in live.splitlines()[2:]]
+    assert rows == [
+        ["rte-lora-r8", "a1", "search", "TERMINATED", "8", "0.6100"],
+        ["rte-lora-r8", "a2", "search", "STOPPED", "2", "0.4000"],
+        ["sst2-lora-r8", "b1", "search", "RUNNING", "4", "0.8500"],
+    ]
+    summary = final.split("per cell ==")[1].strip().splitlines()
+    assert [ln.split() for ln in summary[1:]] == [
+        ["rte-lora-r8", "2", "1", "1", "0", "0.6100"],
+        ["sst2-lora-r8", "1", "0", "0", "0"],
+    ]
