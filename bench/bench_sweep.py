@@ -1,24 +1,28 @@
-"""Orchestration overhead of the sweep layer, measured in one run (prints ratios, not pass/fail).
+"""Benchmarks of the sweep layer (print ratios, not pass/fail), one run each:
 
-    python bench/bench_sweep.py --model PATH_OR_HUB_ID --data-dir DATA
+    python bench/bench_sweep.py pool     --slots 8     # one pool for every cell: concurrency, busy slot-time
+    python bench/bench_sweep.py overhead               # same trials: Tune sweep vs a plain run_training loop
+    python bench/bench_sweep.py search   --seeds 3     # TPE + ASHA vs the papers' lr × warm-up grid on SST-2
 
-1. The same N trials (a fixed lr grid, SST-2 slice) three ways:
-   a) a plain sequential loop of ``wlora.train.run_training`` in this process (torch on all cores);
-   b) the full sweep machinery (Ray Tune + MLflow children + checkpoints), one trial at a time with
-      all cores per trial → ratio b/a is the orchestration overhead;
-   c) the same with one core per trial and ``max_concurrent_trials`` = cores → ratio b/c is the
-      throughput gain of running trials concurrently.
-2. MLflow logging cost per evaluation report on the embedded SQLite store: one ``log_batch`` per
-   report (what ``MlflowTrialCallback`` does) vs one ``log_metric`` call per metric (the stock
-   ``MLflowLoggerCallback``).
+* ``pool``: the smoke sweep of 4 cells × 4 trials (``--smoke-test --tasks rte,sst2 --methods
+  lora,weightlora``) on ``--slots`` local trial slots; from the MLflow children's start/end times: the most
+  trials running at once (of N) and busy slot-time / (slots × the sweep's span). ``--max-steps`` makes the
+  trials longer (the issue's goal: ≥ 0.8 on trials of ≥ 30 s).
+* ``overhead``: N LoRA trials (a fixed lr grid, SST-2 slice) as a plain sequential loop of
+  ``wlora.loop.run_training`` in this process vs the full sweep (Ray Tune + MLflow + checkpoints) one trial at
+  a time with all cores per trial; prints the ratio and where a trial's fixed seconds go (start of the trial
+  process to its first report, checkpoints, MLflow).
+* ``search``: the best dev score reached and the trial-epochs spent by TPE + ASHA (``--num-samples`` trials,
+  one seed per ``--seeds``) vs a grid over lr × warm-up (the papers' bash grids), same per-trial budget.
 
 Starts a local Ray instance; on machines where Ray must stay off the network, run it inside a
-loopback-only namespace (see README "Running a sweep").
+loopback-only namespace (see README "Running a sweep"), with ``RAY_AUTH_MODE`` set.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -30,26 +34,81 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 LRS = ["5e-4", "1e-3", "2e-3", "3e-3"]
 
 
-def workload(model: str, data_dir: str | None, steps: int) -> list[str]:
-    args = ["--model", model, "--tasks", "sst2", "--methods", "lora", "--ranks", "8"]
-    if data_dir:
-        args += ["--data-dir", data_dir]
+def sweep(argv: list[str], name: str) -> tuple[float, dict]:
+    from sweeps.glue_sweep import DEFAULTS, parser
+    from sweeps.plan import plan_sweep
+    from sweeps.run import execute
+
+    args = parser().parse_args([*argv, "--name", name, "--progress-interval", "100000"])
+    from sweeps.flags import apply_smoke
+
+    apply_smoke(args, DEFAULTS, parser())
+    t0 = time.perf_counter()
+    out = execute(plan_sweep(args, DEFAULTS))
+    return time.perf_counter() - t0, out
+
+
+def children(out: dict) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(out["tracking_uri"])
+    return client.search_runs(
+        [out["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{out['parent_run_id']}'", max_results=5000
+    )
+
+
+def assets_args(a) -> list[str]:
+    return ["--model", a.model, *(["--data-dir", a.data_dir] if a.data_dir else [])]
+
+
+# ----- pool -----
+
+
+def bench_pool(a, tmp: Path) -> None:
+    import ray
+
+    from sweeps.results import slot_usage
+
+    ray.init(num_cpus=a.slots, include_dashboard=False, _temp_dir=a.ray_temp_dir)
+    argv = [*assets_args(a), "--smoke-test", "--tasks", "rte,sst2", "--methods", "lora,weightlora"]
+    argv += ["--cpus-per-trial", "1", "--storage-path", str(tmp / "runs")]
+    if a.max_steps:
+        argv += ["--max-steps", str(a.max_steps), "--eval-every", str(max(1, a.max_steps // 4))]
+    wall, out = sweep(argv, "pool")
+    ray.shutdown()
+    runs = children(out)
+    spans = [(r.info.start_time / 1000, r.info.end_time / 1000) for r in runs]
+    use = slot_usage(spans, a.slots)
+    trial_s = sorted(e - s for s, e in spans)
+    print(f"\npool: {len(runs)} trials of 4 cells on {a.slots} slots ({os.cpu_count()} CPU cores), wall {wall:.0f} s")
+    print(f"  trial seconds: median {trial_s[len(trial_s) // 2]:.1f}, max {trial_s[-1]:.1f}")
+    print(f"  max concurrent trials : {use['max_concurrent']} of {a.slots}")
+    print(f"  busy slot-time / (slots × span {use['span_s']:.0f} s) : {use['busy_fraction']:.2f}")
+
+
+# ----- overhead -----
+
+
+def workload(a, steps: int) -> list[str]:
+    args = [*assets_args(a), "--tasks", "sst2", "--methods", "lora", "--ranks", "8"]
     args += ["--max-steps", str(steps), "--eval-every", str(max(1, steps // 4)), "--batch-size", "16"]
     args += ["--max-length", "64", "--train-subset", "512", "--eval-subset", "128"]
     args += ["--search", "grid", "--space", f"lr=grid:{','.join(LRS)}", "--set", "warmup_steps=0", "--no-asha"]
-    return [*args, "--progress-interval", "100000"]
+    return args
 
 
-def plain_loop(model: str, data_dir: str | None, steps: int, threads: int) -> float:
+def plain_loop(a, steps: int, threads: int) -> float:
     import torch
 
-    from wlora.train import TrainConfig, prepare_run, run_training
+    from wlora.loop import run_training
+    from wlora.modeling import prepare_run
+    from wlora.run_config import TrainConfig
 
     torch.set_num_threads(threads)
-    base = dict(method="lora", task="sst2", model=model, data_dir=data_dir, max_steps=steps, r=8)
+    base = dict(method="lora", task="sst2", model=a.model, data_dir=a.data_dir, max_steps=steps, r=8, seed=0)
     base.update(eval_every=max(1, steps // 4), batch_size=16, max_length=64, train_subset=512, eval_subset=128)
-    t0 = time.perf_counter()
     assets = prepare_run(TrainConfig.from_flat({**base, "lr": 1e-3}))
+    t0 = time.perf_counter()
     for lr in LRS:
         cfg = TrainConfig.from_flat({**base, "lr": float(lr), "warmup_steps": 0})
         result = run_training(cfg, assets=assets, report=lambda metrics, checkpoint_dir: None)
@@ -57,70 +116,103 @@ def plain_loop(model: str, data_dir: str | None, steps: int, threads: int) -> fl
     return time.perf_counter() - t0
 
 
-def tune_sweep(argv: list[str], name: str) -> tuple[float, dict]:
-    from sweeps.common import execute, plan_sweep
-    from sweeps.glue_sweep import DEFAULTS, parser
+def bench_overhead(a, tmp: Path) -> None:
+    import ray
 
-    args = parser().parse_args([*argv, "--name", name])
+    cores = os.cpu_count() or 1
+    loop_s = plain_loop(a, a.steps, cores)
     t0 = time.perf_counter()
-    out = execute(plan_sweep(args, DEFAULTS))
-    return time.perf_counter() - t0, out
+    ray.init(num_cpus=cores, include_dashboard=False, _temp_dir=a.ray_temp_dir)
+    ray_start = time.perf_counter() - t0
+    argv = [*workload(a, a.steps), "--storage-path", str(tmp / "runs"), "--max-concurrent", "1"]
+    seq_s, out = sweep([*argv, "--cpus-per-trial", str(cores)], "seq")
+    ray.shutdown()
+    # Where a trial's seconds go: its own training (Tune's time_total_s) vs the span of its MLflow child.
+    rows = []
+    for path in Path(out["run_dir"], "pool").glob("trial_*/result.json"):
+        lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+        rows.append(lines)
+    runs = children(out)
+    child_s = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
+    train_s = [rs[-1]["time_total_s"] for rs in rows]
+    first_s = [rs[0]["time_total_s"] for rs in rows]
+    n = len(LRS)
+    print(f"\noverhead: {n} LoRA trials × {a.steps} steps on SST-2 (batch 16 × 64 tokens), {cores} CPU cores")
+    print(f"  plain sequential loop (run_training, {cores} threads) : {loop_s:7.1f} s  ({loop_s / n:.1f} s/trial)")
+    print(f"  Tune sweep, 1 trial at a time, {cores} CPUs/trial      : {seq_s:7.1f} s  (+ Ray start {ray_start:.1f} s)")
+    print(f"  orchestration overhead  Tune / loop                 : {seq_s / loop_s:.2f}x")
+    print(f"  per trial: MLflow child span {sum(child_s) / n:.1f} s, inside the trainable {sum(train_s) / n:.1f} s")
+    print(f"  (first report after {sum(first_s) / n:.1f} s), so {(seq_s - sum(train_s)) / n:.1f} s/trial outside it")
 
 
-def mlflow_cost(tmp: Path, reports: int = 30) -> tuple[float, float, int]:
-    from mlflow.entities import Metric
+# ----- search efficiency -----
+
+
+def bench_search(a, tmp: Path) -> None:
+    import ray
+
+    ray.init(num_cpus=a.slots, include_dashboard=False, _temp_dir=a.ray_temp_dir)
+    base = [*assets_args(a), "--tasks", "sst2", "--methods", "lora", "--ranks", "8", "--storage-path", str(tmp)]
+    base += ["--max-steps", str(a.steps), "--eval-every", str(max(1, a.steps // 4)), "--batch-size", "16"]
+    base += ["--max-length", "48", "--train-subset", str(a.train_subset), "--eval-subset", "256"]
+    base += ["--cpus-per-trial", "1"]
+    evals = 4  # evaluations per full trial (--eval-every = steps / 4): one trial-"epoch" = a full trial budget
+
+    def spent(out: dict) -> tuple[float | None, float]:
+        best, used = None, 0.0
+        for r in children(out):
+            steps = [m.step for m in _history(out, r.info.run_id)]
+            used += len(steps) / evals
+            if r.data.tags.get("status") == "completed":
+                v = r.data.metrics.get("eval_main")
+                best = v if best is None or (v is not None and v > best) else best
+        return best, used
+
+    grid = ["--search", "grid", "--space", f"lr=grid:{a.grid_lrs}", "--space", f"warmup_steps=grid:{a.grid_warmups}"]
+    wall, out = sweep([*base, *grid, "--no-asha"], "grid")
+    g_best, g_used = spent(out)
+    print(f"\nsearch: SST-2 ({a.train_subset} train examples), LoRA r=8, {a.steps} steps per full trial")
+    print(f"  grid lr × warm-up ({out['cells']['sst2-lora-r8']['n_trials']} trials): best {g_best:.4f}, ", end="")
+    print(f"{g_used:.1f} trial-epochs, {wall:.0f} s")
+    results = []
+    for seed in range(a.seeds):
+        argv = [*base, "--search", "optuna", "--num-samples", str(a.num_samples), "--search-seed", str(seed)]
+        wall, out = sweep(argv, f"tpe{seed}")
+        best, used = spent(out)
+        results.append((best, used))
+        print(
+            f"  TPE + ASHA seed {seed} ({a.num_samples} trials): best {best:.4f}, {used:.1f} trial-epochs, {wall:.0f} s"
+        )
+    mean_best = sum(b for b, _ in results) / len(results)
+    mean_used = sum(u for _, u in results) / len(results)
+    print(f"  TPE + ASHA mean best / grid best : {mean_best / g_best:.3f}")
+    print(f"  TPE + ASHA mean trial-epochs / grid : {mean_used / g_used:.2f}")
+    ray.shutdown()
+
+
+def _history(out: dict, run_id: str):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp / 'bench_mlflow.db'}")
-    exp = client.create_experiment("bench", artifact_location=(tmp / "art").as_uri())
-    keys = ["eval_main", "eval_accuracy", "train_loss", "lr", "epoch", "trainable_params", "trainable_pct"]
-    keys += ["active_adapters", "step_time_s", "examples_per_s", "peak_mem_mb"]
-    run_a, run_b = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
-    t0 = time.perf_counter()
-    for step in range(reports):
-        now = int(time.time() * 1000)
-        client.log_batch(run_a, metrics=[Metric(k, 0.5, now, step) for k in keys])
-    batched = (time.perf_counter() - t0) / reports
-    t0 = time.perf_counter()
-    for step in range(reports):
-        for k in keys:
-            client.log_metric(run_b, k, 0.5, step=step)
-    per_metric = (time.perf_counter() - t0) / reports
-    return batched, per_metric, len(keys)
+    return MlflowClient(out["tracking_uri"]).get_metric_history(run_id, "eval_main")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bench", choices=["pool", "overhead", "search"])
     p.add_argument("--model", default=os.environ.get("WLORA_MODEL", "sentence-transformers/all-MiniLM-L6-v2"))
     p.add_argument("--data-dir", default=os.environ.get("WLORA_DATA_DIR"))
-    p.add_argument("--steps", type=int, default=16, help="optimizer steps per trial")
     p.add_argument("--ray-temp-dir", default=None)
+    p.add_argument("--slots", type=int, default=8, help="pool/search: local trial slots (1 CPU each)")
+    p.add_argument("--max-steps", type=int, default=None, help="pool: longer trials than the smoke test's")
+    p.add_argument("--steps", type=int, default=16, help="overhead/search: optimizer steps per full trial")
+    p.add_argument("--seeds", type=int, default=3, help="search: searcher seeds of TPE + ASHA")
+    p.add_argument("--num-samples", type=int, default=6, help="search: TPE trials per seed")
+    p.add_argument("--train-subset", type=int, default=1024, help="search: SST-2 training examples")
+    p.add_argument("--grid-lrs", default="3e-4,1e-3,3e-3", help="search: the grid's learning rates")
+    p.add_argument("--grid-warmups", default="0,20", help="search: the grid's warm-up steps")
     a = p.parse_args()
-    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="wlora-bench-") as tmp:
-        tmp_path = Path(tmp)
-        batched, per_metric, n_keys = mlflow_cost(tmp_path)
-        loop_s = plain_loop(a.model, a.data_dir, a.steps, cores)
-
-        import ray
-
-        t0 = time.perf_counter()
-        ray.init(num_cpus=cores, include_dashboard=False, _temp_dir=a.ray_temp_dir)
-        ray_start = time.perf_counter() - t0
-        base = [*workload(a.model, a.data_dir, a.steps), "--storage-path", str(tmp_path / "runs")]
-        seq_s, _ = tune_sweep([*base, "--max-concurrent", "1", "--cpus-per-trial", str(cores)], "seq")
-        conc_s, _ = tune_sweep([*base, "--max-concurrent", str(cores), "--cpus-per-trial", "1"], "conc")
-        ray.shutdown()
-
-    n = len(LRS)
-    print(f"\n{n} LoRA trials × {a.steps} steps on SST-2 (batch 16 × 64 tokens), {cores} CPU cores")
-    print(f"  plain sequential loop (run_training, {cores} threads) : {loop_s:7.1f} s")
-    print(f"  Tune sweep, 1 trial at a time, {cores} CPUs/trial      : {seq_s:7.1f} s  (+ Ray start {ray_start:.1f} s)")
-    print(f"  Tune sweep, {cores} concurrent trials, 1 CPU/trial     : {conc_s:7.1f} s")
-    print(f"  orchestration overhead  Tune(1 at a time) / loop    : {seq_s / loop_s:.2f}x")
-    print(f"  concurrency gain        Tune(1 at a time) / Tune({cores}) : {seq_s / conc_s:.2f}x")
-    print(f"MLflow per evaluation report ({n_keys} metrics, SQLite): one log_batch {1000 * batched:.1f} ms; ")
-    print(f"  one log_metric per metric {1000 * per_metric:.1f} ms ({per_metric / batched:.1f}x)")
+        {"pool": bench_pool, "overhead": bench_overhead, "search": bench_search}[a.bench](a, Path(tmp))
     return 0
 
 

@@ -53,8 +53,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-#: The objective every trial logs (the GLUE task score; higher is better).
-MAIN = "eval_main"
+from sweeps.results import pareto_front
+from wlora.run_config import OBJECTIVE
+
+#: The objective every trial logs (the task's main dev score; higher is better).
+MAIN = OBJECTIVE
 
 #: Row order and display names (the papers' order: references first, then the proposed methods).
 METHODS: dict[str, str] = {
@@ -361,18 +364,6 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 # ----- Pareto -----
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated points when fewer parameters (x) and a higher metric (y) are
-    better: no other point has x' ≤ x and y' ≥ y with one strict. Sorted by x."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best_y = [], -math.inf
-    for i in order:
-        if points[i][1] > best_y:
-            front.append(i)
-            best_y = points[i][1]
-    return front
 
 
 def _method_colors(methods: Iterable[str]) -> dict[str, Any]:

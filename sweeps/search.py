@@ -1,4 +1,4 @@
-"""Searchers and the scheduler: Optuna TPE that treats ASHA-stopped trials as pruned, random, grid.
+"""A cell's search and scheduler: Optuna TPE that treats ASHA-stopped trials as pruned, and ASHA.
 
 Plain ``OptunaSearch`` + ``ASHAScheduler`` tell Optuna that an ASHA-stopped trial COMPLETED with the
 value of its last (low-fidelity) evaluation, so TPE fits its good/bad densities on a mix of
@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 
 import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.runner import FINAL_KEY  # the summary report after training: not a rung result
@@ -114,31 +113,29 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         return {tid: self._ot_study.trials[t.number].state.name for tid, t in self._ot_trials.items()}
 
 
-def make_searcher(
-    kind: str,
+def make_optuna(
+    space: dict[str, Any],
     *,
     ledger: EarlyStopLedger,
     seed: int,
     metric: str | list[str],
     mode: str | list[str],
-    max_concurrent: int,
     num_samples: int = 10,
-):
-    """The search algorithm for ``kind`` in {"optuna", "random", "grid"} (grid/random: Tune's own).
+) -> PrunedAwareOptunaSearch:
+    """Seeded Optuna TPE over ``space`` (Tune domains) that tells Optuna PRUNED for ASHA-stopped trials.
 
     TPE starts from ``max(3, num_samples // 3)`` random trials (at most Optuna's default 10), so a
-    small budget still gets model-based suggestions.
+    small budget still gets model-based suggestions. Constant liar (single objective) keeps concurrent
+    suggestions of one study apart.
     """
-    if kind == "optuna":
-        multi = isinstance(metric, list)
-        startup = min(10, max(3, num_samples // 3))
-        sampler = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=startup, constant_liar=not multi, multivariate=False
-        )
-        return PrunedAwareOptunaSearch(metric=metric, mode=mode, sampler=sampler, seed=seed, ledger=ledger)
-    if kind in ("random", "grid"):
-        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
-    raise ValueError(f"unknown search {kind!r}; choose optuna, random or grid")
+    multi = isinstance(metric, list)
+    startup = min(10, max(3, num_samples // 3))
+    sampler = optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=startup, constant_liar=not multi, multivariate=False
+    )
+    return PrunedAwareOptunaSearch(
+        space=OptunaSearch.convert_search_space(space), metric=metric, mode=mode, sampler=sampler, ledger=ledger
+    )
 
 
 def make_scheduler(

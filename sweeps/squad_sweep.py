@@ -6,14 +6,13 @@ python sweeps/squad_sweep.py --set train_file=PATH --set eval_file=PATH --smoke-
 
 from __future__ import annotations
 
-import sys
-
 if __name__ == "__main__":
     from _entry import fix_path  # type: ignore[import-not-found]  # the script's own folder
 
     fix_path(__file__)
 
-from sweeps.common import SweepDefaults, build_parser, main
+from sweeps.flags import SweepDefaults
+from sweeps.run import entry_points
 
 DEFAULTS = SweepDefaults(
     kind="squad",
@@ -39,10 +38,7 @@ DEFAULTS = SweepDefaults(
     },
 )
 
-
-def parser():
-    return build_parser(DEFAULTS, __doc__.splitlines()[0])
-
+parser, main = entry_points(DEFAULTS, __doc__)
 
 if __name__ == "__main__":
-    sys.exit(main(DEFAULTS, description=__doc__.splitlines()[0]))
+    raise SystemExit(main())

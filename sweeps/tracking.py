@@ -33,7 +33,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from sweeps.search import EarlyStopLedger
-from trainables.runner import FINAL_KEY
+from trainables.runner import CELL_KEY, FINAL_KEY, ROLE_KEY
+from wlora.run_config import OBJECTIVE
 
 logger = logging.getLogger(__name__)
 
@@ -140,13 +141,16 @@ def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 class MlflowTrialCallback(Callback):
     """Child run per trial under ``parent_run_id``; one ``log_batch`` per reported evaluation.
 
+    A pooled sweep runs every cell in one Tune run: each child's ``method`` / ``task`` / ``rank`` /
+    ``wlora.cell`` tags and its role (``trial`` or ``seed_run``) come from the trial's own config.
+
     Args:
         tracking_uri: the MLflow tracking URI.
         experiment_id: experiment of the parent run.
         parent_run_id: the sweep's parent run.
-        ledger: early stops recorded by the ASHA scheduler (status ``asha_stopped``).
-        tags: tags every child gets (``method``, ``task``, ``model``, ``rank``, ``wlora.sweep_name``).
-        role: ``trial`` or ``seed_run``.
+        ledgers: cell name → early stops recorded by that cell's ASHA (status ``asha_stopped``).
+        tags: tags every child gets (``model``, ``wlora.sweep_name``).
+        ranks: cell name → the rank its children are tagged with (a searched rank: the trial's ``r``).
     """
 
     def __init__(
@@ -154,16 +158,16 @@ class MlflowTrialCallback(Callback):
         tracking_uri: str,
         experiment_id: str,
         parent_run_id: str,
-        ledger: EarlyStopLedger,
+        ledgers: Mapping[str, EarlyStopLedger],
         tags: Mapping[str, str],
-        role: str = "trial",
+        ranks: Mapping[str, int | None] | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
-        self.ledger = ledger
+        self.ledgers = dict(ledgers)
         self.tags = dict(tags)
-        self.role = role
+        self.ranks = dict(ranks or {})
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, float] = {}
@@ -185,17 +189,34 @@ class MlflowTrialCallback(Callback):
 
     # ----- run lookup -----
 
-    def _find_existing(self, trial_id: str) -> tuple[str, float] | None:
+    @staticmethod
+    def role_of(trial) -> str:
+        return str((trial.config or {}).get(ROLE_KEY, "trial"))
+
+    def trial_tags(self, trial) -> dict[str, str]:
+        """The tags of ``trial``'s child run that depend on its cell."""
+        config = trial.config or {}
+        cell = str(config.get(CELL_KEY, ""))
+        rank = self.ranks.get(cell)
+        return {
+            **self.tags,
+            "method": str(config.get("method", "")),
+            "task": str(config.get("task", "")),
+            "rank": str(rank if rank is not None else config.get("r", "")),
+            "wlora.cell": cell,
+        }
+
+    def _find_existing(self, trial_id: str, role: str) -> tuple[str, float] | None:
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.trial_id = '{trial_id}'",
             max_results=5,
         )
-        runs = [r for r in runs if r.data.tags.get("wlora.role") == self.role]
+        runs = [r for r in runs if r.data.tags.get("wlora.role") == role]
         if not runs:
             return None
         run = runs[0]
-        history = self.client.get_metric_history(run.info.run_id, "eval_main")
+        history = self.client.get_metric_history(run.info.run_id, OBJECTIVE)
         last = max((m.step for m in history), default=-1)
         return run.info.run_id, float(last)
 
@@ -203,21 +224,23 @@ class MlflowTrialCallback(Callback):
         tid = trial.trial_id
         if tid in self._runs:
             return self._runs[tid]
-        found = self._find_existing(tid)
+        role = self.role_of(trial)
+        found = self._find_existing(tid, role)
         if found is not None:
             self._runs[tid], self._last_step[tid] = found
             self.client.set_tag(found[0], "status", "running")
             return found[0]
-        config = dict(trial.config)
+        config = {k: v for k, v in trial.config.items() if k not in (CELL_KEY, ROLE_KEY)}
+        base = self.trial_tags(trial)
         tags = {
-            **self.tags,
+            **base,
             "mlflow.parentRunId": self.parent_run_id,
-            "wlora.role": self.role,
+            "wlora.role": role,
             "trial_id": tid,
             "seed": str(config.get("seed", "")),
             "status": "running",
         }
-        name = f"{self.tags.get('method', '')}-{self.tags.get('task', '')}-r{self.tags.get('rank', '')}-{tid}"
+        name = f"{base['method']}-{base['task']}-r{base['rank']}-{tid}"
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
         log_params(self.client, run.info.run_id, config)
         self._runs[tid], self._last_step[tid] = run.info.run_id, -1.0
@@ -246,7 +269,8 @@ class MlflowTrialCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id(trial)
         result = trial.last_result or {}
-        stopped = trial.trial_id in self.ledger
+        ledger = self.ledgers.get(str((trial.config or {}).get(CELL_KEY, "")))
+        stopped = ledger is not None and trial.trial_id in ledger
         status = "asha_stopped" if stopped else "completed"
         final = numeric_metrics(result)
         keep = ("trainable_params", "trainable_pct", "method_params", "method_pct", "active_adapters")
@@ -268,15 +292,14 @@ class MlflowTrialCallback(Callback):
 
 
 class ProgressTable(Callback):
-    """A compact live table of the current cell's trials, printed at most every ``interval_s``."""
+    """One live table of the whole sweep (cell, trial, role, status, step, metric), printed at most every
+    ``interval_s`` seconds, and a summary per cell when the run ends."""
 
-    def __init__(self, title: str, columns: list[str], interval_s: float = 20.0, out: Callable = print):
+    def __init__(self, title: str, interval_s: float = 20.0, out: Callable = print):
         self.title = title
-        self.columns = columns
         self.interval_s = interval_s
         self.out = out
         self._last = 0.0
-        self._ledger: EarlyStopLedger | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -292,35 +315,68 @@ class ProgressTable(Callback):
             self.print_table(trials)
 
     def on_experiment_end(self, trials, **info) -> None:
-        self.print_table(trials)
+        self.print_table(trials, final=True)
 
-    def print_table(self, trials) -> None:
+    @staticmethod
+    def status(trial) -> str:
+        r = trial.last_result or {}
+        if trial.status == "TERMINATED" and r and not r.get(FINAL_KEY):
+            return "STOPPED"  # by its cell's ASHA
+        return trial.status
+
+    def print_table(self, trials, final: bool = False) -> None:
         self._last = time.monotonic()
-        header = ["trial", "status", "iter", "step", "eval_main", *self.columns]
+        header = ["cell", "trial", "role", "status", "step", OBJECTIVE]
         rows = []
-        for t in trials:
+        for t in sorted(trials, key=lambda t: (str((t.config or {}).get(CELL_KEY, "")), t.trial_id)):
             r = t.last_result or {}
             cfg = t.config or {}
-            status = t.status
-            if status == "TERMINATED" and r and not r.get(FINAL_KEY):
-                status = "STOPPED"
+            value = r.get(OBJECTIVE)
             rows.append(
                 [
+                    str(cfg.get(CELL_KEY, "")),
                     t.trial_id,
-                    status,
-                    str(r.get("training_iteration", "")),
+                    "seed" if cfg.get(ROLE_KEY) == "seed_run" else "search",
+                    self.status(t),
                     str(r.get("step", "")),
-                    f"{r['eval_main']:.4f}" if isinstance(r.get("eval_main"), float) else "",
-                    *[_fmt(cfg.get(c)) for c in self.columns],
+                    f"{value:.4f}" if isinstance(value, float) else "",
                 ]
             )
-        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-        lines = [f"== {self.title} ==", "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row[3]] = counts.get(row[3], 0) + 1
+        summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        lines = [f"== {self.title}: {len(rows)} trials ({summary}) =="]
+        lines += _columns(header, rows)
+        if final:
+            lines += ["", f"== {self.title}: per cell ==", *_columns(*_cell_summary(rows))]
         self.out("\n".join(lines), flush=True)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return "" if v is None else str(v)
+def _cell_summary(rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    header = ["cell", "trials", "completed", "stopped", "failed", f"best {OBJECTIVE}"]
+    cells: dict[str, list[list[str]]] = {}
+    for row in rows:
+        if row[2] == "search":
+            cells.setdefault(row[0], []).append(row)
+    out = []
+    for cell, rs in cells.items():
+        values = [float(r[5]) for r in rs if r[5] and r[3] == "TERMINATED"]
+        out.append(
+            [
+                cell,
+                str(len(rs)),
+                str(sum(r[3] == "TERMINATED" for r in rs)),
+                str(sum(r[3] == "STOPPED" for r in rs)),
+                str(sum(r[3] == "ERROR" for r in rs)),
+                f"{max(values):.4f}" if values else "",
+            ]
+        )
+    return header, out
+
+
+def _columns(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return lines

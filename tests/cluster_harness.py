@@ -11,8 +11,9 @@ Usage (inside the namespace)::
 
     python tests/cluster_harness.py SCENARIO WORKDIR   # writes WORKDIR/result.json
 
-Scenarios: ``spread`` (multi-node checks, staging, a Tune run over both nodes) and ``kill`` (a Tune run whose
-worker node is killed after it reported progress). :mod:`tests.test_cluster` asserts on ``result.json``.
+Scenarios: ``spread`` (multi-node checks, staging, a Tune run over both nodes), ``kill`` (a Tune run whose
+worker node is killed after it reported progress) and ``sweep`` (the real GLUE sweep, two cells in one pool of
+two slots, one per node; the worker node is killed mid-trial). :mod:`tests.test_cluster` asserts on ``result.json``.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ def scenario_kill(workdir: Path) -> dict[str, Any]:
 
 SWEEP_KILL_STEP = 4  # WeightLoRA's selection step T in the sweep below: the worker dies after it selected
 SWEEP_ARGV = [
-    "--tasks", "rte", "--methods", "weightlora", "--ranks", "4", "--num-samples", "2", "--search", "random",
+    "--tasks", "rte", "--methods", "weightlora", "--ranks", "4,8", "--num-samples", "1", "--search", "random",
     "--no-asha", "--max-steps", "14", "--eval-every", "2", "--max-length", "32", "--batch-size", "8",
     "--train-subset", "256", "--eval-subset", "32", "--set", "t=4", "--set", "k_fraction=0.25",
     "--cpus-per-trial", "1", "--max-failures", "2", "--progress-interval", "600", "--name", "sweep",
@@ -327,8 +328,9 @@ def scenario_sweep(workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"start_s": time.monotonic() - t0}
     import ray
 
-    from sweeps.common import build_parser, run_sweep
+    from sweeps.flags import build_parser
     from sweeps.glue_sweep import DEFAULTS
+    from sweeps.run import run_sweep
 
     ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False)
     storage = workdir / "runs"
@@ -357,6 +359,8 @@ def scenario_sweep(workdir: Path) -> dict[str, Any]:
         trial: [
             {
                 "node": pids.seen.get(r["pid"]),
+                "cell": (r.get("config") or {}).get("sweep_cell"),
+                "time": r.get("timestamp"),
                 "step": r.get("step"),
                 "active_adapters": r.get("active_adapters"),
                 "final": r.get("final"),

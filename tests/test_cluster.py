@@ -99,19 +99,33 @@ def test_losing_the_worker_node_loses_no_trial(workdir):
 
 @pytest.mark.slow
 def test_glue_sweep_on_two_nodes_survives_losing_the_worker(workdir, minilm_path, glue_dir):
-    """The real sweep (MiniLM, RTE slice, WeightLoRA with selection at step 4) on two nodes; the worker node is
-    killed once one of its trials logged step >= 6 (two steps after the selection). The sweep's WLORA_MODEL /
-    WLORA_DATA_DIR reach the harness through the environment (the fixtures only check they are set)."""
+    """The real sweep (MiniLM, RTE slice, WeightLoRA r=4 and r=8 — two cells in one pool — with selection at step
+    4) on two nodes; the worker node is killed once one of its trials logged step >= 6 (two steps after the
+    selection). The sweep's WLORA_MODEL / WLORA_DATA_DIR reach the harness through the environment (the fixtures
+    only check they are set)."""
     r = run_scenario("sweep", workdir)
     assert r["killed_trial"], "no trial on the worker reached the kill step"
     assert r["alive_nodes"] == 1
-    # every trial finished; none lost, none failed
-    (cell,) = r["cells"].values()
-    assert cell == {"n_trials": 2, "n_completed": 2, "n_failed": 0, "n_asha_stopped": 0}
+    # every trial of both cells finished; none lost, none failed
+    assert r["cells"] == {
+        name: {"n_trials": 1, "n_completed": 1, "n_failed": 0, "n_asha_stopped": 0}
+        for name in ("rte-weightlora-r4", "rte-weightlora-r8")
+    }
     assert len(r["trials"]) == 2
 
     nodes = {row["node"] for rows in r["trials"].values() for row in rows}
     assert nodes == {"head", "worker"}, "trials did not run on both nodes"
+    # the two cells' trials ran at the same time, one on each node (one pool, not one cell after another)
+    spans = {}
+    for rows in r["trials"].values():
+        for row in rows:
+            lo, hi = spans.get((row["cell"], row["node"]), (row["time"], row["time"]))
+            spans[row["cell"], row["node"]] = (min(lo, row["time"]), max(hi, row["time"]))
+    assert any(
+        c1 != c2 and n1 != n2 and s1[0] <= s2[1] and s2[0] <= s1[1]
+        for (c1, n1), s1 in spans.items()
+        for (c2, n2), s2 in spans.items()
+    ), spans
 
     killed = r["trials"][r["killed_trial"]]
     before = [row for row in killed if row["node"] == "worker"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweeps.common import apply_preset_cli, build_parser, resolve_preset
+from sweeps.flags import apply_preset_cli, build_parser, resolve_preset
 from sweeps.glue_sweep import DEFAULTS
 
 

@@ -91,11 +91,16 @@ def _children(client, state, role="trial"):
 
 
 def test_real_sweep_optuna_asha_mlflow(sweep_cmd, tmp_path, minilm_path):
+    """Two cells × 4 trials in one pool of 4 slots: the slots fill with trials of both cells at once, each
+    cell keeps its own Optuna study and ASHA, MLflow holds one parent with a child per trial."""
     from mlflow.tracking import MlflowClient
+
+    from sweeps.results import slot_usage
 
     make, env = sweep_cmd
     t0 = time.time()
-    _run(make(*TINY, "--methods", "lora,weightlora", "--num-samples", "4", "--name", "real"), env)
+    argv = [*TINY, "--methods", "lora,weightlora", "--num-samples", "4", "--num-cpus", "4", "--name", "real"]
+    _run(make(*argv), env)
     wall = time.time() - t0
     run_dir = tmp_path / "runs" / "real"
     state = _state(run_dir)
@@ -131,6 +136,18 @@ def test_real_sweep_optuna_asha_mlflow(sweep_cmd, tmp_path, minilm_path):
         else:
             assert steps[-1] < 8
     assert "asha_stopped" in statuses.values(), statuses
+    # One pool: all 4 slots busy at once, with trials of both cells running side by side.
+    spans = {c.data.tags["trial_id"]: (c.info.start_time / 1000, c.info.end_time / 1000) for c in children}
+    assert slot_usage(list(spans.values()), 4)["max_concurrent"] == 4
+    cell_of = {c.data.tags["trial_id"]: c.data.tags["wlora.cell"] for c in children}
+    assert any(
+        cell_of[a] != cell_of[b] and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+        for a in spans
+        for b in spans
+    ), "no two cells ran at the same time"
+    # Each cell's Optuna study saw exactly its own trials.
+    for name, cell in state["cells"].items():
+        assert set(cell["optuna_states"]) == {t for t, c in cell_of.items() if c == name}, name
     # ASHA-stopped trials reached Optuna as PRUNED, completed ones as COMPLETE.
     for cell in state["cells"].values():
         for tid, optuna_state in cell["optuna_states"].items():
@@ -160,28 +177,31 @@ def test_real_sweep_optuna_asha_mlflow(sweep_cmd, tmp_path, minilm_path):
 
 
 def test_kill_driver_and_resume(sweep_cmd, tmp_path):
-    """SIGKILL the whole driver (namespace) mid-cell, resume: completes, no duplicate MLflow children."""
+    """SIGKILL the whole driver (namespace) once a trial has checkpointed, resume: the sweep completes, no MLflow
+    child is duplicated, and no trial restarts from scratch (no trial reports its first evaluation twice)."""
     from mlflow.tracking import MlflowClient
 
     make, env = sweep_cmd
-    args = [*TINY, "--methods", "lora,weightlora", "--num-samples", "1", "--no-asha", "--name", "crash"]
+    args = [*TINY, "--methods", "lora,weightlora", "--num-samples", "1", "--no-asha", "--num-cpus", "2"]
+    args += ["--name", "crash"]
     run_dir = tmp_path / "runs" / "crash"
     proc = subprocess.Popen(make(*args), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     try:
-        # Wait until the second cell has written a checkpoint (the first cell is finished by then).
-        while not list(run_dir.glob("sst2-weightlora-r8/trial_*/checkpoint_*")):
+        # Wait until both cells' trials (one slot each, side by side) have written their second checkpoint (so
+        # the first is surely in Tune's experiment state).
+        while len({p.parent for p in run_dir.glob("pool/trial_*/checkpoint_00000[1-9]")}) < 2:
             assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
-            assert time.time() < deadline, "sweep did not reach the second cell"
+            assert time.time() < deadline, "the trials wrote no checkpoint"
             time.sleep(0.5)
     finally:
         os.kill(proc.pid, signal.SIGKILL)  # unshare dies → its child (pid 1 of the namespace) and all inside
         proc.wait(timeout=60)
     state = _state(run_dir)
-    assert not state["finished"] and list(state["cells"]) == ["sst2-lora-r8"]
+    assert not state["finished"] and state["cells"] == {}
     client = MlflowClient(state["tracking_uri"])
     before = {c.data.tags["trial_id"]: c.info.run_id for c in _children(client, state)}
-    assert len(before) == 2  # the finished cell's trial + the interrupted one
+    assert len(before) == 2  # both interrupted trials
 
     out = _run(make("--resume", "--name", "crash", "--storage-path", str(tmp_path / "runs")), env)
     state = _state(run_dir)
@@ -197,6 +217,10 @@ def test_kill_driver_and_resume(sweep_cmd, tmp_path):
             assert before[c.data.tags["trial_id"]] == c.info.run_id  # the same child continued
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "eval_main")]
         assert steps == [2, 4, 6, 8], (c.data.tags, steps)
+    # Tune's own log of every report: after the restart each trial continued from its checkpoint.
+    for trial_dir in run_dir.glob("pool/trial_*"):
+        reported = [json.loads(ln).get("step") for ln in (trial_dir / "result.json").read_text().splitlines() if ln]
+        assert reported.count(2) == 1 and reported[-1] == 8, (trial_dir.name, reported)
 
 
 def test_reused_actor_leaks_no_state_and_seed_reruns(sweep_cmd, tmp_path):

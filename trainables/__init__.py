@@ -10,10 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from trainables.runner import FINAL_KEY, TrialFailedError, run_trial, trial_config
+from trainables.runner import CELL_KEY, FINAL_KEY, ROLE_KEY, TrialFailedError, run_trial, trial_config
 from wlora.registry import METHODS, get_method
 
-__all__ = ["FINAL_KEY", "TrialFailedError", "get_trainable", "run_trial", "trial_config"]
+__all__ = [
+    "CELL_KEY",
+    "FINAL_KEY",
+    "ROLE_KEY",
+    "TrialFailedError",
+    "get_trainable",
+    "run_trial",
+    "train_pooled",
+    "trial_config",
+]
 
 
 def _make(slug: str) -> Callable[..., None]:
@@ -38,3 +47,9 @@ def get_trainable(slug: str) -> Callable[..., None]:
 
 def trainable_names() -> list[str]:
     return [f"train_{slug}" for slug in METHODS]
+
+
+def train_pooled(config: dict[str, Any], assets: Any = None) -> None:
+    """The trainable of a pooled sweep: one function for every cell. ``assets`` maps each task to its
+    ``prepare_run`` output; the trial's ``task`` and ``method`` pick the assets and the method."""
+    run_trial(config, assets=assets[config["task"]], method=config["method"])

@@ -12,6 +12,7 @@ after its evaluations were reported, so Tune marks the trial ERROR and the sweep
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -24,6 +25,10 @@ from wlora.train import TrainConfig, run_training
 
 #: Key of the summary report that follows the last evaluation (see ``sweeps.search.FINAL_KEY``).
 FINAL_KEY = "final"
+#: Keys the pooled sweep adds to every trial's config (its cell, and ``trial`` or ``seed_run``); they route the
+#: trial to its cell's search and ASHA and are not ``TrainConfig`` fields.
+CELL_KEY = "sweep_cell"
+ROLE_KEY = "sweep_role"
 
 
 class TrialFailedError(RuntimeError):
@@ -32,7 +37,7 @@ class TrialFailedError(RuntimeError):
 
 def trial_config(config: Mapping[str, Any], method: str) -> TrainConfig:
     """The validated ``TrainConfig`` of a Tune config dict; unknown keys raise ``ValueError``."""
-    flat = dict(config)
+    flat = {k: v for k, v in config.items() if k not in (CELL_KEY, ROLE_KEY)}
     if flat.setdefault("method", method) != method:
         raise ValueError(f"trainable for {method!r} got config for method {flat['method']!r}")
     return TrainConfig.from_flat(flat)
@@ -59,6 +64,12 @@ def run_trial(config: dict[str, Any], *, assets: Any, method: str) -> None:
         method: the method slug.
     """
     cfg = trial_config(config, method)
+    # One "Checkpoint successfully created" line per evaluation and a "Loading weights" bar per trial would
+    # flood the sweep's console (Ray's log deduplication does not fold them all).
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     # On a cluster the model folder may exist on the driver only: one staged copy per node.
     assets = assets.on_this_node() if hasattr(assets, "on_this_node") else assets
 

@@ -1,0 +1,170 @@
+"""Step 1 of a sweep, flags: what an entry script changes (:class:`SweepDefaults`), the command line,
+presets (``--preset``: a YAML file of flag defaults, pins and spaces) and ``--smoke-test``.
+
+The flow: :mod:`sweeps.flags` → :mod:`sweeps.plan` (validate everything, build cells) → :mod:`sweeps.run`
+(one pool of trial slots for every cell) → :mod:`sweeps.results` (tables, Pareto fronts, adapters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wlora.registry import METHODS
+from wlora.run_config import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class SweepDefaults:
+    """What an entry script changes: its task family's defaults."""
+
+    kind: str
+    experiment: str
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...] = ("lora", "weightlora")
+    ranks: tuple[int, ...] = (8,)
+    num_samples: int = 8
+    max_epochs: float = 3.0
+    max_steps: int | None = None
+    eval_every: int | None = None
+    max_length: int = 128
+    batch_size: int = 32
+    train_subset: int | None = None
+    eval_subset: int | None = None
+    smoke: dict[str, Any] = field(default_factory=dict)
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _opt_int(text: str) -> int | None:
+    """An integer, or ``none`` for "not set" (e.g. ``--max-steps none`` trains by ``--max-epochs``)."""
+    return None if text.strip().lower() in ("none", "null", "") else int(text)
+
+
+def _kv(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = defaults
+    g = p.add_argument_group("what to sweep")
+    g.add_argument("--tasks", type=_csv, default=list(d.tasks), help="comma-separated tasks")
+    g.add_argument("--methods", type=_csv, default=list(d.methods), help=f"comma-separated of {', '.join(METHODS)}")
+    g.add_argument(
+        "--ranks", type=_csv, default=[str(r) for r in d.ranks], help="ranks r (one cell each); 'search' = search r"
+    )
+    g.add_argument("--num-samples", type=int, default=d.num_samples, help="trials per cell (grid: repeats)")
+    g.add_argument("--search", choices=["optuna", "random", "grid"], default=None, help="default optuna")
+    g.add_argument("--no-asha", action="store_true", help="run every trial to its full budget")
+    g.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before the first cut")
+    g.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep 1/factor at each rung")
+    g.add_argument("--multi-objective", action="store_true", help="maximise the metric, minimise params %%")
+    g.add_argument("--seeds", type=int, default=0, help="re-run each cell's best config with N seeds")
+    g.add_argument("--search-seed", type=int, default=0, help="seed of the searcher (TPE / random)")
+    g.add_argument(
+        "--preset",
+        default=None,
+        help="a YAML preset file or the name of one in sweeps/presets/ (e.g. paper-table2-small): "
+        "search, set, space, methods.<slug>, and cli (defaults for these flags)",
+    )
+    g.add_argument("--set", dest="fixed", type=_kv, action="append", default=[], help="pin a config field: KEY=VALUE")
+    g.add_argument("--space", dest="space", type=_kv, action="append", default=[], help="KEY=SPEC (see sweeps.spaces)")
+    g = p.add_argument_group("training")
+    g.add_argument("--model", default=os.environ.get("WLORA_MODEL", DEFAULT_MODEL), help="hub id or local folder")
+    g.add_argument("--data-dir", default=os.environ.get("WLORA_DATA_DIR"), help="folder holding glue/, squad/, …")
+    g.add_argument("--max-epochs", type=float, default=d.max_epochs)
+    g.add_argument(
+        "--max-steps", type=_opt_int, default=d.max_steps, help="overrides --max-epochs; none = train by epochs"
+    )
+    g.add_argument(
+        "--eval-every", type=_opt_int, default=d.eval_every, help="steps between evaluations; none = every epoch"
+    )
+    g.add_argument("--max-length", type=int, default=d.max_length)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--train-subset", type=_opt_int, default=d.train_subset)
+    g.add_argument("--eval-subset", type=_opt_int, default=d.eval_subset)
+    g = p.add_argument_group("where and how")
+    g.add_argument("--name", default=None, help="run folder name (default <kind>-<timestamp>)")
+    g.add_argument("--storage-path", default="runs", help="run folders go here (shared storage on a cluster)")
+    g.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite store in the run folder)")
+    g.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
+    g.add_argument("--resume", action="store_true", help="continue the sweep --name (default: latest unfinished)")
+    g.add_argument("--address", default=None, help="Ray address ('auto' = the running cluster); default local")
+    g.add_argument("--num-cpus", type=int, default=None, help="local Ray: CPUs to use (default all)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0)
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
+    g.add_argument("--max-concurrent", type=int, default=None, help="default: from the cluster's resources")
+    g.add_argument("--no-reuse-actors", action="store_true", help="fresh worker process per trial")
+    g.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial from its checkpoint")
+    g.add_argument("--ray-temp-dir", default=None, help="local Ray's temp folder")
+    g.add_argument("--progress-interval", type=float, default=30.0, help="seconds between progress tables")
+    g.add_argument("--num-nodes", type=int, default=None, help="expected cluster nodes (multi-node checks)")
+    g.add_argument("--smoke-test", action="store_true", help="tiny settings: finishes in minutes on a laptop")
+    return p
+
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def resolve_preset(value: str | Path | None) -> Path | None:
+    """A preset file path as given, else ``sweeps/presets/<value>.yaml`` (the name, ``-``/``_`` alike)."""
+    if value is None or str(value) == "":
+        return None
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.resolve()
+    for name in {str(value), str(value).replace("-", "_"), str(value).replace("_", "-")}:
+        candidate = PRESET_DIR / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"preset {value!r} is neither a file nor one of {known}")
+
+
+def apply_preset_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A preset's ``cli:`` section sets flag defaults: a flag given on the command line still wins."""
+    args.preset = resolve_preset(args.preset)
+    if args.preset is None:
+        return
+    cli = (yaml.safe_load(args.preset.read_text()) or {}).get("cli") or {}
+    for key, value in cli.items():
+        dest = key.replace("-", "_")
+        if not hasattr(args, dest) or dest in ("preset", "resume"):
+            raise ValueError(f"preset {args.preset}: cli.{key} is not a sweep flag")
+        if getattr(args, dest) == parser.get_default(dest):
+            if dest in ("tasks", "methods", "ranks") and not isinstance(value, list):
+                value = [v.strip() for v in str(value).split(",") if v.strip()]
+            setattr(args, dest, value)
+
+
+def apply_smoke(args: argparse.Namespace, defaults: SweepDefaults, parser: argparse.ArgumentParser) -> None:
+    """``--smoke-test``: tiny settings wherever the user did not pass the flag; pins are merged."""
+    if not args.smoke_test:
+        return
+    for key, value in defaults.smoke.items():
+        if key == "fixed":
+            args.fixed = [*value, *args.fixed]
+        elif getattr(args, key) == parser.get_default(key):
+            setattr(args, key, value)
+
+
+def load_preset(path: str | Path | None) -> dict[str, Any]:
+    path = resolve_preset(path)
+    if path is None:
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(data) - {"search", "set", "space", "methods", "cli"})
+    if unknown:
+        raise ValueError(f"preset {path}: unknown keys {unknown}; valid: search, set, space, methods, cli")
+    return data

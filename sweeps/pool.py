@@ -1,0 +1,279 @@
+"""One pool of trial slots for every cell of a sweep: a composite searcher and a composite scheduler.
+
+Why one Tune run and not one per cell: Tune runs one experiment per driver at a time (several ``Tuner.fit``
+calls on one cluster are not supported), so cells run one after another left most slots idle whenever a
+cell had fewer trials than the cluster has slots, and ``--seeds`` re-runs waited for every search. Here the
+whole sweep is ONE Tune run, so Tune's own experiment restore, retries (``FailureConfig``), actor reuse and
+callbacks work unchanged, while what must stay per cell is held per cell:
+
+* :class:`PooledSearcher` keeps one search per cell (its own seeded Optuna TPE over its own space and its
+  own ``--num-samples`` budget; or its list of random/grid configs) and hands out the next trial of the cell
+  with the fewest live trials (round robin on ties), so every free slot goes to a cell that still has work
+  and no cell starves. Once all of a cell's search trials have ended, its ``--seeds`` re-runs of the best
+  configuration join the pool at once.
+* :class:`PooledScheduler` routes each trial to its cell's ASHA, so rungs only ever compare trials of one
+  cell (an RTE accuracy is never ranked against an SST-2 accuracy); seed re-runs run to the end (FIFO).
+
+Each trial's config carries its cell and role under :data:`CELL_KEY` / :data:`ROLE_KEY`; the trainable drops
+them before building the ``TrainConfig``. ASHA writes early stops into the cell's
+:class:`~sweeps.search.EarlyStopLedger`, which the cell's Optuna search reads to tell Optuna ``PRUNED``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import pickle
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.variant_generator import generate_variants
+
+from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY
+from wlora.run_config import OBJECTIVE
+
+logger = logging.getLogger(__name__)
+
+TRIAL, SEED_RUN = "trial", "seed_run"
+
+
+class ListSearch:
+    """A fixed list of configs handed out in order (random search, grid, seed re-runs)."""
+
+    def __init__(self, configs: list[dict[str, Any]]):
+        self.configs = list(configs)
+        self.next = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.next >= len(self.configs):
+            return None
+        self.next += 1
+        return dict(self.configs[self.next - 1])
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+
+def variant_configs(space: Mapping[str, Any], *, grid: bool, num_samples: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Random search: ``num_samples`` draws from ``space``; grid: every grid point once (other dimensions drawn
+    per point). Seeded, so a sweep and its resume draw the same configs."""
+    rng = np.random.RandomState(seed)
+    rounds = 1 if grid else num_samples
+    out = []
+    for _ in range(rounds):
+        for _, resolved in generate_variants({"config": dict(space)}, random_state=rng):
+            out.append(resolved["config"])
+    return out
+
+
+@dataclass
+class CellSearch:
+    """What the pooled searcher holds for one cell."""
+
+    name: str
+    fixed: dict[str, Any]
+    budget: int
+    search: Any  # an Optuna-backed Searcher, or a ListSearch
+    seeds: int = 0
+    suggested: int = 0
+    live: set[str] = field(default_factory=set)
+    ended: int = 0
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Trial id → (config, last result, error) of every ended search trial."""
+    seed_search: ListSearch | None = None
+    seed_live: set[str] = field(default_factory=set)
+
+    @property
+    def search_done(self) -> bool:
+        return self.suggested >= self.budget and self.ended >= self.suggested
+
+    def has_work(self) -> bool:
+        """Trials still to hand out: search trials, or seed re-runs (once the search has ended)."""
+        if self.suggested < self.budget:
+            return True
+        if self.seeds <= 0:
+            return False
+        if not self.search_done:
+            return True  # its seed re-runs follow once the search's last trial ends
+        return self.seed_search is None or self.seed_search.next < len(self.seed_search.configs)
+
+    def best_config(self) -> dict[str, Any] | None:
+        """Config of the best search trial that trained to the end (the seed re-runs' config)."""
+        done = [
+            r
+            for r in self.results.values()
+            if not r["error"] and r["result"].get(FINAL_KEY) and r["result"].get(OBJECTIVE) is not None
+        ]
+        if not done:
+            return None
+        return max(done, key=lambda r: r["result"][OBJECTIVE])["config"]
+
+
+class PooledSearcher(Searcher):
+    """One search per cell behind Tune's ``Searcher`` interface, sharing one pool of slots fairly.
+
+    Args:
+        cells: one :class:`CellSearch` per cell, in the sweep's order.
+    """
+
+    def __init__(self, cells: list[CellSearch]):
+        super().__init__(metric=OBJECTIVE, mode="max")
+        self.cells = {c.name: c for c in cells}
+        self._owner: dict[str, tuple[str, str]] = {}  # trial id → (cell, role)
+        self._configs: dict[str, dict[str, Any]] = {}  # trial id → its config (search trials)
+        self._turn = 0
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # every cell's search carries its own space, metric and mode
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return False  # the pool's limit is Tune's ConcurrencyLimiter around this searcher
+
+    # ----- suggesting -----
+
+    def _order(self) -> list[CellSearch]:
+        cells = list(self.cells.values())
+        start = self._turn % len(cells)
+        rotated = cells[start:] + cells[:start]
+        return sorted(rotated, key=lambda c: len(c.live) + len(c.seed_live))  # stable: round robin on ties
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if not any(c.has_work() for c in self.cells.values()):
+            return Searcher.FINISHED
+        for cell in self._order():
+            config = self._suggest_in(cell, trial_id)
+            if config is not None:
+                self._turn += 1
+                return config
+        return None  # cells wait for their searches to end before their seed re-runs: ask again later
+
+    def _suggest_in(self, cell: CellSearch, trial_id: str) -> dict[str, Any] | None:
+        if cell.suggested < cell.budget:
+            params = cell.search.suggest(trial_id)
+            if params is None:
+                return None
+            cell.suggested += 1
+            cell.live.add(trial_id)
+            self._owner[trial_id] = (cell.name, TRIAL)
+            self._configs[trial_id] = {**cell.fixed, **params}
+            return {**self._configs[trial_id], CELL_KEY: cell.name, ROLE_KEY: TRIAL}
+        if cell.seeds > 0 and cell.search_done:
+            if cell.seed_search is None:
+                best = cell.best_config()
+                configs = [] if best is None else [{**best, "seed": s} for s in range(cell.seeds)]
+                cell.seed_search = ListSearch(configs)
+                if best is None:
+                    logger.warning("%s: no trial completed, so no --seeds re-runs", cell.name)
+            params = cell.seed_search.suggest(trial_id)
+            if params is None:
+                return None
+            cell.seed_live.add(trial_id)
+            self._owner[trial_id] = (cell.name, SEED_RUN)
+            return {**params, CELL_KEY: cell.name, ROLE_KEY: SEED_RUN}
+        return None
+
+    # ----- results -----
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        owner = self._owner.get(trial_id)
+        if owner is not None and owner[1] == TRIAL:
+            self.cells[owner[0]].search.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        owner = self._owner.get(trial_id)
+        if owner is None:
+            return
+        cell = self.cells[owner[0]]
+        if owner[1] == SEED_RUN:
+            cell.seed_live.discard(trial_id)
+            return
+        cell.search.on_trial_complete(trial_id, result=result, error=error)
+        if trial_id in cell.live:
+            cell.live.discard(trial_id)
+            cell.ended += 1
+            config = self._configs.get(trial_id, cell.fixed)
+            cell.results[trial_id] = {"config": config, "result": dict(result or {}), "error": bool(error)}
+
+    # ----- what the driver reads -----
+
+    def cell_of(self, trial_id: str) -> tuple[str, str] | None:
+        return self._owner.get(trial_id)
+
+    def optuna_states(self, cell: str) -> dict[str, str]:
+        search = self.cells[cell].search
+        return search.trial_states() if hasattr(search, "trial_states") else {}
+
+    # ----- Tune's experiment checkpoint (restore after a driver crash) -----
+
+    def save(self, checkpoint_path: str) -> None:
+        import cloudpickle
+
+        with open(checkpoint_path, "wb") as f:
+            cloudpickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+    def get_state(self) -> dict[str, Any]:
+        return copy.copy(self.__dict__)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+class PooledScheduler(TrialScheduler):
+    """Routes each trial to its cell's scheduler (ASHA per cell; seed re-runs: FIFO).
+
+    Args:
+        per_cell: cell name → a factory of that cell's scheduler (called once per cell).
+    """
+
+    def __init__(self, per_cell: Mapping[str, Callable[[], TrialScheduler]]):
+        super().__init__()
+        self._metric = OBJECTIVE
+        self._factories = dict(per_cell)
+        self.cells: dict[str, TrialScheduler] = {}
+        self._fifo = FIFOScheduler()
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True
+
+    def _of(self, trial) -> TrialScheduler:
+        config = trial.config or {}
+        name = config.get(CELL_KEY)
+        if config.get(ROLE_KEY) != TRIAL or name not in self._factories:
+            return self._fifo
+        if name not in self.cells:
+            self.cells[name] = self._factories[name]()
+        return self.cells[name]
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._of(trial).on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        return self._of(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller):
+        # Paused trials never occur (ASHA stops, it does not pause): the first pending trial, i.e. the order
+        # the pooled searcher created them in, which is already fair between cells.
+        return self._fifo.choose_trial_to_run(tune_controller)
+
+    def debug_string(self) -> str:
+        return f"One scheduler per cell ({len(self._factories)} cells)."

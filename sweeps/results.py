@@ -1,0 +1,155 @@
+"""Step 4 of a sweep, results: each cell's trials from the pooled Tune run → cell summaries, seed means,
+Pareto fronts, the best adapter per cell, and the results table (:mod:`sweeps.table`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sweeps.search import EarlyStopLedger
+from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY
+from wlora.run_config import OBJECTIVE
+
+#: Secondary objective of ``--multi-objective`` (minimised) and the results table's "Params %": the share of the
+#: base model trained besides the task head (which every method trains), as the papers count # Params.
+PARAMS_METRIC = "method_pct"
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points when fewer parameters (x) and a higher metric (y) are
+    better: no other point has x' ≤ x and y' ≥ y with one strict. Sorted by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_y = [], float("-inf")
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return front
+
+
+def pareto_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The completed trials on the (params %, metric) Pareto front, fewest parameters first."""
+    pts = [r for r in rows if r["status"] == "completed" and r[OBJECTIVE] is not None and r[PARAMS_METRIC] is not None]
+    return [pts[i] for i in pareto_front([(r[PARAMS_METRIC], r[OBJECTIVE]) for r in pts])]
+
+
+def trial_rows(results, ledgers: dict[str, EarlyStopLedger]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The pooled run's trials grouped by (cell, role), each as a row of the state file."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        config = dict(r.config or {})
+        cell, role = config.pop(CELL_KEY, None), config.pop(ROLE_KEY, "trial")
+        m = r.metrics or {}
+        tid = m.get("trial_id") or Path(r.path).name.removeprefix("trial_")
+        if r.error is not None:
+            status = "failed"
+        elif (cell in ledgers and tid in ledgers[cell]) or (m and not m.get(FINAL_KEY)):
+            status = "asha_stopped"
+        else:
+            status = "completed"
+        grouped.setdefault((cell, role), []).append(
+            {
+                "trial_id": tid,
+                "status": status,
+                "config": config,
+                OBJECTIVE: m.get(OBJECTIVE),
+                PARAMS_METRIC: m.get(PARAMS_METRIC),
+                "trainable_params": m.get("trainable_params"),
+                "train_loss": m.get("train_loss"),
+                "pid": m.get("pid"),
+                "error": str(r.error).strip().splitlines()[-1][:500] if r.error is not None else None,
+                "checkpoint": r.checkpoint.path if r.checkpoint is not None else None,
+            }
+        )
+    for rows in grouped.values():
+        rows.sort(key=lambda row: row["trial_id"])
+    return grouped
+
+
+def cell_summary(cell, rows: list[dict[str, Any]], *, multi_objective: bool, export=None) -> dict[str, Any]:
+    """One cell's summary (the state file's ``cells.<name>``): counts, trials, best config and metric.
+
+    Args:
+        cell: the :class:`sweeps.plan.Cell`.
+        rows: the cell's search trials (:func:`trial_rows`).
+        multi_objective: add the cell's Pareto front.
+        export: ``export(best_row) -> adapter folder`` (None: no export).
+    """
+    done = [r for r in rows if r["status"] == "completed" and r[OBJECTIVE] is not None]
+    best = max(done, key=lambda r: r[OBJECTIVE]) if done else None
+    summary: dict[str, Any] = {
+        **dataclasses.asdict(cell),
+        "cell": cell.name,
+        "n_trials": len(rows),
+        "n_completed": len(done),
+        "n_asha_stopped": sum(r["status"] == "asha_stopped" for r in rows),
+        "n_failed": sum(r["status"] == "failed" for r in rows),
+        "trials": [{k: v for k, v in r.items() if k != "config"} for r in rows],
+    }
+    if best is None:
+        errors = [r["error"] for r in rows if r["error"]]
+        print(
+            f"warning: {cell.name}: no trial completed ({summary['n_failed']} failed"
+            + (f"; first error: {errors[0]})" if errors else ")"),
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        summary.update(
+            best_trial_id=best["trial_id"],
+            best_config=best["config"],
+            best_metric=best[OBJECTIVE],
+            params_pct=best[PARAMS_METRIC],
+            trainable_params=best["trainable_params"],
+            adapter_dir=export(best) if export is not None and best.get("checkpoint") else None,
+        )
+    if multi_objective:
+        summary["pareto"] = [{k: r[k] for k in ("trial_id", OBJECTIVE, PARAMS_METRIC)} for r in pareto_rows(rows)]
+    return summary
+
+
+def seed_summary(cell_name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std of a cell's ``--seeds`` re-runs of its best config."""
+    values = [r[OBJECTIVE] for r in rows if r["status"] == "completed" and r[OBJECTIVE] is not None]
+    return {
+        "cell": cell_name,
+        "values": values,
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
+        "n": len(values),
+    }
+
+
+def export_best(cfg, assets, checkpoint: str, out: Path) -> str:
+    """The best trial's checkpoint as a standard PEFT adapter folder ``out``."""
+    from wlora.loop import export_from_checkpoint
+
+    if out.exists():
+        shutil.rmtree(out)
+    export_from_checkpoint(cfg, assets, checkpoint, out)
+    return str(out)
+
+
+def slot_usage(intervals: Sequence[tuple[float, float]], slots: int) -> dict[str, float]:
+    """How well a sweep filled its slots, from its trials' (start, end) times (e.g. MLflow child runs).
+
+    Returns:
+        ``max_concurrent`` (most trials running at one time), ``busy_fraction`` (trial time / (slots × span),
+        span = first start to last end) and ``span_s``.
+    """
+    if not intervals:
+        return {"max_concurrent": 0, "busy_fraction": 0.0, "span_s": 0.0}
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda ev: (ev[0], ev[1]))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    span = max(e for _, e in intervals) - min(s for s, _ in intervals)
+    busy = sum(e - s for s, e in intervals)
+    return {"max_concurrent": peak, "busy_fraction": busy / (slots * span) if span > 0 else 0.0, "span_s": span}

@@ -1,0 +1,412 @@
+"""Step 3 of a sweep, run: Ray up, cluster checks, the MLflow parent, then ONE Tune run for every cell.
+
+Every cell's trials and its ``--seeds`` re-runs draw from one pool of trial slots (``sweeps.pool``): one
+Tune run whose searcher holds one search per cell and whose scheduler holds one ASHA per cell, so no slot
+stays idle while any cell still has trials to run, and Tune's own experiment restore (``--resume`` after a
+driver crash), retries and actor reuse cover the whole sweep. The run's Tune experiment is ``<run>/pool``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sweeps.flags import SweepDefaults, apply_preset_cli, apply_smoke, build_parser
+from sweeps.plan import Cell, InputError, Plan, _is_uri, plan_sweep, save_state
+from sweeps.pool import SEED_RUN, TRIAL, CellSearch, ListSearch, PooledScheduler, PooledSearcher, variant_configs
+from sweeps.results import PARAMS_METRIC, cell_summary, export_best, seed_summary, trial_rows
+from sweeps.search import EarlyStopLedger, make_optuna, make_scheduler
+from sweeps.table import write_tables
+from sweeps.tracking import MlflowTrialCallback, ProgressTable, get_experiment_id, git_commit, log_params
+from trainables import train_pooled
+from wlora.run_config import OBJECTIVE, TrainConfig
+
+logger = logging.getLogger("sweeps")
+
+#: The name of the sweep's one Tune experiment inside the run folder.
+EXPERIMENT = "pool"
+#: Environment of the driver and every trial process: no "Loading weights" / download progress bars in the
+#: console (the live view is the sweep's one progress table).
+QUIET = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TQDM_DISABLE": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def quiet_console() -> None:
+    """No progress bars on the driver either (set before the plan loads the model; idempotent)."""
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def init_ray(args: argparse.Namespace) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "runtime_env": {"env_vars": QUIET},
+    }
+    if args.address:
+        kwargs["address"] = args.address
+    else:
+        if args.num_cpus:
+            kwargs["num_cpus"] = args.num_cpus
+        if args.ray_temp_dir:
+            kwargs["_temp_dir"] = str(Path(args.ray_temp_dir).resolve())
+    ray.init(**kwargs)
+
+
+def stage_models(plan: Plan) -> None:
+    """On a cluster (``--address``), ship each model folder through the object store once, so every
+    node writes one local copy (``sweeps.cluster_checks.stage_dir``) instead of every trial fetching it."""
+    if not plan.args.address:
+        return
+    from sweeps.cluster_checks import stage_dir
+
+    staged: dict[str, Any] = {}
+    for task, assets in plan.assets.items():
+        if assets.model_path not in staged:
+            staged[assets.model_path] = stage_dir(assets.model_path)
+        plan.assets[task] = dataclasses.replace(assets, staged_model=staged[assets.model_path])
+
+
+def check_cluster(plan: Plan) -> None:
+    """Multi-node safety (shared storage, remote tracking) once Ray is up, before any trial starts."""
+    try:
+        checks = importlib.import_module("sweeps.cluster_checks")
+    except ModuleNotFoundError:
+        return
+    if hasattr(checks, "check_cluster_storage"):
+        try:
+            where = plan.args.storage_path if _is_uri(plan.args.storage_path) else str(plan.run_dir.parent)
+            checks.check_cluster_storage(where, plan.tracking_uri, plan.args.num_nodes)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+
+
+def pool_slots(args: argparse.Namespace, n_trials: int) -> int:
+    """Trials the cluster runs at once (``--max-concurrent``, else its CPUs / GPUs per trial), at most the
+    number of trials the sweep will ever have in flight."""
+    import ray
+
+    if args.max_concurrent:
+        return args.max_concurrent
+    res = ray.cluster_resources()
+    fits = int(res.get("CPU", 1) // args.cpus_per_trial)
+    if args.gpus_per_trial > 0:
+        fits = min(fits, int(res.get("GPU", 0) // args.gpus_per_trial))
+        if fits < 1:
+            raise InputError(f"--gpus-per-trial {args.gpus_per_trial}: the cluster has {res.get('GPU', 0)} GPUs")
+    return max(1, min(fits, n_trials))
+
+
+def setup_parent(plan: Plan):
+    """The sweep's MLflow parent run (created once; ``--resume`` reuses it) → (client, experiment id, run id)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(plan.tracking_uri)
+    artifact_root = plan.run_dir / "mlartifacts" if not plan.tracking_uri.startswith("http") else None
+    exp_id = get_experiment_id(client, plan.args.experiment, artifact_root)
+    if plan.state.get("parent_run_id"):
+        return client, exp_id, plan.state["parent_run_id"]
+    a = plan.args
+    tags = {
+        "wlora.role": "sweep",
+        "git_commit": git_commit(),
+        "model": a.model,
+        "data_dir": str(a.data_dir),
+        "wlora.sweep_name": a.name,
+        "wlora.kind": plan.kind,
+    }
+    parent = client.create_run(exp_id, tags=tags, run_name=a.name)
+    pid = parent.info.run_id
+    params = {k: v for k, v in plan.settings.items() if v not in (None, [], "")}
+    model_dir = Path(plan.assets[plan.cells[0].task].model_path)
+    params["model_fingerprint"] = _fingerprint([p for p in model_dir.glob("*") if p.is_file()])
+    if a.data_dir:
+        for task in {c.task for c in plan.cells}:
+            files = [p for p in Path(a.data_dir).rglob("*") if p.is_file() and _task_dir(task) in p.parts]
+            if files:
+                params[f"data_fingerprint.{task}"] = _fingerprint(files)
+    log_params(client, pid, params)
+    plan.state.update(
+        args=plan.settings,
+        tracking_uri=plan.tracking_uri,
+        experiment_id=exp_id,
+        parent_run_id=pid,
+        cells={},
+        seed_cells={},
+        finished=False,
+    )
+    save_state(plan)
+    return client, exp_id, pid
+
+
+def _fingerprint(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(str(p.name).encode())
+        h.update(str(p.stat().st_size).encode())
+        if p.stat().st_size < 64 * 2**20:
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _task_dir(task: str) -> str:
+    from wlora.data.glue import GLUE_TASKS
+
+    return GLUE_TASKS[task].name if task in GLUE_TASKS else task
+
+
+# --------------------------------------------------------------------------------------------------
+# The pool: one search and one ASHA per cell, in one Tune run
+
+
+def _ledger(plan: Plan, cell: Cell) -> EarlyStopLedger:
+    return EarlyStopLedger(f"{plan.run_dir}:{cell.name}")
+
+
+def _multi(plan: Plan) -> bool:
+    return bool(plan.args.multi_objective)
+
+
+def cell_search(plan: Plan, cell: Cell) -> CellSearch:
+    """One cell's search: seeded Optuna TPE over its own space, or its list of random / grid configs."""
+    a = plan.args
+    space = plan.spaces[cell.name]
+    if plan.search == "optuna" and space:
+        metric: Any = [OBJECTIVE, PARAMS_METRIC] if _multi(plan) else OBJECTIVE
+        mode: Any = ["max", "min"] if _multi(plan) else "max"
+        search: Any = make_optuna(
+            space, ledger=_ledger(plan, cell), seed=a.search_seed, metric=metric, mode=mode, num_samples=a.num_samples
+        )
+        budget = a.num_samples
+    else:
+        configs = variant_configs(space, grid=plan.search == "grid", num_samples=a.num_samples, seed=a.search_seed)
+        search, budget = ListSearch(configs), len(configs)
+    return CellSearch(cell.name, dict(plan.fixed[cell.name]), budget, search, seeds=a.seeds)
+
+
+def pooled_scheduler(plan: Plan) -> PooledScheduler:
+    """ASHA per cell on its own max_t (the runner's planned evaluations); FIFO with ``--no-asha`` or
+    ``--multi-objective`` (ASHA ranks one metric)."""
+    a = plan.args
+    use_asha = not a.no_asha and not _multi(plan)
+    return PooledScheduler(
+        {
+            cell.name: functools.partial(
+                make_scheduler,
+                use_asha,
+                ledger=_ledger(plan, cell),
+                metric=OBJECTIVE,
+                mode="max",
+                max_t=plan.planned_evals[cell.name],
+                grace_period=a.grace_period,
+                reduction_factor=a.reduction_factor,
+            )
+            for cell in plan.cells
+        }
+    )
+
+
+def _trainable(plan: Plan):
+    from ray import tune
+
+    fn = tune.with_parameters(train_pooled, assets=plan.assets)
+    res = {"cpu": plan.args.cpus_per_trial}
+    if plan.args.gpus_per_trial:
+        res["gpu"] = plan.args.gpus_per_trial
+    return tune.with_resources(fn, res)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def run_pool(plan: Plan, exp_id: str, parent_id: str):
+    """The sweep's one Tune run (fresh, or restored after a crash); returns (ResultGrid, PooledSearcher)."""
+    from ray import tune
+
+    a = plan.args
+    storage = plan.tune_storage or str(plan.run_dir)
+    exp_path = f"{storage}/{EXPERIMENT}"
+    trainable = _trainable(plan)
+    if tune.Tuner.can_restore(exp_path):
+        logger.info("resuming the sweep's trials from %s", exp_path)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        # Tune restores the searcher's state into the searcher it keeps on the internal tuner.
+        tune_config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+        return tuner.fit(), getattr(tune_config, "search_alg", None)
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per cell
+    searcher = PooledSearcher([cell_search(plan, cell) for cell in plan.cells])
+    n_trials = sum(c.budget + c.seeds for c in searcher.cells.values())
+    cb = MlflowTrialCallback(
+        plan.tracking_uri,
+        exp_id,
+        parent_id,
+        {cell.name: _ledger(plan, cell) for cell in plan.cells},
+        {"model": a.model, "wlora.sweep_name": a.name},
+        ranks={cell.name: cell.rank for cell in plan.cells},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            # metric/mode live in each cell's search and scheduler (Tune refuses them twice).
+            search_alg=searcher,
+            scheduler=pooled_scheduler(plan),
+            num_samples=n_trials,  # at most; the searcher says when every cell is done
+            max_concurrent_trials=pool_slots(a, n_trials),
+            reuse_actors=not a.no_reuse_actors,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=storage,
+            callbacks=[cb, ProgressTable(a.name, interval_s=a.progress_interval)],
+            failure_config=tune.FailureConfig(max_failures=a.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
+    return tuner.fit(), searcher
+
+
+def summarize(plan: Plan, results, searcher) -> None:
+    """Cell and seed summaries of the finished pool into the state; the best adapter of each cell."""
+    grouped = trial_rows(results, {cell.name: _ledger(plan, cell) for cell in plan.cells})
+    for cell in plan.cells:
+
+        def export(best: dict[str, Any], cell: Cell = cell) -> str:
+            cfg = TrainConfig.from_flat({**best["config"], "method": cell.method})
+            out = plan.run_dir / "adapters" / cell.name
+            return export_best(cfg, plan.assets[cell.task], best["checkpoint"], out)
+
+        summary = cell_summary(cell, grouped.get((cell.name, TRIAL), []), multi_objective=_multi(plan), export=export)
+        if searcher is not None and hasattr(searcher, "optuna_states"):
+            summary["optuna_states"] = searcher.optuna_states(cell.name)
+        plan.state["cells"][cell.name] = summary
+        if plan.args.seeds > 0 and "best_config" in summary:
+            plan.state["seed_cells"][cell.name] = seed_summary(cell.name, grouped.get((cell.name, SEED_RUN), []))
+    save_state(plan)
+
+
+# --------------------------------------------------------------------------------------------------
+# The flow
+
+
+def run_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> dict[str, Any]:
+    """Plan (validates; raises before Ray starts) and execute the sweep — the importable entry point."""
+    quiet_console()
+    return execute(plan_sweep(args, defaults))
+
+
+def execute(plan: Plan) -> dict[str, Any]:
+    """Run the sweep's pool of trials (or continue it on ``--resume``), then table, adapters, report."""
+    # num_to_keep=1 snapshots the experiment at every checkpoint (what makes --resume exact); quiet
+    # Tune's warning about it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_console()
+    t0 = time.time()
+    init_ray(plan.args)
+    check_cluster(plan)
+    stage_models(plan)
+    client, exp_id, parent_id = setup_parent(plan)
+    print(
+        f"sweep {plan.args.name}: {len(plan.cells)} cell(s) in one pool → {plan.run_dir}; MLflow {plan.tracking_uri}",
+        flush=True,
+    )
+    if not plan.state.get("pooled_done"):
+        results, searcher = run_pool(plan, exp_id, parent_id)
+        summarize(plan, results, searcher)
+        plan.state["pooled_done"] = True
+        save_state(plan)
+
+    # Best adapter per (task, method) over ranks → parent artifact best_adapter/<task>/<method>/.
+    best_by_pair: dict[tuple[str, str], dict[str, Any]] = {}
+    for s in plan.state["cells"].values():
+        if s.get("adapter_dir") and s.get("best_metric") is not None:
+            key = (s["task"], s["method"])
+            if key not in best_by_pair or s["best_metric"] > best_by_pair[key]["best_metric"]:
+                best_by_pair[key] = s
+    for (task, method), s in best_by_pair.items():
+        client.log_artifacts(parent_id, s["adapter_dir"], f"best_adapter/{task}/{method}")
+
+    results_dir = plan.run_dir / "results"
+    table_md = write_tables(plan.state["cells"], plan.state.get("seed_cells", {}), results_dir)
+    if plan.args.multi_objective:
+        fronts = {name: s.get("pareto", []) for name, s in plan.state["cells"].items()}
+        (results_dir / "pareto.json").write_text(json.dumps(fronts, indent=2))
+    client.log_artifacts(parent_id, str(results_dir), "results")
+    plan.state["finished"] = True
+    plan.state["wall_s"] = round(plan.state.get("wall_s", 0) + time.time() - t0, 1)
+    save_state(plan)
+    client.set_terminated(parent_id, "FINISHED")
+    print(table_md, flush=True)
+    try:
+        report = importlib.import_module("sweeps.report")
+    except ModuleNotFoundError:
+        report = None
+    if report is not None and hasattr(report, "build_report"):
+        try:
+            report.build_report(plan.tracking_uri, parent_id, plan.run_dir / "report")
+        except Exception as e:  # the report is extra; the sweep's results are already saved
+            print(f"warning: sweeps.report.build_report failed: {e}", file=sys.stderr)
+    return {"run_dir": str(plan.run_dir), "parent_run_id": parent_id, "tracking_uri": plan.tracking_uri, **plan.state}
+
+
+def main(defaults: SweepDefaults, argv: Sequence[str] | None = None, description: str = "") -> int:
+    """Entry point of ``sweeps/<kind>_sweep.py``: exit code 2 with one line on bad input."""
+    parser = build_parser(defaults, description)
+    args = parser.parse_args(argv)
+    try:
+        apply_preset_cli(args, parser)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    apply_smoke(args, defaults, parser)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_console()
+    try:
+        plan = plan_sweep(args, defaults)
+        execute(plan)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def entry_points(defaults: SweepDefaults, doc: str | None) -> tuple[Callable[[], argparse.ArgumentParser], Callable]:
+    """``(parser, main)`` of a sweep entry script: its parser (help: the script docstring's first line) and
+    ``main(argv=None) -> exit code``."""
+    description = (doc or "").strip().splitlines()[0] if doc else ""
+
+    def parser() -> argparse.ArgumentParser:
+        return build_parser(defaults, description)
+
+    def entry(argv: Sequence[str] | None = None) -> int:
+        return main(defaults, argv, description=description)
+
+    return parser, entry
