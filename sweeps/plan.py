@@ -22,6 +22,7 @@ from typing import Any
 from sweeps import spaces as sp
 from sweeps.flags import SweepDefaults, load_preset
 from sweeps.tracking import check_tracking_uri, default_tracking_uri
+from wlora.fields import parse_field_value
 from wlora.registry import METHODS, make_config
 from wlora.run_config import TrainConfig
 
@@ -61,6 +62,11 @@ class Plan:
     """Where Tune keeps this sweep's experiments and checkpoints: ``run_dir``, or ``<URI>/<name>`` when
     ``--storage-path`` is a cloud/shared URI (s3://, gs://, …) — the driver's own files (state, tables,
     adapters, the default MLflow store) then stay in a local ``runs/<name>`` folder."""
+
+
+def _field_value(key: str, value: Any, method: str) -> Any:
+    """A ``--set`` / preset value as the config field declares it (``target_modules=q,k,v`` → a list)."""
+    return parse_field_value(key, value, method) if isinstance(value, str) else value
 
 
 def _for_method(overrides: dict[str, Any], method: str) -> dict[str, Any]:
@@ -205,16 +211,14 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
                 cell = Cell(task, method, rank)
                 mpre = (preset.get("methods") or {}).get(method, {})
                 pins = {**(preset.get("set") or {}), **(mpre.get("set") or {}), **_for_method(cli_fixed, method)}
-                pins = {k: sp.parse_value(v) if isinstance(v, str) else v for k, v in pins.items()}
-                space = sp.with_overrides(
-                    sp.get_space(method),
-                    space_overrides={
-                        **(preset.get("space") or {}),
-                        **(mpre.get("space") or {}),
-                        **_for_method(cli_space, method),
-                    },
-                    fixed=pins,
-                )
+                pins = {k: _field_value(k, v, method) for k, v in pins.items()}
+                overrides = {
+                    **(preset.get("space") or {}),
+                    **(mpre.get("space") or {}),
+                    **_for_method(cli_space, method),
+                }
+                overrides = {k: v if sp.is_domain_spec(v) else _field_value(k, v, method) for k, v in overrides.items()}
+                space = sp.with_overrides(sp.get_space(method), space_overrides=overrides, fixed=pins)
                 if rank is not None:
                     pins[rkey] = rank
                 base = {**train, "task": task, "method": method, **pins}

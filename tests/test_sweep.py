@@ -485,3 +485,30 @@ def test_one_progress_table_for_the_whole_sweep():
         ["rte-lora-r8", "2", "1", "1", "0", "0.6100"],
         ["sst2-lora-r8", "1", "0", "0", "0"],
     ]
+
+
+def test_set_and_space_take_comma_lists_for_list_fields(real_args):
+    """``--set target_modules=query,value`` pins a list (as ``wlora.train --set`` does); a regex stays one
+    string, and the override syntax (``choice:…``) is still a search dimension."""
+    plan = plan_sweep(
+        real_args(
+            "--tasks",
+            "rte",
+            "--methods",
+            "lora,weightlora",
+            "--set",
+            "target_modules=query,value",
+            "--set",
+            "weightlora.k=2",
+            "--space",
+            "lr=choice:1e-4,1e-3",
+        ),
+        DEFAULTS,
+    )
+    for cell in plan.cells:
+        assert plan.fixed[cell.name]["target_modules"] == ["query", "value"]
+        assert plan.spaces[cell.name]["lr"].categories == [1e-4, 1e-3]
+    regex = plan_sweep(
+        real_args("--tasks", "rte", "--methods", "lora", "--set", r"target_modules=.*\.value$"), DEFAULTS
+    )
+    assert regex.fixed[regex.cells[0].name]["target_modules"] == r".*\.value$"

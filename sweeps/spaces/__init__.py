@@ -24,7 +24,7 @@ import yaml
 from ray import tune
 from ray.tune.search.sample import Domain
 
-__all__ = ["get_space", "parse_domain", "parse_value", "rank_key", "with_overrides"]
+__all__ = ["get_space", "is_domain_spec", "parse_domain", "parse_value", "rank_key", "with_overrides"]
 
 
 def _module(slug: str):
@@ -55,6 +55,17 @@ def parse_value(text: str) -> Any:
         except ValueError:
             return value
     return value
+
+
+#: The prefixes of the override syntax above.
+DOMAIN_KINDS = ("loguniform", "uniform", "int", "choice", "grid")
+
+
+def is_domain_spec(spec: Any) -> bool:
+    """Whether ``spec`` is a Tune domain or a string in the override syntax (``KIND:…``)."""
+    if isinstance(spec, Domain) or (isinstance(spec, dict) and "grid_search" in spec):
+        return True
+    return isinstance(spec, str) and spec.partition(":")[0].strip().lower() in DOMAIN_KINDS and ":" in spec
 
 
 def parse_domain(spec: Any) -> Any:
