@@ -145,6 +145,10 @@ def apply_preset_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         if getattr(args, dest) == parser.get_default(dest):
             if dest in ("tasks", "methods", "ranks") and not isinstance(value, list):
                 value = [v.strip() for v in str(value).split(",") if v.strip()]
+            elif isinstance(value, str):
+                # read as the flag reads its text (``max_steps: none`` → None, ``lr: "1e-3"`` → 0.001)
+                kind = next((a.type for a in parser._actions if a.dest == dest), None)
+                value = kind(value) if callable(kind) else value
             setattr(args, dest, value)
 
 
