@@ -12,7 +12,11 @@ alike. With ``--data-dir`` the batch is real SST-2 text, otherwise random token 
 Memory, as ratios to LoRA's (same batch, train mode): the bytes autograd saves for backward during
 one forward (``torch.autograd.graph.saved_tensors_hooks``; distinct storages, parameters left out)
 and the AdamW state bytes. ``--targets all-linear`` adapts every linear layer instead of q/k/v;
-``--memory-only`` skips the timing.
+``--memory-only`` skips the timing; ``--roberta-base-shape`` replaces the model by a randomly
+initialised RoBERTa-base-sized one (``RobertaConfig()``: 12 layers, hidden 768) on random tokens, the
+size of the papers' GLUE backbones::
+
+    python bench/bench_methods.py --roberta-base-shape --memory-only --batch-size 16 --seq-len 128
 """
 
 from __future__ import annotations
@@ -55,11 +59,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--targets", default=None, help="target_modules (e.g. all-linear); default: the family's q/k/v")
     p.add_argument("--memory-only", action="store_true", help="measure memory only, no step timing")
+    p.add_argument(
+        "--roberta-base-shape", action="store_true", help="random-weight RoBERTa-base-sized model, random tokens"
+    )
     return p.parse_args()
 
 
-def make_batch(args, tokenizer) -> dict[str, torch.Tensor]:
-    if args.data_dir:
+def make_batch(args, tokenizer, vocab_size: int) -> dict[str, torch.Tensor]:
+    if args.data_dir and tokenizer is not None:
         ex = read_glue_split(os.path.join(args.data_dir, "glue"), "sst2", "train")[: args.batch_size]
         enc = tokenizer(
             [e.text_a for e in ex],
@@ -71,7 +78,7 @@ def make_batch(args, tokenizer) -> dict[str, torch.Tensor]:
         enc["labels"] = torch.tensor([e.label for e in ex])
         return dict(enc)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, tokenizer.vocab_size, (args.batch_size, args.seq_len), generator=g)
+    ids = torch.randint(1000, vocab_size, (args.batch_size, args.seq_len), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids[:, 0] % 2}
 
 
@@ -91,10 +98,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.set_verbosity_error()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    batch = make_batch(args, tokenizer)
     seed_everything(0)
-    base = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    if args.roberta_base_shape:
+        from transformers import RobertaConfig, RobertaForSequenceClassification
+
+        base = RobertaForSequenceClassification(RobertaConfig(num_labels=2))
+        args.model, args.data_dir = "RobertaConfig() (random weights)", None
+        batch = make_batch(args, None, base.config.vocab_size)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        batch = make_batch(args, tokenizer, tokenizer.vocab_size)
+        base = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
     base.train()
 
     rows: dict[str, dict] = {}
