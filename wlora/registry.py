@@ -77,7 +77,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "random_select",
             *_refs("random_select", "RandomSelectConfig", "RandomSelectController"),
-            "K adapters chosen at random (ablation)",
+            "RLoRA ablation: all n adapters train for T steps, then a seeded random K survive",
         ),
         MethodSpec(
             "lora_drop",

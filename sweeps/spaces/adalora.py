@@ -1,4 +1,6 @@
-"""AdaLoRA (peft): target rank r (init_r defaults to ⌈1.5·r⌉) and the budget schedule tinit/tfinal/ΔT."""
+"""AdaLoRA (peft): target rank r (init_r defaults to ⌈1.5·r⌉) and the budget schedule, with tinit/tfinal as
+fractions of the run (``tinit_frac`` / ``tfinal_frac``, around the defaults 0.1 / 0.5 taken from the papers'
+GLUE settings) so one space fits runs of any length; ΔT as steps."""
 
 from ray import tune
 
@@ -6,7 +8,7 @@ from sweeps.spaces.common import ADAPTER
 
 SPACE = {
     **ADAPTER,
-    "tinit": tune.choice([0, 10, 50]),
-    "tfinal": tune.choice([0, 10, 50]),
+    "tinit_frac": tune.choice([0.0, 0.1, 0.2]),
+    "tfinal_frac": tune.choice([0.3, 0.5, 0.7]),
     "delta_t": tune.choice([1, 5, 10]),
 }
