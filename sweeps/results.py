@@ -5,6 +5,7 @@ Pareto fronts, the best adapter per cell, and the results table (:mod:`sweeps.ta
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import statistics
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.search import EarlyStopLedger
+from sweeps.table import write_tables
 from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY
 from wlora.run_config import OBJECTIVE
 
@@ -153,3 +155,34 @@ def slot_usage(intervals: Sequence[tuple[float, float]], slots: int) -> dict[str
     span = max(e for _, e in intervals) - min(s for s, _ in intervals)
     busy = sum(e - s for s, e in intervals)
     return {"max_concurrent": peak, "busy_fraction": busy / (slots * span) if span > 0 else 0.0, "span_s": span}
+
+
+def publish(state: dict[str, Any], run_dir: Path, client, parent_id: str, *, multi_objective: bool) -> str:
+    """The sweep's results into the run folder and onto the MLflow parent: the best adapter per (task, method)
+    over ranks (``best_adapter/<task>/<method>/``), ``results/table.{md,csv}`` and, with ``--multi-objective``,
+    ``results/pareto.json``. Returns the markdown table."""
+    best_by_pair: dict[tuple[str, str], dict[str, Any]] = {}
+    for s in state["cells"].values():
+        if s.get("adapter_dir") and s.get("best_metric") is not None:
+            key = (s["task"], s["method"])
+            if key not in best_by_pair or s["best_metric"] > best_by_pair[key]["best_metric"]:
+                best_by_pair[key] = s
+    for (task, method), s in best_by_pair.items():
+        client.log_artifacts(parent_id, s["adapter_dir"], f"best_adapter/{task}/{method}")
+    results_dir = run_dir / "results"
+    table_md = write_tables(state["cells"], state.get("seed_cells", {}), results_dir)
+    if multi_objective:
+        fronts = {name: s.get("pareto", []) for name, s in state["cells"].items()}
+        (results_dir / "pareto.json").write_text(json.dumps(fronts, indent=2))
+    client.log_artifacts(parent_id, str(results_dir), "results")
+    return table_md
+
+
+def write_report(tracking_uri: str, parent_id: str, out: Path) -> None:
+    """The sweep's report (plots, cost; ``sweeps.report``) — extra: a failure only warns, the results are saved."""
+    from sweeps import report
+
+    try:
+        report.build_report(tracking_uri, parent_id, out)
+    except Exception as e:
+        print(f"warning: sweeps.report.build_report failed: {e}", file=sys.stderr)

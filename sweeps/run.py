@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import hashlib
 import importlib
-import json
 import logging
 import os
 import sys
@@ -25,9 +24,8 @@ from typing import Any
 from sweeps.flags import SweepDefaults, apply_preset_cli, apply_smoke, build_parser
 from sweeps.plan import Cell, InputError, Plan, _is_uri, plan_sweep, save_state
 from sweeps.pool import SEED_RUN, TRIAL, CellSearch, ListSearch, PooledScheduler, PooledSearcher, variant_configs
-from sweeps.results import PARAMS_METRIC, cell_summary, export_best, seed_summary, trial_rows
+from sweeps.results import PARAMS_METRIC, cell_summary, export_best, publish, seed_summary, trial_rows, write_report
 from sweeps.search import EarlyStopLedger, make_optuna, make_scheduler
-from sweeps.table import write_tables
 from sweeps.tracking import MlflowTrialCallback, ProgressTable, get_experiment_id, git_commit, log_params
 from trainables import train_pooled
 from wlora.run_config import OBJECTIVE, TrainConfig
@@ -344,36 +342,13 @@ def execute(plan: Plan) -> dict[str, Any]:
         plan.state["pooled_done"] = True
         save_state(plan)
 
-    # Best adapter per (task, method) over ranks → parent artifact best_adapter/<task>/<method>/.
-    best_by_pair: dict[tuple[str, str], dict[str, Any]] = {}
-    for s in plan.state["cells"].values():
-        if s.get("adapter_dir") and s.get("best_metric") is not None:
-            key = (s["task"], s["method"])
-            if key not in best_by_pair or s["best_metric"] > best_by_pair[key]["best_metric"]:
-                best_by_pair[key] = s
-    for (task, method), s in best_by_pair.items():
-        client.log_artifacts(parent_id, s["adapter_dir"], f"best_adapter/{task}/{method}")
-
-    results_dir = plan.run_dir / "results"
-    table_md = write_tables(plan.state["cells"], plan.state.get("seed_cells", {}), results_dir)
-    if plan.args.multi_objective:
-        fronts = {name: s.get("pareto", []) for name, s in plan.state["cells"].items()}
-        (results_dir / "pareto.json").write_text(json.dumps(fronts, indent=2))
-    client.log_artifacts(parent_id, str(results_dir), "results")
+    table_md = publish(plan.state, plan.run_dir, client, parent_id, multi_objective=_multi(plan))
     plan.state["finished"] = True
     plan.state["wall_s"] = round(plan.state.get("wall_s", 0) + time.time() - t0, 1)
     save_state(plan)
     client.set_terminated(parent_id, "FINISHED")
     print(table_md, flush=True)
-    try:
-        report = importlib.import_module("sweeps.report")
-    except ModuleNotFoundError:
-        report = None
-    if report is not None and hasattr(report, "build_report"):
-        try:
-            report.build_report(plan.tracking_uri, parent_id, plan.run_dir / "report")
-        except Exception as e:  # the report is extra; the sweep's results are already saved
-            print(f"warning: sweeps.report.build_report failed: {e}", file=sys.stderr)
+    write_report(plan.tracking_uri, parent_id, plan.run_dir / "report")
     return {"run_dir": str(plan.run_dir), "parent_run_id": parent_id, "tracking_uri": plan.tracking_uri, **plan.state}
 
 
