@@ -54,21 +54,15 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from sweeps.results import pareto_front
+from wlora.registry import METHODS as REGISTRY
 from wlora.run_config import OBJECTIVE
 
 #: The objective every trial logs (the task's main dev score; higher is better).
 MAIN = OBJECTIVE
 
-#: Row order and display names (the papers' order: references first, then the proposed methods).
+#: Row order and display names (the papers' order: references first, then the proposed methods), from the registry.
 METHODS: dict[str, str] = {
-    "full": "Full FT",
-    "lora": "LoRA",
-    "adalora": "AdaLoRA",
-    "lora_drop": "LoRA-drop",
-    "rolora": "ROLoRA",
-    "random_select": "Random select (RLoRA)",
-    "weightlora": "WeightLoRA",
-    "weightlora_plus": "WeightLoRA+",
+    spec.slug: spec.label or spec.slug for spec in sorted(REGISTRY.values(), key=lambda spec: spec.table_order)
 }
 
 #: Column order and headers: the papers' order, each task's reported metric(s) (``eval_<name>``).
@@ -86,19 +80,14 @@ TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: Other spellings of a metric a runner may log (``eval_mcc`` for ``eval_matthews_corrcoef``).
 METRIC_ALIASES = {"matthews_corrcoef": ("mcc", "matthews"), "pearson": ("pearsonr",), "spearman": ("spearmanr",)}
 
-#: Methods whose best trial gets a selection heatmap, and which report field colours it.
+#: Methods whose best trial gets a selection heatmap, and which report field colours it (from the registry).
 SELECTION_METHODS: dict[str, tuple[str, ...]] = {
-    "weightlora": ("selection_scores", "gates"),
-    "weightlora_plus": ("selection_scores", "gates"),
-    "random_select": ("ranks",),
-    "lora_drop": ("importance", "ranks"),
-    "rolora": ("ranks",),
-    "adalora": ("ranks",),
+    slug: spec.selection_fields for slug, spec in REGISTRY.items() if spec.selection_fields
 }
 FIELD_LABEL = {"selection_scores": "|ω| at selection", "gates": "|ω| (not yet selected)", "importance": "importance"}
 
 #: Methods that keep K of the n adapters: their row label gives K (from ``active_adapters``).
-K_METHODS = ("weightlora", "weightlora_plus", "random_select")
+K_METHODS = tuple(slug for slug, spec in REGISTRY.items() if spec.keeps_k)
 
 STATUS_OK = ("completed", "asha_stopped", "running")
 

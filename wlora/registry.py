@@ -41,6 +41,14 @@ class MethodSpec:
     controller_ref: str
     summary: str
     run_fields: tuple[str, ...] = ()
+    label: str = ""
+    """Name in tables and plots (the papers' spelling); the slug when empty."""
+    table_order: int = 0
+    """Row position in result tables: the papers' order, references first, proposed methods last."""
+    keeps_k: bool = False
+    """Keeps K of the n adapters (a table row label gives K)."""
+    selection_fields: tuple[str, ...] = ()
+    """Fields of ``Controller.report()`` that show the selection (first present one colours a heatmap)."""
 
     @property
     def config_cls(self) -> type[MethodConfig]:
@@ -63,41 +71,74 @@ def _refs(slug: str, config: str, controller: str) -> tuple[str, str]:
 METHODS: dict[str, MethodSpec] = {
     spec.slug: spec
     for spec in (
-        MethodSpec("lora", *_refs("lora", "LoRAConfig", "LoRAController"), "LoRA on every target module"),
+        MethodSpec(
+            "lora",
+            *_refs("lora", "LoRAConfig", "LoRAController"),
+            "LoRA on every target module",
+            label="LoRA",
+            table_order=1,
+        ),
         MethodSpec(
             "weightlora",
             *_refs("weightlora", "WeightLoRAConfig", "WeightLoRAController"),
             "learned gates, keep the top-K adapters",
+            label="WeightLoRA",
+            table_order=6,
+            keeps_k=True,
+            selection_fields=("selection_scores", "gates"),
         ),
         MethodSpec(
             "weightlora_plus",
             *_refs("weightlora_plus", "WeightLoRAPlusConfig", "WeightLoRAPlusController"),
             "WeightLoRA, then grow the K survivors' ranks to LoRA's budget",
+            label="WeightLoRA+",
+            table_order=7,
+            keeps_k=True,
+            selection_fields=("selection_scores", "gates"),
         ),
         MethodSpec(
             "random_select",
             *_refs("random_select", "RandomSelectConfig", "RandomSelectController"),
             "RLoRA ablation: all n adapters train for T steps, then a seeded random K survive",
+            label="Random select (RLoRA)",
+            table_order=5,
+            keeps_k=True,
+            selection_fields=("ranks",),
         ),
         MethodSpec(
             "lora_drop",
             *_refs("lora_drop", "LoRADropConfig", "LoRADropController"),
             "LoRA on the modules with the largest output norm, one shared LoRA per type for the rest",
             run_fields=("steps_per_epoch",),
+            label="LoRA-drop",
+            table_order=3,
+            selection_fields=("importance", "ranks"),
         ),
         MethodSpec(
             "rolora",
             *_refs("rolora", "RoLoRAConfig", "RoLoRAController"),
             "ranks re-allocated by sparsify / rescale / Frank-Wolfe / extend within Σ r_i ≤ n·R",
             run_fields=("total_steps",),
+            label="ROLoRA",
+            table_order=4,
+            selection_fields=("ranks",),
         ),
         MethodSpec(
             "adalora",
             *_refs("adalora", "AdaLoRAConfig", "AdaLoRAController"),
             "peft's AdaLoRA: SVD-form adapters pruned from init_r to r by importance",
             run_fields=("total_steps",),
+            label="AdaLoRA",
+            table_order=2,
+            selection_fields=("ranks",),
         ),
-        MethodSpec("full", *_refs("full", "FullConfig", "FullController"), "full fine-tuning (all weights trainable)"),
+        MethodSpec(
+            "full",
+            *_refs("full", "FullConfig", "FullController"),
+            "full fine-tuning (all weights trainable)",
+            label="Full FT",
+            table_order=0,
+        ),
     )
 }
 
