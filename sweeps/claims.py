@@ -224,7 +224,7 @@ def claims_md(
         )
     summary = summarize(rows)
     if summary:
-        lines += ["", "Per claim, tasks by verdict: "]
+        lines += ["", "Per claim, tasks by verdict:"]
         for claim in CLAIMS:
             if claim.key in summary:
                 counts = ", ".join(f"{v}: {n}" for v, n in sorted(summary[claim.key].items()))

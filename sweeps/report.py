@@ -11,7 +11,8 @@ What is read (the sweep's MLflow schema): the parent run (tag ``wlora.role=sweep
 ``seed``; metrics ``eval_main`` (the GLUE task score, higher is better), ``eval_<metric>``,
 ``train_loss``, ``epoch``, ``trainable_params`` … by optimizer step, ``final_trainable_params`` /
 ``final_trainable_pct`` / ``final_method_params`` / ``final_method_pct`` / ``final_active_adapters`` once
-at the end; artifact ``selection.json``) and seed re-runs (``wlora.role=seed_run``).
+at the end; ``selection_changes`` / ``selection_last_change_step`` by step where logged; artifact
+``selection.json``) and seed re-runs (``wlora.role=seed_run``).
 
 What is written to ``out_dir`` and logged under the parent run's ``report/`` artifacts:
 
@@ -26,6 +27,14 @@ What is written to ``out_dir`` and logged under the parent run's ``report/`` art
   final rank; kept adapters starred (the paper's Figure 2, as a grid).
 * ``selection_overview.png`` — all of those grids side by side (methods × tasks).
 * ``curves_<task>.png`` — eval metric and training loss by optimizer step of the best trial per method.
+* ``stability.md`` / ``stability.json`` / ``stability_<task>_<method>.png`` — across the seed re-runs of
+  each selecting cell: how often each adapter was kept (ROLoRA / AdaLoRA: its mean final rank), as a
+  grid in the shape of the selection heatmap (★ = kept by every seed), the mean pairwise Jaccard index
+  of the kept sets (weighted Jaccard of the final ranks for ROLoRA / AdaLoRA) next to what random draws
+  of the same K would give, and the runs' ``selection_changes`` / ``selection_last_change_step`` when
+  they logged them.
+* ``claims.md`` / ``claims.json`` — the WeightLoRA paper's three claims tested on the seed re-runs
+  (:mod:`sweeps.claims`: per task mean ± std, differences, bootstrap and Welch intervals, verdicts).
 * ``cost.json`` / ``cost.md`` — trial-epochs spent, ASHA-stopped / failed trials, wall time, and what
   running every trial to the last epoch would have cost.
 * ``report.md`` — all of the above on one page.
