@@ -168,3 +168,24 @@ def test_minilm_lora_drop_and_rolora(sst2_cfg):
     assert stab["kept"] == {n: r for n, r in rep["ranks"].items() if r > 0}
     ends = [3, 6]  # the two iterations end at steps 3 and 6: ranks change only there
     assert set(stab["change_steps"]) <= set(ends) and stab["changes"] == len(stab["change_steps"])
+
+
+@pytest.mark.slow
+def test_minilm_tracker_resumes_from_a_checkpoint(sst2_cfg, tmp_path):
+    """A run resumed after its kept set changed reports the change it made before the interruption."""
+    import shutil
+
+    from wlora.train import run_training
+
+    cfg = sst2_cfg.replace(method="random_select", method_config={"k": 4, "t": 3}, eval_every=3)
+    saved = tmp_path / "ckpt"
+
+    def report(metrics, folder):
+        if metrics["step"] == 3:
+            shutil.copytree(folder, saved)
+
+    full = run_training(cfg, report=report)
+    resumed = run_training(cfg, resume_from=saved)
+    assert full.method_report["selection_stability"]["change_steps"] == [3]
+    assert resumed.method_report["selection_stability"] == full.method_report["selection_stability"]
+    assert resumed.history[-1]["selection_last_change_step"] == 3 and resumed.history[-1]["selection_changes"] == 1
