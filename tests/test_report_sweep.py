@@ -122,16 +122,18 @@ def test_selection_diagnostics_per_trial_and_across_seeds(sweep, rebuilt):
     parent = client.get_run(sweep["parent"])
     kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep['parent']}'")
     done = [r for r in kids if r.data.tags["status"] != "failed"]
-    steps = {r.info.run_id: r.data.metrics["step"] for r in done}
     for r in done:
         m = r.data.metrics
         assert {"selection_changes", "selection_last_change_step", "selection_last_change_frac"} <= set(m)
-        assert 0 <= m["selection_last_change_step"] <= steps[r.info.run_id]
+        evals = client.get_metric_history(r.info.run_id, "eval_main")
+        assert 0 <= m["selection_last_change_step"] <= max(e.step for e in evals)
         hist = client.get_metric_history(r.info.run_id, "selection_changes")
-        assert len(hist) == len(client.get_metric_history(r.info.run_id, "eval_main"))  # one per evaluation
+        assert sorted(h.step for h in hist) == sorted(e.step for e in evals)  # one per evaluation
         if r.data.tags["method"] == "lora":  # plain LoRA never changes what it trains
             assert m["selection_changes"] == 0
-        else:  # WeightLoRA (T = 4): the gates' first non-zero projection changes the kept set, never after T
+        elif max(e.step for e in evals) >= 4:
+            # WeightLoRA (T = 4): the first non-zero projection or the removal at T changes the kept set,
+            # nothing after T (a trial stopped by ASHA inside its warm-up may not have changed it yet)
             assert m["selection_changes"] >= 1 and 1 <= m["selection_last_change_step"] <= 4
 
     [row] = rebuilt["meta"]["stability"]
