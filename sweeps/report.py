@@ -943,6 +943,8 @@ def build_report(
                     slug = f"{task_key(task)}_{method}"
                     p = out / f"stability_{slug}.png"
                     ov = "–" if row["overlap"] is None else f"{row['overlap']:.2f}"
+                    if row.get("chance_overlap") is not None:
+                        ov += f", random draws {row['chance_overlap']:.2f}"
                     title = (
                         f"{METHODS.get(method, method)} on {task}: {row['with_selection']} seeds\n"
                         f"mean pairwise overlap {ov} (★ = kept by every seed)"
