@@ -11,7 +11,8 @@ What is read (the sweep's MLflow schema): the parent run (tag ``wlora.role=sweep
 ``seed``; metrics ``eval_main`` (the GLUE task score, higher is better), ``eval_<metric>``,
 ``train_loss``, ``epoch``, ``trainable_params`` … by optimizer step, ``final_trainable_params`` /
 ``final_trainable_pct`` / ``final_method_params`` / ``final_method_pct`` / ``final_active_adapters`` once
-at the end; artifact ``selection.json``) and seed re-runs (``wlora.role=seed_run``).
+at the end; ``selection_changes`` / ``selection_last_change_step`` by step where logged; artifact
+``selection.json``) and seed re-runs (``wlora.role=seed_run``).
 
 What is written to ``out_dir`` and logged under the parent run's ``report/`` artifacts:
 
@@ -26,6 +27,14 @@ What is written to ``out_dir`` and logged under the parent run's ``report/`` art
   final rank; kept adapters starred (the paper's Figure 2, as a grid).
 * ``selection_overview.png`` — all of those grids side by side (methods × tasks).
 * ``curves_<task>.png`` — eval metric and training loss by optimizer step of the best trial per method.
+* ``stability.md`` / ``stability.json`` / ``stability_<task>_<method>.png`` — across the seed re-runs of
+  each selecting cell: how often each adapter was kept (ROLoRA / AdaLoRA: its mean final rank), as a
+  grid in the shape of the selection heatmap (★ = kept by every seed), the mean pairwise Jaccard index
+  of the kept sets (weighted Jaccard of the final ranks for ROLoRA / AdaLoRA) next to what random draws
+  of the same K would give, and the runs' ``selection_changes`` / ``selection_last_change_step`` when
+  they logged them.
+* ``claims.md`` / ``claims.json`` — the WeightLoRA paper's three claims tested on the seed re-runs
+  (:mod:`sweeps.claims`: per task mean ± std, differences, bootstrap and Welch intervals, verdicts).
 * ``cost.json`` / ``cost.md`` — trial-epochs spent, ASHA-stopped / failed trials, wall time, and what
   running every trial to the last epoch would have cost.
 * ``report.md`` — all of the above on one page.
@@ -53,7 +62,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from sweeps import claims as claims_mod
 from sweeps.results import pareto_front
+from wlora.core.stability import chance_jaccard, keep_frequency, mean_pairwise_overlap
 from wlora.registry import METHODS as REGISTRY
 from wlora.run_config import OBJECTIVE
 
@@ -84,7 +95,17 @@ METRIC_ALIASES = {"matthews_corrcoef": ("mcc", "matthews"), "pearson": ("pearson
 SELECTION_METHODS: dict[str, tuple[str, ...]] = {
     slug: spec.selection_fields for slug, spec in REGISTRY.items() if spec.selection_fields
 }
-FIELD_LABEL = {"selection_scores": "|ω| at selection", "gates": "|ω| (not yet selected)", "importance": "importance"}
+FIELD_LABEL = {
+    "selection_scores": "|ω| at selection",
+    "gates": "|ω| (not yet selected)",
+    "importance": "importance",
+    "keep_frequency": "share of seeds that kept it",
+    "mean_rank": "mean final rank over seeds",
+}
+#: Methods whose kept set is a rank per module (overlap across seeds: weighted Jaccard of the ranks).
+RANK_METHODS = ("rolora", "adalora")
+#: Per-run selection diagnostics the runner logs at every evaluation (see wlora.core.stability).
+STABILITY_METRICS = ("selection_changes", "selection_last_change_step")
 
 #: Methods that keep K of the n adapters: their row label gives K (from ``active_adapters``).
 K_METHODS = tuple(slug for slug, spec in REGISTRY.items() if spec.keeps_k)
@@ -565,6 +586,135 @@ def _download_json(client: MlflowClient, run_id: str, path: str, tmp: Path) -> d
         return None
 
 
+# ----- selection stability across seeds -----
+
+
+def kept_of(method: str, rep: dict[str, Any]) -> set[str] | dict[str, int] | None:
+    """A run's final kept set from its ``selection.json``: module → rank for ROLoRA / AdaLoRA, else the
+    set of kept adapters (the tracker's final kept set when logged, else the method's own fields)."""
+    if method in RANK_METHODS:
+        ranks = rep.get("ranks")
+        if not isinstance(ranks, dict) or not ranks:
+            return None
+        return {str(n): int(r) for n, r in ranks.items() if int(r) > 0}
+    tracked = (rep.get("selection_stability") or {}).get("kept")
+    if isinstance(tracked, dict):
+        return set(tracked)
+    for key in ("selected_adapters", "kept"):
+        if rep.get(key):
+            return set(rep[key])
+    if isinstance(rep.get("ranks"), dict):  # e.g. WeightLoRA before selection: every adapter still trains
+        return {n for n, r in rep["ranks"].items() if int(r) > 0}
+    return None
+
+
+def _all_names(reports: Sequence[dict[str, Any]]) -> set[str]:
+    names: set[str] = set()
+    for rep in reports:
+        for key in ("ranks", "importance", "selection_scores", "gates"):
+            if isinstance(rep.get(key), dict):
+                names |= set(rep[key])
+        for key in ("drawn_adapters", "kept", "selected_adapters"):
+            if isinstance(rep.get(key), list):
+                names |= set(rep[key])
+    return names
+
+
+def _mean_sd(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    m, s = _mean_std(values)
+    return {"mean": m, "std": s, "n": len(values)}
+
+
+def seed_stability(method: str, runs: Sequence[RunInfo], reports: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """How stable the kept set is across the seed re-runs of one cell.
+
+    ``kept`` methods: per adapter the share of seeds that kept it, the mean pairwise Jaccard index of
+    the kept sets and, when every run kept K of n, the Jaccard index two uniform draws would have;
+    rank methods: per module the mean final rank, and the mean pairwise weighted Jaccard (Ruzicka)
+    index Σ min / Σ max of the rank vectors. The per-run diagnostics (changes of the kept set, last
+    change step) are averaged over the runs that logged them and left out otherwise."""
+    pairs = [(r, rep) for r, rep in zip(runs, reports, strict=True) if rep]
+    kept = [(r, k) for r, rep in pairs if (k := kept_of(method, rep)) is not None]
+    out: dict[str, Any] = {"method": method, "runs": len(runs), "with_selection": len(kept)}
+    out["seeds"] = [r.seed for r, _ in kept]
+    names = _all_names([rep for _, rep in pairs])
+    n_all = next((rep.get("n_adapters") for _, rep in pairs if isinstance(rep.get("n_adapters"), int)), None)
+    out["n_adapters"] = n_all
+    if kept:
+        sets = [k for _, k in kept]
+        out["overlap"] = mean_pairwise_overlap(sets)
+        if method in RANK_METHODS:
+            out["overlap_measure"] = "weighted Jaccard of final ranks (Σ min / Σ max)"
+            every = names | set().union(*(set(k) for k in sets))
+            out["values"] = {n: float(np.mean([k.get(n, 0) for k in sets])) for n in sorted(every)}
+            out["field"] = "mean_rank"
+            out["always"] = sorted(n for n in every if all(k.get(n, 0) > 0 for k in sets))
+            out["kept_size"] = _mean_sd([float(sum(k.values())) for k in sets])
+        else:
+            out["overlap_measure"] = "Jaccard of kept sets"
+            out["values"] = keep_frequency(sets, names)
+            out["field"] = "keep_frequency"
+            out["always"] = sorted(n for n, f in out["values"].items() if f == 1.0)
+            sizes = {len(k) for k in sets}
+            out["kept_size"] = _mean_sd([float(len(k)) for k in sets])
+            if isinstance(n_all, int) and len(sizes) == 1 and 0 < (k_ := sizes.pop()) <= n_all:
+                out["chance_overlap"] = chance_jaccard(n_all, k_)
+    for key in STABILITY_METRICS:
+        vals = [v for r in runs if (v := r.metrics.get(key)) is not None and math.isfinite(v)]
+        if not vals:  # runs logged before the metric existed: the run's own summary, if any
+            sk = key.removeprefix("selection_")
+            vals = [
+                float(s[sk]) for _, rep in pairs if isinstance(s := rep.get("selection_stability"), dict) and sk in s
+            ]
+        out[key] = _mean_sd(vals)
+    return out
+
+
+def _stab_fmt(d: dict[str, float] | None, digits: int = 1) -> str:
+    return "–" if d is None else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
+
+
+def stability_md(rows: Sequence[dict[str, Any]]) -> str:
+    header = [
+        "Task",
+        "Method",
+        "Seeds",
+        "Kept (mean ± std)",
+        "Mean pairwise overlap",
+        "Chance overlap",
+        "Kept-set changes per run",
+        "Last change (step)",
+    ]
+    body = []
+    for r in rows:
+        ov = "–" if r.get("overlap") is None else f"{r['overlap']:.3f} ({r['overlap_measure']})"
+        ch = "–" if r.get("chance_overlap") is None else f"{r['chance_overlap']:.3f}"
+        body.append(
+            [
+                r["task"],
+                METHODS.get(r["method"], r["method"]),
+                str(r["with_selection"]),
+                _stab_fmt(r.get("kept_size")),
+                ov,
+                ch,
+                _stab_fmt(r.get("selection_changes")),
+                _stab_fmt(r.get("selection_last_change_step")),
+            ]
+        )
+    note = (
+        "Across the seed re-runs of each cell's best configuration. Kept = adapters kept at the end (rank "
+        "methods: Σ of final ranks). Overlap: mean over pairs of seeds of the Jaccard index |A ∩ B| / |A ∪ B| "
+        "of the kept sets; for ROLoRA / AdaLoRA the weighted Jaccard index Σ min(r_a, r_b) / Σ max(r_a, r_b) of "
+        "the final ranks. Chance overlap: the expected Jaccard index of two uniform random draws of the same K "
+        "of n. Changes / last change: how often a run's kept set (non-zero gates while WeightLoRA selects; "
+        "ranks for ROLoRA) changed and the optimizer step of its last change, from the runs' "
+        "`selection_changes` / `selection_last_change_step` metrics (– when the runs did not log them)."
+    )
+    return _md_table(header, body) + "\n" + note + "\n"
+
+
 # ----- learning curves -----
 
 
@@ -683,7 +833,15 @@ def _cost_md(c: dict[str, Any]) -> str:
 # ----- entry point -----
 
 
-def build_report(tracking_uri: str, parent_run_id: str, out_dir: str | Path) -> dict[str, Any]:
+def build_report(
+    tracking_uri: str,
+    parent_run_id: str,
+    out_dir: str | Path,
+    *,
+    margin: float = claims_mod.MARGIN,
+    n_boot: int = claims_mod.N_BOOTSTRAP,
+    boot_seed: int = 0,
+) -> dict[str, Any]:
     """Build every table and plot of a sweep from its MLflow parent run; write them to ``out_dir`` and
     log them as artifacts of the parent run under ``report/``.
 
@@ -750,6 +908,59 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: str | Path) -> 
         paths["selection_overview"] = out / "selection_overview.png"
         meta["selection_overview"] = plot_selection_overview(grids, paths["selection_overview"])
 
+    # 3b) selection stability across the seed re-runs of each cell
+    paths["stability"] = []
+    stab_rows: list[dict[str, Any]] = []
+    seed_runs: dict[tuple[str, str], list[RunInfo]] = defaultdict(list)
+    for r in children:
+        if r.role == "seed_run" and r.status != "failed":
+            seed_runs[(r.method, r.task)].append(r)
+    with tempfile.TemporaryDirectory() as tmp:
+        for (method, task), runs in sorted(seed_runs.items()):
+            if method not in SELECTION_METHODS:
+                continue
+            reps = [_download_json(client, r.run_id, "selection.json", Path(tmp) / r.run_id) for r in runs]
+            row = {"task": task, **seed_stability(method, runs, reps)}
+            if row.get("values"):
+                fake = {
+                    row["field"]: row["values"],
+                    "n_adapters": row["n_adapters"],
+                    "selected_adapters": row["always"],
+                }
+                g = selection_grid(fake, (row["field"],))
+                if g is not None:
+                    slug = f"{task_key(task)}_{method}"
+                    p = out / f"stability_{slug}.png"
+                    ov = "–" if row["overlap"] is None else f"{row['overlap']:.2f}"
+                    if row.get("chance_overlap") is not None:
+                        ov += f", random draws {row['chance_overlap']:.2f}"
+                    title = (
+                        f"{METHODS.get(method, method)} on {task}: {row['with_selection']} seeds\n"
+                        f"mean pairwise overlap {ov} (★ = kept by every seed)"
+                    )
+                    row["grid"] = plot_selection(g, title, p)
+                    paths["stability"].append(p)
+            stab_rows.append(row)
+    (out / "stability.json").write_text(json.dumps(stab_rows, indent=1, default=str))
+    (out / "stability.md").write_text(
+        stability_md(stab_rows) if stab_rows else "No seed re-runs of a selecting method.\n"
+    )
+    meta["stability"] = stab_rows
+
+    # 3c) the papers' claims, from the seed re-runs
+    scores = {k: [r.main for r in v if r.main is not None] for k, v in seed_runs.items()}
+    scores = {k: v for k, v in scores.items() if v}
+    params = {(c["method"], c["task"]): _params(c) for c in cells if c["source"] == "seed_runs"}
+    claim_rows = claims_mod.evaluate_claims(scores, params, margin=margin, n_boot=n_boot, seed=boot_seed)
+    if scores:
+        claims_text = claims_mod.claims_md(claim_rows, scores, METHODS, margin=margin, n_boot=n_boot, seed=boot_seed)
+    else:
+        claims_text = "No seed re-runs: the claims need `--seeds 2` or more.\n"
+    (out / "claims.md").write_text(claims_text)
+    (out / "claims.json").write_text(json.dumps(claim_rows, indent=1, default=str))
+    paths["claims"] = out / "claims.md"
+    meta["claims"] = claim_rows
+
     # 4) learning curves
     for task in _ordered({t for _, t in best}, list(TASKS), key=task_key):
         p = out / f"curves_{task_key(task)}.png"
@@ -783,6 +994,14 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: str | Path) -> 
         *(["![selection overview](selection_overview.png)", ""] if "selection_overview" in paths else []),
         *[f"![{p.stem}]({p.name})" for p in paths["selection"]],
         "",
+        "## The papers' claims (seed re-runs)",
+        "",
+        claims_text,
+        "## Selection stability across seeds",
+        "",
+        (out / "stability.md").read_text(),
+        *[f"![{p.stem}]({p.name})" for p in paths["stability"]],
+        "",
         "## Learning curves",
         "",
         *[f"![{p.stem}]({p.name})" for p in paths["curves"]],
@@ -806,9 +1025,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tracking-uri", required=True, help="MLflow tracking URI of the sweep (e.g. sqlite:///...)")
     ap.add_argument("--run-id", required=True, help="the sweep's parent run id")
     ap.add_argument("--out", default=None, help="output folder (default: runs/report-<run id prefix>)")
+    ap.add_argument(
+        "--margin",
+        type=float,
+        default=claims_mod.MARGIN,
+        help="non-inferiority margin δ of the '≈' / '≥' claims, in task-score units (default %(default)s)",
+    )
+    ap.add_argument("--bootstrap", type=int, default=claims_mod.N_BOOTSTRAP, help="bootstrap resamples")
+    ap.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap")
     args = ap.parse_args(argv)
+    if not (args.margin >= 0 and math.isfinite(args.margin)):
+        ap.error(f"--margin must be a finite number >= 0, got {args.margin}")
+    if args.bootstrap < 100:
+        ap.error(f"--bootstrap must be >= 100, got {args.bootstrap}")
     out = args.out or f"runs/report-{args.run_id[:8]}"
-    paths = build_report(args.tracking_uri, args.run_id, out)
+    paths = build_report(
+        args.tracking_uri,
+        args.run_id,
+        out,
+        margin=args.margin,
+        n_boot=args.bootstrap,
+        boot_seed=args.bootstrap_seed,
+    )
     print(Path(paths["table_md"]).read_text())
     print(f"report written to {out} and logged to run {args.run_id} (artifacts report/)")
     return paths

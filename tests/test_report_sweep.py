@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -112,3 +113,54 @@ def test_ui_lists_the_real_sweep(sweep):
     db = Path(sweep["uri"].removeprefix("sqlite:///"))
     shot = sweep["run_dir"] / "ui" / "experiment.png"  # under the run folder
     check_ui(db, parent.info.experiment_id, parent.info.run_name, [r.info.run_name for r in kids], shot)
+
+
+def test_selection_diagnostics_per_trial_and_across_seeds(sweep, rebuilt):
+    """Every trial logs its kept-set diagnostics to MLflow; the report compares the two seed re-runs of
+    each cell: keep frequency heatmap, mean pairwise Jaccard, and the claims section (WeightLoRA vs LoRA)."""
+    client = MlflowClient(sweep["uri"])
+    parent = client.get_run(sweep["parent"])
+    kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep['parent']}'")
+    done = [r for r in kids if r.data.tags["status"] != "failed"]
+    for r in done:
+        m = r.data.metrics
+        assert {"selection_changes", "selection_last_change_step", "selection_last_change_frac"} <= set(m)
+        evals = client.get_metric_history(r.info.run_id, "eval_main")
+        assert 0 <= m["selection_last_change_step"] <= max(e.step for e in evals)
+        hist = client.get_metric_history(r.info.run_id, "selection_changes")
+        assert sorted(h.step for h in hist) == sorted(e.step for e in evals)  # one per evaluation
+        if r.data.tags["method"] == "lora":  # plain LoRA never changes what it trains
+            assert m["selection_changes"] == 0
+        elif max(e.step for e in evals) >= 4:
+            # WeightLoRA (T = 4): the first non-zero projection or the removal at T changes the kept set,
+            # nothing after T (a trial stopped by ASHA inside its warm-up may not have changed it yet)
+            assert m["selection_changes"] >= 1 and 1 <= m["selection_last_change_step"] <= 4
+
+    [row] = rebuilt["meta"]["stability"]
+    seeds = [r for r in done if r.data.tags["wlora.role"] == "seed_run" and r.data.tags["method"] == "weightlora"]
+    kept = []
+    for r in seeds:
+        rep = json.loads(Path(client.download_artifacts(r.info.run_id, "selection.json")).read_text())
+        kept.append(set(rep["selected_adapters"]))
+        assert set(rep["selection_stability"]["kept"]) == kept[-1]
+    assert row["method"] == "weightlora" and row["with_selection"] == SEEDS
+    inter, union = kept[0] & kept[1], kept[0] | kept[1]
+    assert row["overlap"] == pytest.approx(len(inter) / len(union))
+    assert sorted(row["always"]) == sorted(inter)
+    assert sum(row["values"].values()) == pytest.approx(sum(len(k) for k in kept) / SEEDS)
+    assert row["selection_changes"]["n"] == SEEDS
+    assert row["grid"]["n_cells"] == 18 and sum(map(sum, row["grid"]["selected"])) == len(inter)
+    assert_png(rebuilt["stability"][0])
+
+    [a] = [c for c in rebuilt["meta"]["claims"] if c["claim"] == "a"]
+    lora = [
+        r.data.metrics["eval_main"]
+        for r in done
+        if r.data.tags["wlora.role"] == "seed_run" and r.data.tags["method"] == "lora"
+    ]
+    wl = [r.data.metrics["eval_main"] for r in seeds]
+    assert a["task"] == "rte" and a["diff"] == pytest.approx(np.mean(wl) - np.mean(lora))
+    assert a["verdict"] in ("held", "not shown", "contradicted") and a["lo"] <= a["diff"] <= a["hi"]
+    assert 0 < a["params_ratio"] < 1
+    text = rebuilt["report_md"].read_text()
+    assert "## The papers' claims" in text and "| (a) WeightLoRA ≈ LoRA" in text

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from wlora.core.accounting import count_parameters
+from wlora.core.stability import SelectionTracker
 from wlora.engine import NonFiniteLossError
 from wlora.evaluation import evaluate
 from wlora.modeling import build_run, prepare_run
@@ -98,12 +99,17 @@ def run_training(
     engine.autocast = accelerator.autocast
     engine.grad_scaler = accelerator.scaler
     history: list[dict[str, float]] = []
+    # Changes of the kept set (adapters / ranks) after every optimizer step; see wlora.core.stability.
+    tracker = SelectionTracker()
     if resume_from is not None:
         state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         if state["config"] != _jsonable(cfg.to_flat()):
             raise ValueError(f"checkpoint {resume_from} was written by a different config")
         engine.load_state_dict(state["engine"])
         history = list(state["history"])
+        if state.get("selection_tracker") is not None:
+            tracker.load_state_dict(state["selection_tracker"])
+    tracker.observe(engine.step, method.kept_adapters())
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     wants_ckpt = report is not None and _wants_checkpoint(report)
@@ -111,7 +117,12 @@ def run_training(
     def save_checkpoint(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(
-            {"engine": engine.state_dict(), "history": history, "config": _jsonable(cfg.to_flat())},
+            {
+                "engine": engine.state_dict(),
+                "history": history,
+                "config": _jsonable(cfg.to_flat()),
+                "selection_tracker": tracker.state_dict(),
+            },
             folder / CHECKPOINT_FILE,
         )
 
@@ -134,6 +145,7 @@ def run_training(
         train_time += dt
         step_times.append(dt)
         losses.append(loss)
+        tracker.observe(engine.step, method.kept_adapters())
         examples += sum(len(mb["input_ids"]) for mb in micro)
         if not schedule.evaluates(engine.step):
             continue
@@ -153,6 +165,7 @@ def run_training(
             step_time_s=float(np.mean(step_times)),
             examples_per_s=examples / max(sum(step_times), 1e-9),
             peak_mem_mb=_peak_memory_mb(device),
+            **tracker.metrics(total),
         )
         history.append(metrics)
         losses, step_times, examples = [], [], 0
@@ -171,7 +184,7 @@ def run_training(
         error=error,
         metrics=dict(history[-1]) if history else {},
         history=history,
-        method_report=_jsonable(method.report()),
+        method_report=_jsonable({**method.report(), "selection_stability": tracker.summary()}),
         steps=engine.step,
         total_steps=total,
         train_time_s=train_time,

@@ -99,6 +99,11 @@ class Controller:
     def adapter_param_count(self) -> int:
         return sum(layer.adapter_numel() for layer in self.layers.values())
 
+    def kept_adapters(self) -> dict[str, int]:
+        """The adapters that currently train parameters of their own, with their (non-zero) ranks (what
+        :class:`~wlora.core.stability.SelectionTracker` watches; methods that select override it)."""
+        return {n: int(layer.r) for n, layer in self.layers.items() if layer.r > 0}
+
     # ----- optimizer -----
 
     def self_managed_params(self) -> list[nn.Parameter]:

@@ -51,6 +51,13 @@ class GatedSelection(Controller):
     def current_k(self) -> int:
         return self.k_stages[min(self.stage, self.stages - 1)]
 
+    def kept_adapters(self) -> dict[str, int]:
+        """While the gates train: the adapters whose gate is non-zero after the last projection."""
+        if self.selected:
+            return super().kept_adapters()
+        nonzero = (self.sgd.values() != 0).tolist()
+        return {n: int(layer.r) for (n, layer), nz in zip(self.layers.items(), nonzero, strict=True) if nz}
+
     def on_train_begin(self, optimizer: torch.optim.Optimizer) -> None:
         # T = 0: nothing trains the gates, so every stage ends before the first step. The ranking is
         # then by adapter order (all gates tie at 1) — a fixed selection, documented in the config.

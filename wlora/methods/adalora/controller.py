@@ -96,6 +96,10 @@ class AdaLoRAController(Controller):
         by_module = {k.split(".lora_E")[0]: int(sum(bool(b) for b in v)) for k, v in pattern.items()}
         return {n: by_module.get(n, self.init_r) for n in self.target_names}
 
+    def kept_adapters(self) -> dict[str, int]:
+        """Modules with a non-zero allocated rank, and that rank."""
+        return {n: r for n, r in self.ranks().items() if r > 0}
+
     def export_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
         """``(A_kept, B_kept diag(E_kept), α / (ranknum + 1e-5))`` per module; triplets with E = 0 are left out."""
         out = {}

@@ -197,6 +197,12 @@ class LoRADropController(Controller):
         if optimizer is not None:
             set_params(optimizer, self.optimizer_params())  # the order a fresh optimizer would have
 
+    def kept_adapters(self) -> dict[str, int]:
+        """All n adapters during the importance run, then the modules keeping their own LoRA."""
+        if self.phase == "importance":
+            return super().kept_adapters()
+        return {n: int(self.layers[n].r) for n in self.kept}
+
     # ----- sizes / state / report -----
 
     def adapter_param_count(self) -> int:

@@ -1,0 +1,202 @@
+"""The claims' statistics on synthetic scores with known answers, and the claims / stability sections of
+the report on an MLflow store written with the sweep's schema (seed re-runs with and without the
+per-run stability metrics)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps import claims, report
+from tests.test_report import NAMES, _child, assert_png
+from wlora.core.stability import chance_jaccard, jaccard
+
+# ----- statistics -----
+
+
+def test_welch_matches_the_formula_and_scipy():
+    from scipy import stats
+
+    x = [0.81, 0.83, 0.80, 0.84]
+    y = [0.78, 0.80, 0.79, 0.77, 0.76]
+    w = claims.welch(x, y)
+    vx, vy = np.var(x, ddof=1) / 4, np.var(y, ddof=1) / 5
+    assert w["se"] == pytest.approx(math.sqrt(vx + vy))
+    assert w["df"] == pytest.approx((vx + vy) ** 2 / (vx**2 / 3 + vy**2 / 4))
+    ref = stats.ttest_ind(x, y, equal_var=False)
+    assert w["t"] == pytest.approx(ref.statistic) and w["p"] == pytest.approx(ref.pvalue)
+    d = np.mean(x) - np.mean(y)
+    assert (w["lo"] + w["hi"]) / 2 == pytest.approx(d)
+    # shifted copies: the difference is the shift, p small for a large shift relative to the spread
+    base = [0.5, 0.52, 0.49, 0.51]
+    w2 = claims.welch([b + 0.1 for b in base], base)
+    assert w2["lo"] < 0.1 < w2["hi"] and w2["p"] < 1e-4
+    # no variance: the difference is exact
+    w3 = claims.welch([0.7, 0.7], [0.6, 0.6])
+    assert (w3["lo"], w3["hi"], w3["p"]) == (pytest.approx(0.1), pytest.approx(0.1), 0.0)
+
+
+def test_bootstrap_interval_is_seeded_and_covers_the_true_difference():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(0.50, 0.01, 60), rng.normal(0.40, 0.01, 60)
+    lo, hi = claims.bootstrap_diff(x, y, n_boot=4000, seed=3)
+    assert (lo, hi) == claims.bootstrap_diff(x, y, n_boot=4000, seed=3)
+    assert lo < 0.1 < hi and lo > 0.09 and hi < 0.11
+    # its width matches the normal approximation 2·1.96·SE within 15 %
+    se = math.sqrt(np.var(x, ddof=1) / 60 + np.var(y, ddof=1) / 60)
+    assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.15)
+    # constant samples: a point interval
+    assert claims.bootstrap_diff([2.0, 2.0, 2.0], [1.5, 1.5]) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "kind", "want"),
+    [
+        (0.01, 0.05, "better", "held"),
+        (-0.01, 0.05, "better", "not shown"),
+        (-0.05, -0.01, "better", "contradicted"),
+        (-0.005, 0.02, "noninferior", "held"),  # within δ = 0.01
+        (-0.02, 0.02, "noninferior", "not shown"),
+        (-0.05, -0.02, "noninferior", "contradicted"),
+    ],
+)
+def test_verdict_rule(lo, hi, kind, want):
+    assert claims.verdict(lo, hi, kind, margin=0.01) == want
+
+
+def test_evaluate_claims_on_constructed_scores():
+    rng = np.random.default_rng(0)
+    noise = lambda: rng.normal(0, 0.002, 4)  # noqa: E731
+    lora = 0.85 + noise()
+    scores = {
+        ("lora", "sst2"): list(lora),
+        ("weightlora", "sst2"): list(0.85 + noise()),  # ≈ LoRA
+        ("random_select", "sst2"): list(0.78 + noise()),  # clearly worse than WeightLoRA
+        ("weightlora_plus", "sst2"): list(0.70 + noise()),  # clearly worse than both
+        ("lora", "stsb"): [0.80],  # one seed: not testable
+        ("weightlora", "stsb"): [0.80, 0.81],
+    }
+    params = {("lora", "sst2"): 100.0, ("weightlora", "sst2"): 25.0}
+    rows = claims.evaluate_claims(scores, params, margin=0.01, n_boot=2000)
+    by = {(r["claim"], r["task"]): r for r in rows}
+    a = by[("a", "sst2")]
+    assert a["verdict"] == "held" and a["params_ratio"] == 0.25 and abs(a["diff"]) < 0.01
+    assert a["diff"] == pytest.approx(np.mean(scores[("weightlora", "sst2")]) - np.mean(lora))
+    b = by[("b", "sst2")]
+    assert b["verdict"] == "held" and b["diff"] == pytest.approx(0.07, abs=0.01) and b["p"] < 1e-3
+    assert by[("c1", "sst2")]["verdict"] == "contradicted" and by[("c2", "sst2")]["verdict"] == "contradicted"
+    assert by[("a", "stsb")]["verdict"] == "not testable"
+    # the same scores with WeightLoRA training as many parameters as LoRA: (a) is contradicted
+    rows = claims.evaluate_claims(scores, {("lora", "sst2"): 100.0, ("weightlora", "sst2"): 100.0}, n_boot=500)
+    assert next(r for r in rows if (r["claim"], r["task"]) == ("a", "sst2"))["verdict"] == "contradicted"
+    assert claims.summarize(rows)["b"] == {"held": 1, "not testable": 1}  # STS-B has no random-select runs
+    md = claims.claims_md(rows, scores, report.METHODS, n_boot=500)
+    assert "δ = 0.01" in md and "**held**" in md and "not testable" in md and "(n=4)" in md
+
+
+# ----- the report's claims and stability sections -----
+
+
+def _seed_store(tmp):
+    """Seed re-runs on SST-2: LoRA, WeightLoRA (K = 4 of 18; logs the per-run stability metrics),
+    random selection (older runs: no stability metrics, no tracker summary) and ROLoRA (ranks)."""
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("wlora-glue", artifact_location=(tmp / "artifacts").as_uri())
+    parent = client.create_run(exp, run_name="seeded", tags={"wlora.role": "sweep", "wlora.sweep_name": "s"}).info
+    parent = parent.run_id
+    wl_sets = [NAMES[:4], NAMES[:4], NAMES[2:6]]
+    rs_sets = [NAMES[0:4], NAMES[4:8], NAMES[8:12]]
+    ranks = [dict.fromkeys(NAMES, 8), {**dict.fromkeys(NAMES, 8), NAMES[0]: 4, NAMES[1]: 12}, dict.fromkeys(NAMES, 8)]
+    mains = {
+        "lora": [0.85, 0.86, 0.84],
+        "weightlora": [0.85, 0.855, 0.845],
+        "random_select": [0.80, 0.79, 0.81],
+        "rolora": [0.83, 0.84, 0.82],
+    }
+    params = {"lora": 55296, "weightlora": 12288, "random_select": 12288, "rolora": 55296}
+    for method, values in mains.items():
+        for seed, v in enumerate(values):
+            ms = {"eval_main": v, "eval_accuracy": v}
+            art = {"method": method, "n_adapters": 18}
+            if method == "weightlora":
+                ms.update(selection_changes=1.0 + seed, selection_last_change_step=2.0 + seed)
+                art.update(selected_adapters=wl_sets[seed], selection_scores=dict.fromkeys(NAMES, 0.1))
+                art["selection_stability"] = {"changes": 1 + seed, "kept": dict.fromkeys(wl_sets[seed], 8)}
+            elif method == "random_select":
+                art.update(selected_adapters=rs_sets[seed], drawn_adapters=rs_sets[seed])
+            elif method == "rolora":
+                art["ranks"] = ranks[seed]
+            else:
+                art["ranks"] = dict.fromkeys(NAMES, 8)
+            _child(
+                client,
+                exp,
+                parent,
+                f"{method}-seed{seed}",
+                {"wlora.role": "seed_run", "method": method, "task": "sst2", "status": "completed", "seed": str(seed)},
+                {"lr": "0.001", "r": "8"},
+                [(10, ms)],
+                {
+                    "method_params": params[method],
+                    "active_adapters": 4 if "select" in method or "weight" in method else 18,
+                },
+                artifact=art,
+                tmp=tmp,
+            )
+    return uri, parent, {"wl": wl_sets, "rs": rs_sets, "ranks": ranks, "mains": mains}
+
+
+def test_report_claims_and_stability_from_seed_runs(tmp_path):
+    uri, parent, want = _seed_store(tmp_path)
+    out = report.build_report(uri, parent, tmp_path / "out", n_boot=1000)
+    stab = {r["method"]: r for r in out["meta"]["stability"]}
+    assert set(stab) == {"weightlora", "random_select", "rolora"}
+
+    wl = stab["weightlora"]
+    sets = want["wl"]
+    pairs = [jaccard(sets[0], sets[1]), jaccard(sets[0], sets[2]), jaccard(sets[1], sets[2])]
+    assert wl["overlap"] == pytest.approx(np.mean(pairs)) and wl["chance_overlap"] == pytest.approx(
+        chance_jaccard(18, 4)
+    )
+    assert wl["values"][NAMES[0]] == pytest.approx(2 / 3) and wl["values"][NAMES[2]] == 1.0
+    assert wl["values"][NAMES[17]] == 0.0 and wl["always"] == NAMES[2:4]
+    assert wl["selection_changes"] == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert wl["selection_last_change_step"]["mean"] == 3.0
+    # the heatmap has the selection heatmap's shape: 6 layers × query/key/value, ★ = kept by every seed
+    grid = wl["grid"]
+    assert grid["n_cells"] == 18 and grid["modules"] == ["query", "key", "value"]
+    assert sum(map(sum, grid["selected"])) == 2 and grid["values"][0][0] == pytest.approx(2 / 3)
+    assert_png(tmp_path / "out" / "stability_sst2_weightlora.png")
+
+    rs = stab["random_select"]  # disjoint draws; no per-run metrics logged: those columns are left out
+    assert rs["overlap"] == 0.0 and rs["selection_changes"] is None and rs["selection_last_change_step"] is None
+
+    ro = stab["rolora"]
+    r = want["ranks"]
+    wj = (16 * 8 + 4 + 8) / (16 * 8 + 8 + 12)  # seeds 0 and 1 (and 1 and 2) differ on two of 18 modules
+    assert ro["overlap"] == pytest.approx((wj + 1.0 + wj) / 3) and "weighted Jaccard" in ro["overlap_measure"]
+    assert ro["values"][NAMES[1]] == pytest.approx((8 + 12 + 8) / 3) and r[1][NAMES[0]] == 4
+
+    # claims: (a) and (b) testable on SST-2, (c) has no WeightLoRA+ runs
+    by = {c["claim"]: c for c in out["meta"]["claims"]}
+    assert by["a"]["diff"] == pytest.approx(np.mean(want["mains"]["weightlora"]) - np.mean(want["mains"]["lora"]))
+    assert by["a"]["params_ratio"] == pytest.approx(12288 / 55296)
+    assert by["b"]["verdict"] == "held" and by["b"]["diff"] == pytest.approx(0.05)
+    assert by["c1"]["verdict"] == "not testable"
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## The papers' claims" in text and "## Selection stability across seeds" in text
+    assert "stability_sst2_weightlora.png" in text
+    assert json.loads((tmp_path / "out" / "claims.json").read_text())[0]["claim"] == "a"
+    # the seeded table: mean ± std of the seed re-runs
+    assert "±" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_report_cli_rejects_bad_margin(capsys):
+    with pytest.raises(SystemExit):
+        report.main(["--tracking-uri", "sqlite:///x.db", "--run-id", "r", "--margin", "-1"])
+    assert "--margin" in capsys.readouterr().err

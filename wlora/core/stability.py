@@ -1,0 +1,145 @@
+"""How stable a method's adapter selection is, within one run and across seeds.
+
+Within a run, :class:`SelectionTracker` watches the method's kept set (``Controller.kept_adapters()``: adapter
+name → rank of every adapter that currently trains parameters of its own) after every optimizer step
+and counts how often it changed and when it last did. What "kept" means per method:
+
+* WeightLoRA / WeightLoRA+: while the gates train, the adapters whose gate is non-zero after the
+  step's top-K projection; after selection, the surviving adapters.
+* random selection (RLoRA): all n adapters until T, then the K drawn ones.
+* LoRA-drop: all n adapters during the importance run, then the modules keeping their own LoRA.
+* ROLoRA: every adapter with its allocated rank r_i (a change = any r_i changed).
+
+Across seeds, :func:`mean_pairwise_overlap` compares the final kept sets of runs that differ only in
+their seed: the Jaccard index |A ∩ B| / |A ∪ B| of the name sets, or for ranks the weighted Jaccard
+(Ruzicka) index Σ_i min(a_i, b_i) / Σ_i max(a_i, b_i), which equals the Jaccard index when every rank
+is 0 or 1. :func:`chance_jaccard` is the expected Jaccard index of two independent uniform draws of
+K of n adapters — what a selection that ignores the data would score.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+#: Change steps kept in a run's summary (the count and the last step are always exact).
+MAX_CHANGE_STEPS = 64
+
+
+class SelectionTracker:
+    """Counts the changes of a kept set over the optimizer steps of one run.
+
+    The first :meth:`observe` sets the baseline (the kept set the run starts with); every later call
+    whose kept set (names and ranks) differs from the previous one counts as a change at that step.
+    """
+
+    def __init__(self) -> None:
+        self.kept: dict[str, int] | None = None
+        self.changes = 0
+        self.last_change_step = 0
+        self.change_steps: list[int] = []
+
+    def observe(self, step: int, kept: Mapping[str, int]) -> bool:
+        """Record the kept set after optimizer step ``step``; returns True if it changed."""
+        now = {str(k): int(v) for k, v in kept.items()}
+        if self.kept is None:
+            self.kept = now
+            return False
+        if now == self.kept:
+            return False
+        self.kept = now
+        self.changes += 1
+        self.last_change_step = int(step)
+        if len(self.change_steps) < MAX_CHANGE_STEPS:
+            self.change_steps.append(int(step))
+        return True
+
+    def metrics(self, total_steps: int) -> dict[str, float]:
+        """Per-evaluation run metrics: change count, last change step and its share of the run."""
+        return {
+            "selection_changes": float(self.changes),
+            "selection_last_change_step": float(self.last_change_step),
+            "selection_last_change_frac": self.last_change_step / max(1, total_steps),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "changes": self.changes,
+            "last_change_step": self.last_change_step,
+            "change_steps": list(self.change_steps),
+            "change_steps_truncated": self.changes > len(self.change_steps),
+            "kept": dict(self.kept or {}),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kept": None if self.kept is None else dict(self.kept),
+            "changes": self.changes,
+            "last_change_step": self.last_change_step,
+            "change_steps": list(self.change_steps),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.kept = None if state["kept"] is None else {str(k): int(v) for k, v in state["kept"].items()}
+        self.changes = int(state["changes"])
+        self.last_change_step = int(state["last_change_step"])
+        self.change_steps = [int(s) for s in state["change_steps"]]
+
+
+# ----- overlap across seeds -----
+
+
+def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
+    """|A ∩ B| / |A ∪ B|; two empty sets are identical (1)."""
+    sa, sb = set(a), set(b)
+    union = sa | sb
+    return 1.0 if not union else len(sa & sb) / len(union)
+
+
+def weighted_jaccard(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    """Ruzicka similarity Σ min(a_i, b_i) / Σ max(a_i, b_i) over the union of keys (missing = 0);
+    1 when both are all zero. Values must be >= 0."""
+    keys = set(a) | set(b)
+    if any(float(v) < 0 for v in (*a.values(), *b.values())):
+        raise ValueError("weighted_jaccard needs non-negative values (ranks)")
+    hi = sum(max(float(a.get(k, 0)), float(b.get(k, 0))) for k in keys)
+    lo = sum(min(float(a.get(k, 0)), float(b.get(k, 0))) for k in keys)
+    return 1.0 if hi == 0 else lo / hi
+
+
+def mean_pairwise_overlap(kept: Sequence[Iterable[str] | Mapping[str, float]]) -> float | None:
+    """Mean over all pairs of runs of :func:`jaccard` (name sets) or :func:`weighted_jaccard`
+    (name → rank mappings); None for fewer than two runs."""
+    if len(kept) < 2:
+        return None
+    vals = []
+    for a, b in itertools.combinations(kept, 2):
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            vals.append(weighted_jaccard(a, b))
+        else:
+            vals.append(jaccard(a, b))
+    return sum(vals) / len(vals)
+
+
+def keep_frequency(kept: Sequence[Iterable[str]], names: Iterable[str] = ()) -> dict[str, float]:
+    """Share of runs that kept each adapter (``names`` adds adapters never kept, at 0)."""
+    sets = [set(k) for k in kept]
+    if not sets:
+        return {n: 0.0 for n in names}
+    every = set(names).union(*sets)
+    return {n: sum(n in s for s in sets) / len(sets) for n in sorted(every)}
+
+
+def chance_jaccard(n: int, k: int) -> float:
+    """E[|A ∩ B| / |A ∪ B|] for two independent uniform K-subsets of n items.
+
+    |A ∩ B| = j is hypergeometric: C(k, j)·C(n−k, k−j) / C(n, k); |A ∪ B| = 2k − j."""
+    from math import comb
+
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got n={n}, k={k}")
+    if k == 0:
+        return 1.0
+    total = comb(n, k)
+    return sum(comb(k, j) * comb(n - k, k - j) / total * j / (2 * k - j) for j in range(0, k + 1))
