@@ -932,11 +932,16 @@ def build_report(
                     slug = f"{task_key(task)}_{method}"
                     p = out / f"stability_{slug}.png"
                     ov = "–" if row["overlap"] is None else f"{row['overlap']:.2f}"
-                    if row.get("chance_overlap") is not None:
-                        ov += f", random draws {row['chance_overlap']:.2f}"
+                    chance = row.get("chance_overlap")
+                    # three short lines: the heatmap is only three module types wide
                     title = (
                         f"{METHODS.get(method, method)} on {task}: {row['with_selection']} seeds\n"
-                        f"mean pairwise overlap {ov} (★ = kept by every seed)"
+                        f"mean pairwise overlap {ov}\n"
+                        + (
+                            f"(random draws {chance:.2f}; ★ = kept by every seed)"
+                            if chance is not None
+                            else "(★ = kept by every seed)"
+                        )
                     )
                     row["grid"] = plot_selection(g, title, p)
                     paths["stability"].append(p)
