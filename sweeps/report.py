@@ -16,7 +16,8 @@ at the end; ``selection_changes`` / ``selection_last_change_step`` by step where
 
 What is written to ``out_dir`` and logged under the parent run's ``report/`` artifacts:
 
-* ``table.md`` / ``table.csv`` — method × task, main metric (mean ± std over seed re-runs when there
+* ``table.md`` / ``table.csv`` — (method, rank) × task (:mod:`sweeps.table`, the same table the sweep
+  writes to ``results/``), main metric (mean ± std over seed re-runs when there
   are any, else the best trial), ``# Params`` (what the method trains besides the task head, and its
   share of the base model, as the papers count it) and the average column, as in the
   WeightLoRA paper's Tables 1/2; ``table_long.csv`` has every cell with its run ids and settings.
@@ -43,7 +44,6 @@ What is written to ``out_dir`` and logged under the parent run's ``report/`` art
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import re
@@ -51,7 +51,6 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,32 +63,23 @@ from mlflow.tracking import MlflowClient
 
 from sweeps import claims as claims_mod
 from sweeps.results import pareto_front
+from sweeps.table import (  # the one results table and the store reader it shares with the report
+    MAIN,
+    METHODS,
+    STATUS_OK,
+    TASKS,
+    RunInfo,
+    best_trials,
+    load_children,
+    md_table,
+    mean_std,
+    seed_runs_by_method,
+    task_key,
+    write_table,
+)
+from sweeps.table import ordered as _ordered
 from wlora.core.stability import chance_jaccard, keep_frequency, mean_pairwise_overlap
 from wlora.registry import METHODS as REGISTRY
-from wlora.run_config import OBJECTIVE
-
-#: The objective every trial logs (the task's main dev score; higher is better).
-MAIN = OBJECTIVE
-
-#: Row order and display names (the papers' order: references first, then the proposed methods), from the registry.
-METHODS: dict[str, str] = {
-    spec.slug: spec.label or spec.slug for spec in sorted(REGISTRY.values(), key=lambda spec: spec.table_order)
-}
-
-#: Column order and headers: the papers' order, each task's reported metric(s) (``eval_<name>``).
-TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "mnli": ("MNLI Acc", ("accuracy",)),
-    "sst2": ("SST-2 Acc", ("accuracy",)),
-    "cola": ("CoLA Mcc", ("matthews_corrcoef",)),
-    "qqp": ("QQP Acc/F1", ("accuracy", "f1")),
-    "qnli": ("QNLI Acc", ("accuracy",)),
-    "rte": ("RTE Acc", ("accuracy",)),
-    "mrpc": ("MRPC Acc/F1", ("accuracy", "f1")),
-    "stsb": ("STS-B Pear/Spear", ("pearson", "spearman")),
-}
-
-#: Other spellings of a metric a runner may log (``eval_mcc`` for ``eval_matthews_corrcoef``).
-METRIC_ALIASES = {"matthews_corrcoef": ("mcc", "matthews"), "pearson": ("pearsonr",), "spearman": ("spearmanr",)}
 
 #: Methods whose best trial gets a selection heatmap, and which report field colours it (from the registry).
 SELECTION_METHODS: dict[str, tuple[str, ...]] = {
@@ -107,273 +97,13 @@ RANK_METHODS = ("rolora", "adalora")
 #: Per-run selection diagnostics the runner logs at every evaluation (see wlora.core.stability).
 STABILITY_METRICS = ("selection_changes", "selection_last_change_step")
 
-#: Methods that keep K of the n adapters: their row label gives K (from ``active_adapters``).
-K_METHODS = tuple(slug for slug, spec in REGISTRY.items() if spec.keeps_k)
 
-STATUS_OK = ("completed", "asha_stopped", "running")
-
-
-def task_key(task: str) -> str:
-    """``SST-2`` / ``sst2`` / ``STS-B`` → the key used in :data:`TASKS`."""
-    return task.lower().replace("-", "").replace("_", "")
-
-
-# ----- reading the store -----
-
-
-@dataclass
-class RunInfo:
-    """One child run, flattened: what the report needs from MLflow."""
-
-    run_id: str
-    name: str
-    role: str
-    method: str
-    task: str
-    seed: str
-    status: str
-    params: dict[str, str]
-    metrics: dict[str, float]
-    start_ms: int | None
-    end_ms: int | None
-    artifacts: list[str] = field(default_factory=list)
-
-    def final(self, key: str) -> float | None:
-        """A metric's value at the end of the run: ``final_<key>`` (logged once when the trial ends)
-        if present, else the last logged ``<key>``."""
-        v = self.metrics.get(f"final_{key}", self.metrics.get(key))
-        return None if v is None or not math.isfinite(v) else float(v)
-
-    @property
-    def main(self) -> float | None:
-        v = self.metrics.get(MAIN)
-        return None if v is None or not math.isfinite(v) else float(v)
-
-    @property
-    def seconds(self) -> float:
-        if self.start_ms is None:
-            return 0.0
-        end = self.end_ms if self.end_ms else int(time.time() * 1000)
-        return max(0.0, (end - self.start_ms) / 1000.0)
-
-
-def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def load_children(client: MlflowClient, parent_run_id: str) -> tuple[Any, list[RunInfo]]:
-    """The parent run and its direct children (trials and seed re-runs)."""
-    parent = client.get_run(parent_run_id)
-    runs = _search_all(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}'")
-    out = []
-    for r in runs:
-        t = r.data.tags
-        status = t.get("status") or ("completed" if r.info.status == "FINISHED" else r.info.status.lower())
-        out.append(
-            RunInfo(
-                run_id=r.info.run_id,
-                name=r.info.run_name or t.get("mlflow.runName", r.info.run_id[:8]),
-                role=t.get("wlora.role", "trial"),
-                method=t.get("method", r.data.params.get("method", "?")),
-                task=t.get("task", r.data.params.get("task", "?")),
-                seed=t.get("seed", r.data.params.get("seed", "")),
-                status=status,
-                params=dict(r.data.params),
-                metrics=dict(r.data.metrics),
-                start_ms=r.info.start_time,
-                end_ms=r.info.end_time,
-            )
-        )
-    out.sort(key=lambda x: (x.start_ms or 0, x.name))
-    return parent, out
-
-
-def _ordered(keys: Iterable[str], order: Sequence[str], key=lambda s: s) -> list[str]:
-    rank = {k: i for i, k in enumerate(order)}
-    return sorted(set(keys), key=lambda k: (rank.get(key(k), len(rank)), k))
-
-
-def best_trials(trials: Sequence[RunInfo]) -> dict[tuple[str, str], RunInfo]:
-    """Best trial per (method, task) by ``eval_main``; completed trials first, ASHA-stopped/running
-    ones only when no trial of that cell completed. Failed trials never count."""
-    best: dict[tuple[str, str], RunInfo] = {}
-    for t in trials:
-        if t.role != "trial" or t.status not in STATUS_OK or t.main is None:
-            continue
-        key = (t.method, t.task)
-        cur = best.get(key)
-        rank_new = (t.status == "completed", t.main)
-        if cur is None or rank_new > (cur.status == "completed", cur.main):
-            best[key] = t
-    return best
-
-
-# ----- the table -----
-
-
-def _metric(run: RunInfo, name: str) -> float | None:
-    for n in (name, *METRIC_ALIASES.get(name, ())):
-        v = run.metrics.get(f"eval_{n}")
-        if v is not None and math.isfinite(v):
-            return float(v)
-    return None
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-
-
-def table_cells(children: Sequence[RunInfo]) -> list[dict[str, Any]]:
-    """One record per (method, task): main metric mean/std over seed re-runs (if any), else the best
-    trial's value (n = 1); the task's reported metrics likewise; trainable params of those runs."""
-    best = best_trials(children)
-    seeds: dict[tuple[str, str], list[RunInfo]] = defaultdict(list)
-    for r in children:
-        if r.role == "seed_run" and r.main is not None and r.status != "failed":
-            seeds[(r.method, r.task)].append(r)
-    cells = []
-    for key in sorted(set(best) | set(seeds)):
-        runs = seeds.get(key) or [best[key]]
-        method, task = key
-        names = TASKS.get(task_key(task), (task, ()))[1]
-        rec: dict[str, Any] = {
-            "method": method,
-            "task": task,
-            "source": "seed_runs" if key in seeds else "best_trial",
-            "n": len(runs),
-            "seeds": ",".join(str(r.seed) for r in runs),
-            "run_ids": ",".join(r.run_id for r in runs),
-        }
-        rec["main_mean"], rec["main_std"] = _mean_std([r.main for r in runs])
-        for name in names:
-            vals = [v for v in (_metric(r, name) for r in runs) if v is not None]
-            if len(vals) == len(runs):
-                rec[f"{name}_mean"], rec[f"{name}_std"] = _mean_std(vals)
-        for m in ("trainable_params", "trainable_pct", "method_params", "method_pct", "active_adapters"):
-            vals = [v for r in runs if (v := r.final(m)) is not None]
-            rec[m] = float(np.mean(vals)) if vals else None
-        src = best.get(key, runs[0])
-        for p in ("r", "k", "k_fraction", "lr", "t", "lr_w", "warmup_steps"):
-            rec[p] = src.params.get(p, "")
-        cells.append(rec)
-    return cells
-
-
-def _params(cell: dict[str, Any], pct: bool = False) -> float | None:
-    """# Params of a cell: trainable parameters besides the task head (runs logged before that metric
-    existed fall back to every trainable parameter)."""
-    new, old = ("method_pct", "trainable_pct") if pct else ("method_params", "trainable_params")
-    return cell.get(new) if cell.get(new) is not None else cell.get(old)
+# ----- Pareto -----
 
 
 def _final_params(t: RunInfo) -> float | None:
     v = t.final("method_params")
     return v if v is not None else t.final("trainable_params")
-
-
-def _fmt_params(n: float | None, pct: float | None) -> str:
-    if n is None:
-        return "–"
-    if n >= 1e6:
-        s = f"{n / 1e6:.2f}M"
-    elif n >= 1e3:
-        s = f"{n / 1e3:.1f}K"
-    else:
-        s = f"{n:.0f}"
-    return f"{s} ({pct:.3g}%)" if pct is not None else s
-
-
-def _fmt(mean: float, std: float, n: int) -> str:
-    return f"{mean:.4f}±{std:.4f}" if n > 1 else f"{mean:.4f}"
-
-
-def _uniform(values: Iterable[str]) -> str | None:
-    vals = {v for v in values if v not in ("", None)}
-    return vals.pop() if len(vals) == 1 else None
-
-
-def build_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
-    """The wide table: rows = methods, columns = # Params, one per task, Avg.
-
-    Returns (markdown header, markdown rows, csv rows). The average is over the tasks a method has
-    results for; ``Avg`` is left empty when a method lacks a task present in the table (an average
-    over different task sets would not compare)."""
-    methods = _ordered((c["method"] for c in cells), list(METHODS))
-    tasks = _ordered((c["task"] for c in cells), list(TASKS), key=task_key)
-    by = {(c["method"], c["task"]): c for c in cells}
-    header = ["Method", "# Params", *[TASKS.get(task_key(t), (t,))[0] for t in tasks], "Avg"]
-    md_rows, csv_rows, avgs = [], [], {}
-    for m in methods:
-        row = [c for t in tasks if (c := by.get((m, t)))]
-        params = [p for c in row if (p := _params(c)) is not None]
-        pcts = [p for c in row if (p := _params(c, pct=True)) is not None]
-        label = METHODS.get(m, m)
-        settings = [f"{p}={v}" for p in ("r",) if (v := _uniform(c[p] for c in row))]
-        if m in K_METHODS and (k := _uniform(f"{c['active_adapters']:g}" for c in row if c["active_adapters"])):
-            settings.append(f"K={k}")  # adapters kept at the end (k or round(k_fraction · n))
-        if settings:
-            label += f" ({', '.join(settings)})"
-        avgs[m] = float(np.mean([c["main_mean"] for c in row])) if len(row) == len(tasks) else None
-        csv_row: dict[str, Any] = {
-            "method": m,
-            "params": float(np.mean(params)) if params else "",
-            "params_pct": float(np.mean(pcts)) if pcts else "",
-        }
-        md = [label, _fmt_params(csv_row["params"] or None, csv_row["params_pct"] or None)]
-        for t in tasks:
-            c = by.get((m, t))
-            csv_row[f"{t}_mean"] = c["main_mean"] if c else ""
-            csv_row[f"{t}_std"] = c["main_std"] if c else ""
-            csv_row[f"{t}_n"] = c["n"] if c else ""
-            if c is None:
-                md.append("–")
-                continue
-            names = TASKS.get(task_key(t), (t, ()))[1]
-            if len(names) > 1 and all(f"{n}_mean" in c for n in names):
-                md.append("/".join(_fmt(c[f"{n}_mean"], c[f"{n}_std"], c["n"]) for n in names))
-            else:
-                md.append(_fmt(c["main_mean"], c["main_std"], c["n"]))
-        csv_row["avg"] = avgs[m] if avgs[m] is not None else ""
-        md.append(f"{avgs[m]:.4f}" if avgs[m] is not None else "–")
-        md_rows.append(md)
-        csv_rows.append(csv_row)
-    # Bold the best value of each task column and of Avg (by the main metric), as the papers do.
-    for j, t in enumerate([*tasks, None]):
-        scores = [(csv_rows[i][f"{t}_mean"] if t else csv_rows[i]["avg"]) for i in range(len(methods))]
-        scores = [s if s == "" else round(s, 4) for s in scores]  # ties at the shown precision both bold
-        valid = [s for s in scores if s != ""]
-        if len(valid) > 1:
-            top = max(valid)
-            for i, s in enumerate(scores):
-                if s == top:
-                    md_rows[i][2 + j] = f"**{md_rows[i][2 + j]}**"
-    return header, md_rows, csv_rows
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-
-
-# ----- Pareto -----
 
 
 def _method_colors(methods: Iterable[str]) -> dict[str, Any]:
@@ -623,7 +353,7 @@ def _all_names(reports: Sequence[dict[str, Any]]) -> set[str]:
 def _mean_sd(values: Sequence[float]) -> dict[str, float] | None:
     if not values:
         return None
-    m, s = _mean_std(values)
+    m, s = mean_std(values)
     return {"mean": m, "std": s, "n": len(values)}
 
 
@@ -712,7 +442,7 @@ def stability_md(rows: Sequence[dict[str, Any]]) -> str:
         "ranks for ROLoRA) changed and the optimizer step of its last change, from the runs' "
         "`selection_changes` / `selection_last_change_step` metrics (– when the runs did not log them)."
     )
-    return _md_table(header, body) + "\n" + note + "\n"
+    return md_table(header, body) + "\n" + note + "\n"
 
 
 # ----- learning curves -----
@@ -827,7 +557,7 @@ def _cost_md(c: dict[str, Any]) -> str:
         ("estimated sum without early stopping", hms(c["full_budget_trial_seconds_est"])),
         ("seed re-runs", f"{c['seed_runs']} ({c['seed_run_epochs']:g} epochs, {hms(c['seed_run_seconds_sum'])})"),
     ]
-    return _md_table(["", "value"], rows)
+    return md_table(["", "value"], rows)
 
 
 # ----- entry point -----
@@ -857,27 +587,9 @@ def build_report(
     paths: dict[str, Any] = {"selection": [], "curves": []}
     meta: dict[str, Any] = {"selection": {}, "curves": {}}
 
-    # 1) the table
-    cells = table_cells(children)
-    header, md_rows, csv_rows = build_table(cells)
-    seeded = any(c["n"] > 1 for c in cells)
-    note = (
-        "Main metric = the GLUE task score on the dev set (`eval_main`; MRPC/QQP/STS-B cells show both "
-        "metrics), "
-        + (
-            "mean ± sample std over the seed re-runs of each cell's best configuration. "
-            if seeded
-            else "of the best trial per method and task (one seed). "
-        )
-        + "# Params = trainable parameters besides the task head (adapters and gates; every weight for full "
-        "fine-tuning), as the papers count them, and their share of the base model, averaged over tasks; the "
-        "task head (pooler + classifier) trains in every method on top. Avg = mean task score over the columns. "
-        "Best per column in bold."
-    )
+    # 1) the table (the same one the sweep writes to results/)
+    write_table(children, out)
     table_md = out / "table.md"
-    table_md.write_text(_md_table(header, md_rows) + "\n" + note + "\n")
-    _write_csv(out / "table.csv", csv_rows)
-    _write_csv(out / "table_long.csv", cells)
     paths.update(table_md=table_md, table_csv=out / "table.csv", table_long_csv=out / "table_long.csv")
 
     # 2) Pareto
@@ -911,10 +623,7 @@ def build_report(
     # 3b) selection stability across the seed re-runs of each cell
     paths["stability"] = []
     stab_rows: list[dict[str, Any]] = []
-    seed_runs: dict[tuple[str, str], list[RunInfo]] = defaultdict(list)
-    for r in children:
-        if r.role == "seed_run" and r.status != "failed":
-            seed_runs[(r.method, r.task)].append(r)
+    seed_runs = seed_runs_by_method(children)
     with tempfile.TemporaryDirectory() as tmp:
         for (method, task), runs in sorted(seed_runs.items()):
             if method not in SELECTION_METHODS:
@@ -955,7 +664,11 @@ def build_report(
     # 3c) the papers' claims, from the seed re-runs
     scores = {k: [r.main for r in v if r.main is not None] for k, v in seed_runs.items()}
     scores = {k: v for k, v in scores.items() if v}
-    params = {(c["method"], c["task"]): _params(c) for c in cells if c["source"] == "seed_runs"}
+    params = {}  # of the same runs (the rank whose re-runs the claims use)
+    for key, runs in seed_runs.items():
+        vals = [p for r in runs if (p := _final_params(r)) is not None]
+        if vals:
+            params[key] = float(np.mean(vals))
     claim_rows = claims_mod.evaluate_claims(scores, params, margin=margin, n_boot=n_boot, seed=boot_seed)
     if scores:
         claims_text = claims_mod.claims_md(claim_rows, scores, METHODS, margin=margin, n_boot=n_boot, seed=boot_seed)

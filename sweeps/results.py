@@ -1,5 +1,6 @@
 """Step 4 of a sweep, results: each cell's trials from the pooled Tune run → cell summaries, seed means,
-Pareto fronts, the best adapter per cell, and the results table (:mod:`sweeps.table`).
+Pareto fronts, the best adapter per cell, and the results table (:mod:`sweeps.table`, read back from MLflow:
+the same table the report shows).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.search import EarlyStopLedger
-from sweeps.table import write_tables
+from sweeps.table import write_table_from_store
 from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY
 from wlora.run_config import OBJECTIVE
 
-#: Secondary objective of ``--multi-objective`` (minimised) and the results table's "Params %": the share of the
+#: Secondary objective of ``--multi-objective`` (minimised) and the Pareto fronts: the share of the
 #: base model trained besides the task head (which every method trains), as the papers count # Params.
 PARAMS_METRIC = "method_pct"
 
@@ -159,8 +160,9 @@ def slot_usage(intervals: Sequence[tuple[float, float]], slots: int) -> dict[str
 
 def publish(state: dict[str, Any], run_dir: Path, client, parent_id: str, *, multi_objective: bool) -> str:
     """The sweep's results into the run folder and onto the MLflow parent: the best adapter per (task, method)
-    over ranks (``best_adapter/<task>/<method>/``), ``results/table.{md,csv}`` and, with ``--multi-objective``,
-    ``results/pareto.json``. Returns the markdown table."""
+    over ranks (``best_adapter/<task>/<method>/``), ``results/table.{md,csv}`` + ``table_long.csv`` (from the
+    MLflow children, :mod:`sweeps.table`) and, with ``--multi-objective``, ``results/pareto.json``. Returns
+    the markdown table."""
     best_by_pair: dict[tuple[str, str], dict[str, Any]] = {}
     for s in state["cells"].values():
         if s.get("adapter_dir") and s.get("best_metric") is not None:
@@ -170,7 +172,7 @@ def publish(state: dict[str, Any], run_dir: Path, client, parent_id: str, *, mul
     for (task, method), s in best_by_pair.items():
         client.log_artifacts(parent_id, s["adapter_dir"], f"best_adapter/{task}/{method}")
     results_dir = run_dir / "results"
-    table_md = write_tables(state["cells"], state.get("seed_cells", {}), results_dir)
+    table_md = write_table_from_store(client, parent_id, results_dir)
     if multi_objective:
         fronts = {name: s.get("pareto", []) for name, s in state["cells"].items()}
         (results_dir / "pareto.json").write_text(json.dumps(fronts, indent=2))

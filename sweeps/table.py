@@ -1,84 +1,418 @@
-"""The results table, shaped like the WeightLoRA paper's Table 2: method (rank) × task, main dev
-metric ×100 (mean ± std over ``--seeds`` re-runs when given, else the best trial), params %, average.
+"""The sweep's one results table, read from the MLflow store, in the shape of the WeightLoRA paper's Tables 1/2.
+
+Rows are (method, rank) — a sweep over ``--ranks 4,8`` gets one row per rank, labelled ``LoRA (r=4)`` —
+columns are the tasks (each with its reported metric(s): MRPC Acc/F1, STS-B Pear/Spear …), ``# Params`` and
+the average. A cell's value is the mean ± sample std of its ``--seeds`` re-runs when it has any, else its best
+trial. The sweep writes it to ``results/table.{md,csv}`` when it ends (:func:`write_table`) and
+:mod:`sweeps.report` puts the same table at the top of its report; both read the store through this module,
+so a table can be rebuilt later, on another machine, from the store alone.
+
+What is read (the sweep's MLflow schema, :mod:`sweeps.tracking`): the parent's children (tag
+``mlflow.parentRunId``), each with tags ``wlora.role`` (``trial`` / ``seed_run``), ``method``, ``task``,
+``wlora.cell`` (``<task>-<method>[-r<rank>]``), ``seed``, ``status``; params = the flat config; metrics
+``eval_main`` and ``eval_<metric>``, and ``final_method_params`` / ``final_method_pct`` /
+``final_active_adapters`` … once at the end.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+import math
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
-def _cell_value(summary: Mapping[str, Any], seeds: Mapping[str, Any] | None) -> tuple[float | None, float | None, int]:
-    if seeds and seeds.get("mean") is not None:
-        return seeds["mean"], seeds["std"], seeds["n"]
-    return summary.get("best_metric"), None, 1 if summary.get("best_metric") is not None else 0
+from wlora.registry import METHODS as REGISTRY
+from wlora.run_config import OBJECTIVE
+
+#: The objective every trial logs (the task's main dev score; higher is better).
+MAIN = OBJECTIVE
+
+#: Row order and display names (the papers' order: references first, then the proposed methods), from the registry.
+METHODS: dict[str, str] = {
+    spec.slug: spec.label or spec.slug for spec in sorted(REGISTRY.values(), key=lambda spec: spec.table_order)
+}
+
+#: Column order and headers: the papers' order, each task's reported metric(s) (``eval_<name>``).
+TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mnli": ("MNLI Acc", ("accuracy",)),
+    "sst2": ("SST-2 Acc", ("accuracy",)),
+    "cola": ("CoLA Mcc", ("matthews_corrcoef",)),
+    "qqp": ("QQP Acc/F1", ("accuracy", "f1")),
+    "qnli": ("QNLI Acc", ("accuracy",)),
+    "rte": ("RTE Acc", ("accuracy",)),
+    "mrpc": ("MRPC Acc/F1", ("accuracy", "f1")),
+    "stsb": ("STS-B Pear/Spear", ("pearson", "spearman")),
+}
+
+#: Other spellings of a metric a runner may log (``eval_mcc`` for ``eval_matthews_corrcoef``).
+METRIC_ALIASES = {"matthews_corrcoef": ("mcc", "matthews"), "pearson": ("pearsonr",), "spearman": ("spearmanr",)}
+
+#: Methods that keep K of the n adapters: their row label gives K (from ``active_adapters``).
+K_METHODS = tuple(slug for slug, spec in REGISTRY.items() if spec.keeps_k)
+
+STATUS_OK = ("completed", "asha_stopped", "running")
+
+_CELL_RANK = re.compile(r"-r(\d+)$")
 
 
-def _fmt(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "–"
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+def task_key(task: str) -> str:
+    """``SST-2`` / ``sst2`` / ``STS-B`` → the key used in :data:`TASKS`."""
+    return task.lower().replace("-", "").replace("_", "")
 
 
-def table_rows(cells: Mapping[str, Mapping[str, Any]], seed_cells: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Long form: one row per (method, rank, task)."""
-    rows = []
-    for name, s in cells.items():
-        mean, std, n = _cell_value(s, seed_cells.get(name))
-        rows.append(
-            {
-                "method": s["method"],
-                "rank": s.get("rank") if s.get("rank") is not None else "",
-                "task": s["task"],
-                "metric_mean": mean,
-                "metric_std": std,
-                "n_runs": n,
-                "params_pct": s.get("params_pct"),
-                "trainable_params": s.get("trainable_params"),
-                "n_trials": s.get("n_trials"),
-                "n_asha_stopped": s.get("n_asha_stopped"),
-                "n_failed": s.get("n_failed"),
-                "best_trial_id": s.get("best_trial_id", ""),
-                "best_config": json.dumps(s.get("best_config", {}), sort_keys=True, default=str),
-            }
+# ----- reading the store -----
+
+
+@dataclass
+class RunInfo:
+    """One child run, flattened: what the table and the report need from MLflow."""
+
+    run_id: str
+    name: str
+    role: str
+    method: str
+    task: str
+    seed: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    start_ms: int | None
+    end_ms: int | None
+    artifacts: list[str] = field(default_factory=list)
+    #: The rank ``--ranks`` fixed for the run's cell ("" when the cell searched it or the method has none).
+    rank: str = ""
+
+    def final(self, key: str) -> float | None:
+        """A metric's value at the end of the run: ``final_<key>`` (logged once when the trial ends)
+        if present, else the last logged ``<key>``."""
+        v = self.metrics.get(f"final_{key}", self.metrics.get(key))
+        return None if v is None or not math.isfinite(v) else float(v)
+
+    @property
+    def main(self) -> float | None:
+        v = self.metrics.get(MAIN)
+        return None if v is None or not math.isfinite(v) else float(v)
+
+    @property
+    def seconds(self) -> float:
+        if self.start_ms is None:
+            return 0.0
+        end = self.end_ms if self.end_ms else int(time.time() * 1000)
+        return max(0.0, (end - self.start_ms) / 1000.0)
+
+
+def _search_all(client, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _cell_rank(tags: dict[str, str]) -> str:
+    """The rank of the run's cell: from ``wlora.cell`` (``…-r8``); a cell that searched the rank has none,
+    even though each of its trials carries its own ``rank`` tag. Stores without ``wlora.cell`` fall back to
+    the ``rank`` tag."""
+    if "wlora.cell" in tags:
+        m = _CELL_RANK.search(tags["wlora.cell"])
+        return m.group(1) if m else ""
+    return tags.get("rank", "")
+
+
+def load_children(client, parent_run_id: str) -> tuple[Any, list[RunInfo]]:
+    """The parent run and its direct children (trials and seed re-runs)."""
+    parent = client.get_run(parent_run_id)
+    runs = _search_all(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    out = []
+    for r in runs:
+        t = r.data.tags
+        status = t.get("status") or ("completed" if r.info.status == "FINISHED" else r.info.status.lower())
+        out.append(
+            RunInfo(
+                run_id=r.info.run_id,
+                name=r.info.run_name or t.get("mlflow.runName", r.info.run_id[:8]),
+                role=t.get("wlora.role", "trial"),
+                method=t.get("method", r.data.params.get("method", "?")),
+                task=t.get("task", r.data.params.get("task", "?")),
+                seed=t.get("seed", r.data.params.get("seed", "")),
+                status=status,
+                params=dict(r.data.params),
+                metrics=dict(r.data.metrics),
+                start_ms=r.info.start_time,
+                end_ms=r.info.end_time,
+                rank=_cell_rank(t),
+            )
         )
-    return rows
+    out.sort(key=lambda x: (x.start_ms or 0, x.name))
+    return parent, out
 
 
-def render_markdown(rows: list[dict[str, Any]]) -> str:
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    methods = list(dict.fromkeys((r["method"], r["rank"]) for r in rows))
-    by = {(r["method"], r["rank"], r["task"]): r for r in rows}
-    head = ["Method", "r", "Params %", *tasks, "Avg"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    for method, rank in methods:
-        cells = [by.get((method, rank, t)) for t in tasks]
-        pct = [c["params_pct"] for c in cells if c and c["params_pct"] is not None]
-        vals = [c["metric_mean"] for c in cells if c and c["metric_mean"] is not None]
-        avg = sum(vals) / len(vals) if len(vals) == len(tasks) and vals else None
-        line = [
-            method,
-            str(rank),
-            f"{sum(pct) / len(pct):.3f}" if pct else "–",
-            *[_fmt(c["metric_mean"], c["metric_std"]) if c else "–" for c in cells],
-            _fmt(avg, None),
-        ]
-        lines.append("| " + " | ".join(line) + " |")
+def ordered(keys: Iterable[str], order: Sequence[str], key=lambda s: s) -> list[str]:
+    """``keys`` in the order of ``order`` (unknown keys last, alphabetically)."""
+    rank = {k: i for i, k in enumerate(order)}
+    return sorted(set(keys), key=lambda k: (rank.get(key(k), len(rank)), k))
+
+
+def _rank_order(rank: str) -> tuple[int, int]:
+    return (0, int(rank)) if rank.isdigit() else (1, 0)
+
+
+def best_trials(trials: Sequence[RunInfo], *, by_rank: bool = False) -> dict[tuple[str, ...], RunInfo]:
+    """Best trial per (method, task) — per (method, rank, task) with ``by_rank`` — by ``eval_main``;
+    completed trials first, ASHA-stopped/running ones only when no trial of that cell completed. Failed
+    trials never count."""
+    best: dict[tuple[str, ...], RunInfo] = {}
+    for t in trials:
+        if t.role != "trial" or t.status not in STATUS_OK or t.main is None:
+            continue
+        key = (t.method, t.rank, t.task) if by_rank else (t.method, t.task)
+        cur = best.get(key)
+        rank_new = (t.status == "completed", t.main)
+        if cur is None or rank_new > (cur.status == "completed", cur.main):
+            best[key] = t
+    return best
+
+
+def seed_runs_by_cell(children: Sequence[RunInfo]) -> dict[tuple[str, str, str], list[RunInfo]]:
+    """The non-failed seed re-runs of each (method, rank, task) cell."""
+    groups: dict[tuple[str, str, str], list[RunInfo]] = defaultdict(list)
+    for r in children:
+        if r.role == "seed_run" and r.status != "failed":
+            groups[(r.method, r.rank, r.task)].append(r)
+    return dict(groups)
+
+
+def seed_runs_by_method(children: Sequence[RunInfo]) -> dict[tuple[str, str], list[RunInfo]]:
+    """The seed re-runs of each (method, task), for the claims and the stability analysis: with several
+    ranks, those of the rank whose re-runs scored best on average (the claims compare methods at their
+    best setting, as the papers tune each method)."""
+    out: dict[tuple[str, str], list[RunInfo]] = {}
+    score: dict[tuple[str, str], float] = {}
+    for (method, _rank, task), runs in seed_runs_by_cell(children).items():
+        vals = [r.main for r in runs if r.main is not None]
+        mean = float(np.mean(vals)) if vals else float("-inf")
+        if (method, task) not in out or mean > score[(method, task)]:
+            out[(method, task)], score[(method, task)] = runs, mean
+    return out
+
+
+# ----- the table -----
+
+
+def _metric(run: RunInfo, name: str) -> float | None:
+    for n in (name, *METRIC_ALIASES.get(name, ())):
+        v = run.metrics.get(f"eval_{n}")
+        if v is not None and math.isfinite(v):
+            return float(v)
+    return None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def table_cells(children: Sequence[RunInfo]) -> list[dict[str, Any]]:
+    """One record per (method, rank, task): main metric mean/std over seed re-runs (if any), else the best
+    trial's value (n = 1); the task's reported metrics likewise; the parameters of those runs; and the
+    cell's trial counts."""
+    best = best_trials(children, by_rank=True)
+    seeds = {k: [r for r in v if r.main is not None] for k, v in seed_runs_by_cell(children).items()}
+    seeds = {k: v for k, v in seeds.items() if v}
+    counts: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for t in children:
+        if t.role == "trial":
+            c = counts[(t.method, t.rank, t.task)]
+            c["n_trials"] += 1
+            c[f"n_{t.status}"] += 1
+    cells = []
+    for key in sorted(set(best) | set(seeds), key=lambda k: (k[0], _rank_order(k[1]), k[2])):
+        runs = seeds.get(key) or [best[key]]
+        method, rank, task = key
+        names = TASKS.get(task_key(task), (task, ()))[1]
+        rec: dict[str, Any] = {
+            "method": method,
+            "rank": rank,
+            "task": task,
+            "source": "seed_runs" if key in seeds else "best_trial",
+            "n": len(runs),
+            "seeds": ",".join(str(r.seed) for r in runs),
+            "run_ids": ",".join(r.run_id for r in runs),
+        }
+        rec["main_mean"], rec["main_std"] = mean_std([r.main for r in runs])
+        for name in names:
+            vals = [v for v in (_metric(r, name) for r in runs) if v is not None]
+            if len(vals) == len(runs):
+                rec[f"{name}_mean"], rec[f"{name}_std"] = mean_std(vals)
+        for m in ("trainable_params", "trainable_pct", "method_params", "method_pct", "active_adapters"):
+            vals = [v for r in runs if (v := r.final(m)) is not None]
+            rec[m] = float(np.mean(vals)) if vals else None
+        src = best.get(key, runs[0])
+        for p in ("r", "k", "k_fraction", "lr", "t", "lr_w", "warmup_steps"):
+            rec[p] = src.params.get(p, "")
+        c = counts.get(key, {})
+        rec.update(
+            n_trials=c.get("n_trials", 0),
+            n_completed=c.get("n_completed", 0),
+            n_asha_stopped=c.get("n_asha_stopped", 0),
+            n_failed=c.get("n_failed", 0),
+            best_run_id=best[key].run_id if key in best else "",
+            best_config=json.dumps(best[key].params, sort_keys=True) if key in best else "",
+        )
+        cells.append(rec)
+    return cells
+
+
+def cell_params(cell: dict[str, Any], pct: bool = False) -> float | None:
+    """# Params of a cell: trainable parameters besides the task head (runs logged before that metric
+    existed fall back to every trainable parameter)."""
+    new, old = ("method_pct", "trainable_pct") if pct else ("method_params", "trainable_params")
+    return cell.get(new) if cell.get(new) is not None else cell.get(old)
+
+
+def fmt_params(n: float | None, pct: float | None) -> str:
+    """``110.6K (0.487%)``."""
+    if n is None:
+        return "–"
+    if n >= 1e6:
+        s = f"{n / 1e6:.2f}M"
+    elif n >= 1e3:
+        s = f"{n / 1e3:.1f}K"
+    else:
+        s = f"{n:.0f}"
+    return f"{s} ({pct:.3g}%)" if pct is not None else s
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    return f"{mean:.4f}±{std:.4f}" if n > 1 else f"{mean:.4f}"
+
+
+def _uniform(values: Iterable[str]) -> str | None:
+    vals = {v for v in values if v not in ("", None)}
+    return vals.pop() if len(vals) == 1 else None
+
+
+def build_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
+    """The wide table: rows = (method, rank), columns = # Params, one per task, Avg.
+
+    Returns (markdown header, markdown rows, csv rows). ``Avg`` is left empty when a row lacks a task
+    present in the table (an average over different task sets would not compare)."""
+    order = {m: i for i, m in enumerate(METHODS)}
+    rows = sorted(
+        {(c["method"], c.get("rank", "")) for c in cells},
+        key=lambda mr: (order.get(mr[0], len(order)), mr[0], _rank_order(mr[1])),
+    )
+    tasks = ordered((c["task"] for c in cells), list(TASKS), key=task_key)
+    by = {(c["method"], c.get("rank", ""), c["task"]): c for c in cells}
+    header = ["Method", "# Params", *[TASKS.get(task_key(t), (t,))[0] for t in tasks], "Avg"]
+    md_rows, csv_rows = [], []
+    for m, rank in rows:
+        row = [c for t in tasks if (c := by.get((m, rank, t)))]
+        params = [p for c in row if (p := cell_params(c)) is not None]
+        pcts = [p for c in row if (p := cell_params(c, pct=True)) is not None]
+        label = METHODS.get(m, m)
+        settings = [f"r={r}" for r in (rank or _uniform(c["r"] for c in row),) if r]
+        if m in K_METHODS and (k := _uniform(f"{c['active_adapters']:g}" for c in row if c["active_adapters"])):
+            settings.append(f"K={k}")  # adapters kept at the end (k or round(k_fraction · n))
+        if settings:
+            label += f" ({', '.join(settings)})"
+        avg = float(np.mean([c["main_mean"] for c in row])) if len(row) == len(tasks) else None
+        csv_row: dict[str, Any] = {
+            "method": m,
+            "rank": rank,
+            "params": float(np.mean(params)) if params else "",
+            "params_pct": float(np.mean(pcts)) if pcts else "",
+        }
+        md = [label, fmt_params(csv_row["params"] or None, csv_row["params_pct"] or None)]
+        for t in tasks:
+            c = by.get((m, rank, t))
+            csv_row[f"{t}_mean"] = c["main_mean"] if c else ""
+            csv_row[f"{t}_std"] = c["main_std"] if c else ""
+            csv_row[f"{t}_n"] = c["n"] if c else ""
+            if c is None:
+                md.append("–")
+                continue
+            names = TASKS.get(task_key(t), (t, ()))[1]
+            if len(names) > 1 and all(f"{n}_mean" in c for n in names):
+                md.append("/".join(_fmt(c[f"{n}_mean"], c[f"{n}_std"], c["n"]) for n in names))
+            else:
+                md.append(_fmt(c["main_mean"], c["main_std"], c["n"]))
+        csv_row["avg"] = avg if avg is not None else ""
+        md.append(f"{avg:.4f}" if avg is not None else "–")
+        md_rows.append(md)
+        csv_rows.append(csv_row)
+    # Bold the best value of each task column and of Avg (by the main metric), as the papers do.
+    for j, t in enumerate([*tasks, None]):
+        scores = [(r[f"{t}_mean"] if t else r["avg"]) for r in csv_rows]
+        scores = [s if s == "" else round(s, 4) for s in scores]  # ties at the shown precision both bold
+        valid = [s for s in scores if s != ""]
+        if len(valid) > 1:
+            top = max(valid)
+            for i, s in enumerate(scores):
+                if s == top:
+                    md_rows[i][2 + j] = f"**{md_rows[i][2 + j]}**"
+    return header, md_rows, csv_rows
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def write_tables(cells: Mapping[str, Mapping[str, Any]], seed_cells: Mapping[str, Any], out_dir: Path) -> str:
-    """Write ``table.md`` and ``table.csv`` into ``out_dir``; returns the markdown."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = table_rows(cells, seed_cells)
-    md = render_markdown(rows)
-    (out_dir / "table.md").write_text(md)
-    with (out_dir / "table.csv").open("w", newline="") as f:
-        fields = list(rows[0]) if rows else ["method", "rank", "task"]
-        w = csv.DictWriter(f, fieldnames=fields)
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols or ["method", "rank"])
         w.writeheader()
         w.writerows(rows)
-    return md
+
+
+def table_note(cells: Sequence[dict[str, Any]]) -> str:
+    """What the table's numbers are, printed under it."""
+    seeded = any(c["n"] > 1 for c in cells)
+    return (
+        "Main metric = the GLUE task score on the dev set (`eval_main`; MRPC/QQP/STS-B cells show both "
+        "metrics), "
+        + (
+            "mean ± sample std over the seed re-runs of each cell's best configuration. "
+            if seeded
+            else "of the best trial per method, rank and task (one seed). "
+        )
+        + "# Params = trainable parameters besides the task head (adapters and gates; every weight for full "
+        "fine-tuning), as the papers count them, and their share of the base model, averaged over tasks; the "
+        "task head (pooler + classifier) trains in every method on top. Avg = mean task score over the columns. "
+        "Best per column in bold."
+    )
+
+
+def write_table(children: Sequence[RunInfo], out_dir: Path) -> tuple[str, list[dict[str, Any]]]:
+    """``table.md`` (with its note), ``table.csv`` (the wide table) and ``table_long.csv`` (every cell with
+    its run ids, trial counts and settings) into ``out_dir``. Returns (the markdown, the cells)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = table_cells(children)
+    header, md_rows, csv_rows = build_table(cells)
+    text = md_table(header, md_rows) + "\n" + table_note(cells) + "\n"
+    (out_dir / "table.md").write_text(text)
+    write_csv(out_dir / "table.csv", csv_rows)
+    write_csv(out_dir / "table_long.csv", cells)
+    return text, cells
+
+
+def write_table_from_store(client, parent_run_id: str, out_dir: Path) -> str:
+    """:func:`write_table` for the sweep whose MLflow parent run is ``parent_run_id``; returns the markdown."""
+    _, children = load_children(client, parent_run_id)
+    return write_table(children, out_dir)[0]

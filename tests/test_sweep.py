@@ -24,7 +24,7 @@ from sweeps.flags import build_parser
 from sweeps.glue_sweep import DEFAULTS
 from sweeps.plan import InputError, plan_sweep
 from sweeps.search import EarlyStopLedger, LedgerASHAScheduler, PrunedAwareOptunaSearch
-from sweeps.table import render_markdown, table_rows
+from sweeps.table import RunInfo, build_table, md_table, table_cells
 from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY, get_trainable, trial_config
 from wlora.registry import METHODS
 
@@ -240,18 +240,39 @@ def test_cli_exits_2_with_one_line(minilm_path, glue_dir, tmp_path):
     assert out.stderr.strip().splitlines()[-1].startswith("error: unknown method 'nope'")
 
 
+def _run(role, method, task, rank, main, *, seed="0", status="completed", r="8", params=None):
+    metrics = {"eval_main": main, "eval_accuracy": main, "final_method_params": params or 1000.0}
+    metrics["final_method_pct"] = metrics["final_method_params"] / 1e6 * 100
+    return RunInfo(f"{role}-{method}-{task}-{rank}-{seed}-{main}", "n", role, method, task, seed, status,
+                   {"r": r}, metrics, 0, 1, rank=rank)  # fmt: skip
+
+
 def test_table_shape():
-    cells = {
-        "rte-lora-r8": {"task": "rte", "method": "lora", "rank": 8, "best_metric": 0.61, "params_pct": 0.49},
-        "sst2-lora-r8": {"task": "sst2", "method": "lora", "rank": 8, "best_metric": 0.80, "params_pct": 0.49},
-        "rte-weightlora-r8": {"task": "rte", "method": "weightlora", "rank": 8, "best_metric": 0.6},
-    }
-    seeds = {"rte-lora-r8": {"mean": 0.6, "std": 0.01, "n": 3}}
-    md = render_markdown(table_rows(cells, seeds))
-    lines = md.splitlines()
-    assert lines[0] == "| Method | r | Params % | rte | sst2 | Avg |"
-    assert lines[2] == "| lora | 8 | 0.490 | 60.0 ± 1.0 | 80.0 | 70.0 |"
-    assert lines[3] == "| weightlora | 8 | – | 60.0 | – | – |"
+    """One results table, rank-aware: a row per (method, rank), seed re-runs as mean ± std, a cell that searched
+    the rank labelled by its best trial's r, the average only over complete rows, bold per column."""
+    children = [
+        _run("trial", "lora", "rte", "4", 0.60, r="4"),
+        _run("trial", "lora", "rte", "4", 0.55, r="4"),
+        _run("trial", "lora", "rte", "8", 0.65),
+        _run("trial", "lora", "rte", "8", 0.99, status="failed"),  # failed trials never count
+        _run("trial", "lora", "sst2", "4", 0.80, r="4"),
+        _run("trial", "lora", "sst2", "8", 0.70),
+        *[_run("seed_run", "lora", "sst2", "8", v, seed=str(i)) for i, v in enumerate((0.82, 0.84))],
+        _run("trial", "weightlora", "rte", "", 0.62, r="16", params=250.0),  # the cell searched the rank
+    ]
+    cells = table_cells(children)
+    by = {(c["method"], c["rank"], c["task"]): c for c in cells}
+    assert set(by) == {("lora", "4", "rte"), ("lora", "8", "rte"), ("lora", "4", "sst2"), ("lora", "8", "sst2"),
+                       ("weightlora", "", "rte")}  # fmt: skip
+    assert by[("lora", "8", "rte")]["n_trials"] == 2 and by[("lora", "8", "rte")]["n_failed"] == 1
+    assert by[("lora", "8", "sst2")]["source"] == "seed_runs" and by[("lora", "8", "sst2")]["n"] == 2
+    header, rows, csv_rows = build_table(cells)
+    md = md_table(header, rows).splitlines()
+    assert md[0] == "| Method | # Params | SST-2 Acc | RTE Acc | Avg |"
+    assert md[2] == "| LoRA (r=4) | 1.0K (0.1%) | 0.8000 | 0.6000 | 0.7000 |"
+    assert md[3] == "| LoRA (r=8) | 1.0K (0.1%) | **0.8300±0.0141** | **0.6500** | **0.7400** |"
+    assert md[4] == "| WeightLoRA (r=16) | 250 (0.025%) | – | 0.6200 | – |"
+    assert [(r["method"], r["rank"]) for r in csv_rows] == [("lora", "4"), ("lora", "8"), ("weightlora", "")]
 
 
 @pytest.mark.parametrize(

@@ -159,8 +159,9 @@ def test_real_sweep_optuna_asha_mlflow(sweep_cmd, tmp_path, minilm_path):
 
     # Results table (run folder + parent artifact) and the best adapters, loadable with peft.
     md = (run_dir / "results" / "table.md").read_text()
-    assert md.startswith("| Method | r | Params % | sst2 | Avg |") and "| weightlora | 8 |" in md
-    assert (run_dir / "results" / "table.csv").read_text().startswith("method,rank,task")
+    assert md.startswith("| Method | # Params | SST-2 Acc | Avg |") and "| WeightLoRA (r=8, K=" in md, md
+    assert (run_dir / "results" / "table.csv").read_text().startswith("method,rank,params")
+    assert "n_trials" in (run_dir / "results" / "table_long.csv").read_text()
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "results")} >= {
         "results/table.md",
         "results/table.csv",
@@ -273,6 +274,6 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(sweep_cmd, tmp_path):
     assert sorted(by_status) == ["completed", "failed"], [c.data.tags for c in children]
     assert by_status["failed"].info.status == "FAILED" and by_status["failed"].data.tags["error"]
     assert by_status["completed"].info.status == "FINISHED"
-    assert "| lora | 8 |" in (tmp_path / "runs" / "nan" / "results" / "table.md").read_text()
+    assert "| LoRA (r=8) |" in (tmp_path / "runs" / "nan" / "results" / "table.md").read_text()
     exported = client.list_artifacts(state["parent_run_id"], "best_adapter/sst2/lora")
     assert exported, out.stdout[-2000:]
