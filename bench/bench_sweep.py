@@ -9,9 +9,10 @@
   trials running at once (of N) and busy slot-time / (slots × the sweep's span). ``--max-steps`` makes the
   trials longer (the issue's goal: ≥ 0.8 on trials of ≥ 30 s).
 * ``overhead``: N LoRA trials (a fixed lr grid, SST-2 slice) as a plain sequential loop of
-  ``wlora.loop.run_training`` in this process vs the full sweep (Ray Tune + MLflow + checkpoints) one trial at
-  a time with all cores per trial; prints the ratio and where a trial's fixed seconds go (start of the trial
-  process to its first report, checkpoints, MLflow).
+  ``wlora.loop.run_training`` in this process vs the full sweep (Ray Tune + MLflow + a checkpoint at every
+  evaluation) one trial at a time with all cores per trial; prints the end-to-end ratio, the per-trial ratio
+  (the trials' span, first start to last end, over the loop) with the gaps between trials, and the seconds the
+  sweep pays once (MLflow store, the trial process's start and imports, adapters/table/report).
 * ``search``: the best dev score reached and the trial-epochs spent by TPE + ASHA (``--num-samples`` trials,
   one seed per ``--seeds``) vs a grid over lr × warm-up (the papers' bash grids), same per-trial budget.
 
@@ -22,8 +23,10 @@ loopback-only namespace (see README "Running a sweep"), with ``RAY_AUTH_MODE`` s
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -97,7 +100,8 @@ def workload(a, steps: int) -> list[str]:
     return args
 
 
-def plain_loop(a, steps: int, threads: int) -> float:
+def plain_loop(a, steps: int, threads: int) -> list[float]:
+    """Seconds of each trial of the plain loop (the model and data already loaded in this process)."""
     import torch
 
     from wlora.loop import run_training
@@ -108,41 +112,76 @@ def plain_loop(a, steps: int, threads: int) -> float:
     base = dict(method="lora", task="sst2", model=a.model, data_dir=a.data_dir, max_steps=steps, r=8, seed=0)
     base.update(eval_every=max(1, steps // 4), batch_size=16, max_length=64, train_subset=512, eval_subset=128)
     assets = prepare_run(TrainConfig.from_flat({**base, "lr": 1e-3}))
-    t0 = time.perf_counter()
+    seconds = []
     for lr in LRS:
+        t0 = time.perf_counter()
         cfg = TrainConfig.from_flat({**base, "lr": float(lr), "warmup_steps": 0})
         result = run_training(cfg, assets=assets, report=lambda metrics, checkpoint_dir: None)
         assert result.status == "completed", result.error
-    return time.perf_counter() - t0
+        seconds.append(time.perf_counter() - t0)
+    return seconds
 
 
 def bench_overhead(a, tmp: Path) -> None:
     import ray
 
+    import sweeps.run as run
+
     cores = os.cpu_count() or 1
-    loop_s = plain_loop(a, a.steps, cores)
+    loop_trials = plain_loop(a, a.steps, cores)
+    loop_s = sum(loop_trials)
     t0 = time.perf_counter()
     ray.init(num_cpus=cores, include_dashboard=False, _temp_dir=a.ray_temp_dir)
     ray_start = time.perf_counter() - t0
+    # The sweep's stages on the driver, by wall-clock time (the same clock as Tune's result timestamps).
+    stages: dict[str, tuple[float, float]] = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            start = time.time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stages[name] = (start, time.time())
+
+        return wrapper
+
+    for name in ("setup_parent", "run_pool", "summarize", "publish", "write_report"):
+        setattr(run, name, timed(name, getattr(run, name)))
     argv = [*workload(a, a.steps), "--storage-path", str(tmp / "runs"), "--max-concurrent", "1"]
+    start = time.time()
     seq_s, out = sweep([*argv, "--cpus-per-trial", str(cores)], "seq")
     ray.shutdown()
-    # Where a trial's seconds go: its own training (Tune's time_total_s) vs the span of its MLflow child.
-    rows = []
+    # Each trial's span inside its process: from its first report's timestamp minus the seconds it had run
+    # (Tune's time_total_s) to its last report.
+    spans = []
     for path in Path(out["run_dir"], "pool").glob("trial_*/result.json"):
         lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-        rows.append(lines)
-    runs = children(out)
-    child_s = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
-    train_s = [rs[-1]["time_total_s"] for rs in rows]
-    first_s = [rs[0]["time_total_s"] for rs in rows]
+        spans.append((lines[0]["timestamp"] - lines[0]["time_total_s"], lines[-1]["timestamp"]))
+    spans.sort()
     n = len(LRS)
+    first, last = spans[0][0], spans[-1][1]
+    gaps = [b[0] - a_[1] for a_, b in itertools.pairwise(spans)]
+    pool0, pool1 = stages["run_pool"]
     print(f"\noverhead: {n} LoRA trials × {a.steps} steps on SST-2 (batch 16 × 64 tokens), {cores} CPU cores")
     print(f"  plain sequential loop (run_training, {cores} threads) : {loop_s:7.1f} s  ({loop_s / n:.1f} s/trial)")
     print(f"  Tune sweep, 1 trial at a time, {cores} CPUs/trial      : {seq_s:7.1f} s  (+ Ray start {ray_start:.1f} s)")
-    print(f"  orchestration overhead  Tune / loop                 : {seq_s / loop_s:.2f}x")
-    print(f"  per trial: MLflow child span {sum(child_s) / n:.1f} s, inside the trainable {sum(train_s) / n:.1f} s")
-    print(f"  (first report after {sum(first_s) / n:.1f} s), so {(seq_s - sum(train_s)) / n:.1f} s/trial outside it")
+    trial_s = [e - s_ for s_, e in spans]
+    steady = statistics.median(trial_s[1:]) / statistics.median(loop_trials[1:])
+    print(f"  end to end  sweep / loop                            : {seq_s / loop_s:.2f}x")
+    print(f"  per trial after the first  sweep / loop (medians)    : {steady:.2f}x")
+    print(f"    loop trial seconds  {', '.join(f'{x:.1f}' for x in loop_trials)}")
+    print(f"    sweep trial seconds {', '.join(f'{x:.1f}' for x in trial_s)} (inside the trial process)")
+    print(f"    gaps between trials {', '.join(f'{g:.2f}' for g in gaps)} s")
+    print(f"    first trial extra (imports the trial process has not done yet) {trial_s[0] - loop_trials[0]:.1f} s")
+    print("  fixed seconds per sweep (paid once, not per trial):")
+    print(f"    plan (flags, model/data checks)          {stages['setup_parent'][0] - start:5.1f} s")
+    mlflow_s = stages["setup_parent"][1] - stages["setup_parent"][0]
+    print(f"    MLflow store + parent run                {mlflow_s:5.1f} s")
+    print(f"    pool start → first trial (trial process) {first - pool0:5.1f} s")
+    print(f"    last trial → pool end                    {pool1 - last:5.1f} s")
+    after = stages["write_report"][1] - stages["summarize"][0]
+    print(f"    adapters, table, report                  {after:5.1f} s")
 
 
 # ----- search efficiency -----

@@ -93,6 +93,20 @@ def rte_assets(rte_cfg):
     return prepare_run(rte_cfg)
 
 
+@pytest.mark.parametrize(("warmup", "total"), [(0, 10), (3, 10), (10, 10), (4, 1), (0, 1)])
+def test_linear_schedule_equals_transformers(warmup, total):
+    """The engine's warm-up / linear-decay schedule is transformers' get_linear_schedule_with_warmup, value for
+    value (the engine does not import it: that pulls in peft at every trial process's start)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from wlora.engine import phased_lr_lambda
+
+    ref = get_linear_schedule_with_warmup(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), warmup, total)
+    ours = phased_lr_lambda(0, warmup, total)
+    for i in range(total + 3):
+        assert ours(i) == pytest.approx(ref.lr_lambdas[0](i), abs=1e-12), i
+
+
 def test_prepare_run_checks_method_and_data_before_training(rte_cfg, rte_assets, tmp_path):
     assert rte_assets.n_adapters == 18
     assert len(rte_assets.data.train) == 48 and len(rte_assets.data.eval) == 24

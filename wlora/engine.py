@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import get_linear_schedule_with_warmup
 
 from wlora.core.controller import Controller
 from wlora.core.optim import track_component_ages
@@ -158,7 +157,9 @@ class Engine:
         if phase > 0:
             self.scheduler = LambdaLR(self.optimizer, phased_lr_lambda(phase, self.warmup_steps, self.total_steps))
         else:
-            self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup_steps, self.total_steps)
+            # transformers' get_linear_schedule_with_warmup, value for value (tested); importing it would pull in
+            # transformers.trainer_utils and with it peft, ~3 s of every trial process's start.
+            self.scheduler = LambdaLR(self.optimizer, phased_lr_lambda(0, self.warmup_steps, self.total_steps))
         self.method.on_train_begin(self.optimizer)
 
     def lr_scale(self) -> float:
