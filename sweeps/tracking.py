@@ -3,7 +3,7 @@
 Schema (``sweeps/report.py`` reads it):
 
 * parent run per sweep: tags ``wlora.role=sweep``, ``git_commit``, ``model``, ``data_dir``,
-  ``wlora.sweep_name``; params = the sweep settings; artifacts ``results/table.{md,csv}`` and
+  ``wlora.sweep_name``; params = the sweep settings; artifacts ``results/table.{md,csv}`` + ``table_long.csv`` and
   ``best_adapter/<task>/<method>/`` (a PEFT adapter).
 * child run per trial, nested (``mlflow.parentRunId``): tags ``wlora.role=trial`` (``seed_run`` for
   ``--seeds`` re-runs), ``method``, ``task``, ``model``, ``rank``, ``trial_id``, ``seed``,
