@@ -14,7 +14,8 @@
   (the trials' span, first start to last end, over the loop) with the gaps between trials, and the seconds the
   sweep pays once (MLflow store, the trial process's start and imports, adapters/table/report).
 * ``search``: the best dev score reached and the trial-epochs spent by TPE + ASHA (``--num-samples`` trials,
-  one seed per ``--seeds``) vs a grid over lr × warm-up (the papers' bash grids), same per-trial budget.
+  one seed per ``--seeds``) vs a grid over lr × warm-up (the papers' bash grids), same per-trial budget; TPE
+  searches the box the grid spans.
 
 Starts a local Ray instance; on machines where Ray must stay off the network, run it inside a
 loopback-only namespace (see README "Running a sweep"), with ``RAY_AUTH_MODE`` set.
@@ -209,9 +210,13 @@ def bench_search(a, tmp: Path) -> None:
     print(f"\nsearch: SST-2 ({a.train_subset} train examples), LoRA r=8, {a.steps} steps per full trial")
     print(f"  grid lr × warm-up ({out['cells']['sst2-lora-r8']['n_trials']} trials): best {g_best:.4f}, ", end="")
     print(f"{g_used:.1f} trial-epochs, {wall:.0f} s")
+    # TPE searches the box the grid spans (lr log-uniform between the grid's ends, the grid's warm-ups), so the
+    # two searches differ in how they pick points, not in where they may look.
+    lrs = [float(x) for x in a.grid_lrs.split(",")]
+    box = ["--space", f"lr=loguniform:{min(lrs)}:{max(lrs)}", "--space", f"warmup_steps=choice:{a.grid_warmups}"]
     results = []
     for seed in range(a.seeds):
-        argv = [*base, "--search", "optuna", "--num-samples", str(a.num_samples), "--search-seed", str(seed)]
+        argv = [*base, "--search", "optuna", "--num-samples", str(a.num_samples), "--search-seed", str(seed), *box]
         wall, out = sweep(argv, f"tpe{seed}")
         best, used = spent(out)
         results.append((best, used))
