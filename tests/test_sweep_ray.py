@@ -7,6 +7,7 @@ namespace (``unshare --net --pid --fork``): Ray binds the machine's interface ev
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -251,22 +252,23 @@ def test_reused_actor_leaks_no_state_and_seed_reruns(sweep_cmd, tmp_path):
 
 
 def test_diverging_trial_fails_and_the_sweep_goes_on(sweep_cmd, tmp_path):
-    """One trial of a cell diverges (lr 1e30: non-finite loss), the other trains: the sweep finishes, the
-    diverged trial is marked failed in the state and in MLflow (with the runner's error), and the best
-    configuration, the table and the exported adapter come from the trial that completed."""
+    """One trial of each cell diverges (lr 1e30: non-finite loss), the other trains: the sweep finishes, the
+    diverged trials are marked failed in the state and in MLflow (with the runner's error), and the best
+    configuration, the table (one row per rank) and the exported adapter come from the trials that completed."""
     from mlflow.tracking import MlflowClient
 
     make, env = sweep_cmd
-    args = [*TINY, "--methods", "lora", "--search", "grid", "--space", "lr=grid:1e30,0.002"]
+    args = [*TINY, "--methods", "lora", "--ranks", "2,8", "--search", "grid", "--space", "lr=grid:1e30,0.002"]
     args += ["--set", "warmup_steps=0", "--no-asha", "--max-concurrent", "1", "--name", "nan"]
     out = _run(make(*args), env)
     state = _state(tmp_path / "runs" / "nan")
     assert state["finished"]
-    cell = state["cells"]["sst2-lora-r8"]
-    assert (cell["n_trials"], cell["n_completed"], cell["n_failed"]) == (2, 1, 1), cell
-    failed = next(t for t in cell["trials"] if t["status"] == "failed")
-    assert "non-finite" in failed["error"].lower() or "nan" in failed["error"].lower(), failed
-    assert cell["best_config"]["lr"] == pytest.approx(0.002)
+    assert set(state["cells"]) == {"sst2-lora-r2", "sst2-lora-r8"}
+    for cell in state["cells"].values():
+        assert (cell["n_trials"], cell["n_completed"], cell["n_failed"]) == (2, 1, 1), cell
+        failed = next(t for t in cell["trials"] if t["status"] == "failed")
+        assert "non-finite" in failed["error"].lower() or "nan" in failed["error"].lower(), failed
+        assert cell["best_config"]["lr"] == pytest.approx(0.002)
 
     client = MlflowClient(state["tracking_uri"])
     children = _children(client, state)
@@ -274,6 +276,10 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(sweep_cmd, tmp_path):
     assert sorted(by_status) == ["completed", "failed"], [c.data.tags for c in children]
     assert by_status["failed"].info.status == "FAILED" and by_status["failed"].data.tags["error"]
     assert by_status["completed"].info.status == "FINISHED"
-    assert "| LoRA (r=8) |" in (tmp_path / "runs" / "nan" / "results" / "table.md").read_text()
+    results = tmp_path / "runs" / "nan" / "results"
+    rows = [ln for ln in (results / "table.md").read_text().splitlines() if ln[:2] == "| "]
+    assert [r.split(" | ")[0] for r in rows] == ["| Method", "| LoRA (r=2)", "| LoRA (r=8)"], rows
+    long = list(csv.DictReader((results / "table_long.csv").open()))
+    assert sorted((r["rank"], r["n_trials"], r["n_failed"]) for r in long) == [("2", "2", "1"), ("8", "2", "1")]
     exported = client.list_artifacts(state["parent_run_id"], "best_adapter/sst2/lora")
     assert exported, out.stdout[-2000:]
