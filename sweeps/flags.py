@@ -8,6 +8,7 @@ The flow: :mod:`sweeps.flags` → :mod:`sweeps.plan` (validate everything, build
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,61 @@ def _kv(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+class SweepParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that records which flags the command line actually gave.
+
+    ``args.given_flags`` (sorted dests) is what precedence reads — explicit flag > preset > ``--smoke-test``
+    > default — so a typed value equal to the default still wins (``--smoke-test --tasks sst2`` runs SST-2).
+    Every dest starts as a sentinel that argparse leaves alone unless the flag is parsed; the sentinels
+    left afterwards become the defaults.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns = namespace if namespace is not None else argparse.Namespace()
+        appended: dict[str, int] = {}
+        for action in self._actions:
+            dest = action.dest
+            if dest == argparse.SUPPRESS or hasattr(ns, dest):
+                continue
+            if isinstance(action, argparse._AppendAction):
+                start = list(action.default or [])
+                setattr(ns, dest, start)
+                appended[dest] = len(start)
+            else:
+                setattr(ns, dest, _UNSET)
+        ns, rest = super().parse_known_args(args, ns)
+        given = set(getattr(ns, "given_flags", ()) or ())
+        for action in self._actions:
+            dest = action.dest
+            if dest == argparse.SUPPRESS:
+                continue
+            value = getattr(ns, dest, _UNSET)
+            if value is _UNSET:
+                default = action.default
+                if isinstance(default, str) and action.type is not None and callable(action.type):
+                    default = action.type(default)
+                setattr(ns, dest, copy.copy(default))
+            elif dest not in appended or len(value) > appended[dest]:
+                given.add(dest)
+        ns.given_flags = sorted(given)
+        return ns, rest
+
+
+def given(args: argparse.Namespace, dest: str) -> bool:
+    """Whether the command line gave the flag ``dest`` (not a preset, ``--smoke-test`` or a default)."""
+    return dest in (getattr(args, "given_flags", None) or ())
+
+
 def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = SweepParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = defaults
     g = p.add_argument_group("what to sweep")
     g.add_argument("--tasks", type=_csv, default=list(d.tasks), help="comma-separated tasks")
@@ -106,7 +160,18 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     g.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
     g.add_argument("--max-concurrent", type=int, default=None, help="default: from the cluster's resources")
     g.add_argument("--no-reuse-actors", action="store_true", help="fresh worker process per trial")
-    g.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial from its checkpoint")
+    g.add_argument(
+        "--max-failures",
+        type=int,
+        default=1,
+        help="retries of a crashed trial (worker killed, out of memory, …) from its last checkpoint",
+    )
+    g.add_argument(
+        "--memory-per-trial",
+        type=float,
+        default=None,
+        help="GiB of memory each trial reserves from Ray (default: estimated from the model size, batch and length)",
+    )
     g.add_argument("--ray-temp-dir", default=None, help="local Ray's temp folder")
     g.add_argument("--progress-interval", type=float, default=30.0, help="seconds between progress tables")
     g.add_argument("--num-nodes", type=int, default=None, help="expected cluster nodes (multi-node checks)")
@@ -133,8 +198,11 @@ def resolve_preset(value: str | Path | None) -> Path | None:
 
 
 def apply_preset_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """A preset's ``cli:`` section sets flag defaults: a flag given on the command line still wins."""
+    """A preset's ``cli:`` section sets flag defaults: a flag given on the command line still wins.
+
+    The flags it set are recorded in ``args.preset_flags`` (``--smoke-test`` does not replace them)."""
     args.preset = resolve_preset(args.preset)
+    args.preset_flags = []
     if args.preset is None:
         return
     cli = (yaml.safe_load(args.preset.read_text()) or {}).get("cli") or {}
@@ -142,7 +210,8 @@ def apply_preset_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         dest = key.replace("-", "_")
         if not hasattr(args, dest) or dest in ("preset", "resume"):
             raise ValueError(f"preset {args.preset}: cli.{key} is not a sweep flag")
-        if getattr(args, dest) == parser.get_default(dest):
+        if not given(args, dest):
+            args.preset_flags.append(dest)
             if dest in ("tasks", "methods", "ranks") and not isinstance(value, list):
                 value = [v.strip() for v in str(value).split(",") if v.strip()]
             elif isinstance(value, str):
@@ -153,14 +222,16 @@ def apply_preset_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 def apply_smoke(args: argparse.Namespace, defaults: SweepDefaults, parser: argparse.ArgumentParser) -> None:
-    """``--smoke-test``: tiny settings wherever the user did not pass the flag; pins are merged."""
+    """``--smoke-test``: tiny settings for every flag that neither the command line nor the preset set;
+    its pins come before the user's ``--set`` (which win)."""
     if not args.smoke_test:
         return
+    preset = set(getattr(args, "preset_flags", None) or ())
     for key, value in defaults.smoke.items():
         if key == "fixed":
             args.fixed = [*value, *args.fixed]
-        elif getattr(args, key) == parser.get_default(key):
-            setattr(args, key, value)
+        elif not given(args, key) and key not in preset:
+            setattr(args, key, copy.copy(value))
 
 
 def load_preset(path: str | Path | None) -> dict[str, Any]:

@@ -14,19 +14,28 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sweeps import spaces as sp
 from sweeps.flags import SweepDefaults, load_preset
+from sweeps.state import (
+    EXPERIMENT,
+    FINISHED,
+    STATE_FILE,
+    StateError,
+    check_experiment,
+    check_sqlite_store,
+    latest_resumable,
+    load_state,
+    status_of,
+)
+from sweeps.state import save_state as _save_state
 from sweeps.tracking import check_tracking_uri, default_tracking_uri
 from wlora.fields import parse_field_value
 from wlora.registry import METHODS, make_config
 from wlora.run_config import TrainConfig
-
-STATE_FILE = "sweep_state.json"
 
 
 class InputError(ValueError):
@@ -59,6 +68,8 @@ class Plan:
     settings: dict[str, Any]
     state: dict[str, Any]
     tune_storage: str = ""
+    memory_per_trial: int = 0
+    """Bytes of memory each trial declares to Ray (:func:`sweeps.resources.trial_memory`, set once Ray is up)."""
     """Where Tune keeps this sweep's experiments and checkpoints: ``run_dir``, or ``<URI>/<name>`` when
     ``--storage-path`` is a cloud/shared URI (s3://, gs://, …) — the driver's own files (state, tables,
     adapters, the default MLflow store) then stay in a local ``runs/<name>`` folder."""
@@ -74,6 +85,38 @@ def _for_method(overrides: dict[str, Any], method: str) -> dict[str, Any]:
     out = {k: v for k, v in overrides.items() if "." not in k}
     out.update({k.partition(".")[2]: v for k, v in overrides.items() if k.partition(".")[0] == method and "." in k})
     return out
+
+
+#: TrainConfig fields that define the cells rather than a trial: pinning them with ``--set`` would silently
+#: run another experiment than the cell's name says.
+CELL_FLAGS = {"task": "--tasks", "method": "--methods"}
+
+
+def _method_ranks(
+    args: argparse.Namespace,
+    ranks: list[int | None],
+    rkey: str | None,
+    pins: dict[str, Any],
+    cli_pins: dict[str, Any],
+    method: str,
+) -> list[int | None]:
+    """The ranks of ``method``'s cells: ``--ranks``, or the rank a ``--set``/preset pins.
+
+    ``--set r=4`` pins the rank (one cell at r = 4); with an explicit ``--ranks`` too, the two disagree
+    about which cells to build, so that is an error. A pin that is not a positive integer is an error (the
+    same check as ``wlora.train``)."""
+    from sweeps.flags import given
+
+    if rkey is None or rkey not in pins:
+        return ranks
+    if rkey in cli_pins and given(args, "ranks"):
+        raise ValueError(f"--set {rkey}=… and --ranks both fix {method}'s rank: use --ranks only")
+    if given(args, "ranks"):
+        return ranks  # the command line wins over a preset's pin
+    value = pins[rkey]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{method}: `{rkey}` must be a positive integer, got {value!r} (or use --ranks 4,8)")
+    return [value]
 
 
 def _representatives(space: dict[str, Any]) -> list[dict[str, Any]]:
@@ -101,18 +144,6 @@ def _representatives(space: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _latest_unfinished(storage: Path) -> Path | None:
-    runs = sorted(
-        (p.parent for p in storage.glob(f"*/{STATE_FILE}")),
-        key=lambda p: (p / STATE_FILE).stat().st_mtime,
-        reverse=True,
-    )
-    for run in runs:
-        if not json.loads((run / STATE_FILE).read_text()).get("finished"):
-            return run
-    return None
-
-
 def plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
     """Validate the whole sweep and resolve data/model on the driver (no Ray, no trials).
 
@@ -122,7 +153,7 @@ def plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
     """
     try:
         return _plan_sweep(args, defaults)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
         raise InputError(str(e)) from e
 
 
@@ -133,12 +164,18 @@ def _is_uri(path: str) -> bool:
 def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
     # A URI (s3://bucket/sweeps) is Tune's storage; the driver's bookkeeping stays on local disk.
     storage = Path("runs").resolve() if _is_uri(args.storage_path) else Path(args.storage_path).expanduser().resolve()
+    if storage.exists() and not storage.is_dir():
+        raise ValueError(f"--storage-path {args.storage_path} is a file, not a folder")
     state: dict[str, Any] = {}
     if args.resume:
-        run_dir = storage / args.name if args.name else _latest_unfinished(storage)
-        if run_dir is None or not (run_dir / STATE_FILE).is_file():
-            raise FileNotFoundError(f"--resume: no sweep to resume in {storage} (name {args.name!r})")
-        state = json.loads((run_dir / STATE_FILE).read_text())
+        run_dir = storage / args.name if args.name else latest_resumable(storage)
+        if run_dir is None or not run_dir.is_dir():
+            raise FileNotFoundError(
+                f"--resume: no running or interrupted sweep in {storage}"
+                + (f" named {args.name!r}" if args.name else " (pass --name to pick one)")
+            )
+        state = load_state(run_dir)
+        _check_resumable(run_dir, state)
         # The sweep's own settings win: a resumed sweep is the same sweep.
         saved = state["args"]
         for key, value in saved.items():
@@ -168,6 +205,14 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
             raise ValueError(f"--ranks: {r!r} is not a positive integer or 'search'")
     if args.num_samples < 1 or args.seeds < 0:
         raise ValueError("--num-samples must be >= 1 and --seeds >= 0")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ValueError(
+            f"--max-concurrent must be >= 1 (or left out: one trial per free slot), got {args.max_concurrent}"
+        )
+    if args.max_failures < 0:
+        raise ValueError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if getattr(args, "memory_per_trial", None) is not None and args.memory_per_trial <= 0:
+        raise ValueError(f"--memory-per-trial must be > 0 GiB, got {args.memory_per_trial}")
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         raise ValueError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
@@ -186,6 +231,11 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         scope = key.partition(".")[0] if "." in key else None
         if scope is not None and scope not in METHODS:
             raise ValueError(f"--set/--space {key}: {scope!r} is not a method slug")
+        field_name = key.partition(".")[2] if scope else key
+        if field_name in CELL_FLAGS:
+            raise ValueError(
+                f"--set/--space {key}: the sweep's cells come from {CELL_FLAGS[field_name]}; use that flag"
+            )
     train = {
         "model": args.model,
         "data_dir": str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None,
@@ -207,11 +257,13 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
     for task in tasks:
         for method in args.methods:
             rkey = sp.rank_key(method)
-            for rank in ranks if rkey is not None else [None]:
+            mpre = (preset.get("methods") or {}).get(method, {})
+            pins0 = {**(preset.get("set") or {}), **(mpre.get("set") or {}), **_for_method(cli_fixed, method)}
+            pins0 = {k: _field_value(k, v, method) for k, v in pins0.items()}
+            method_ranks = _method_ranks(args, ranks, rkey, pins0, _for_method(cli_fixed, method), method)
+            for rank in method_ranks if rkey is not None else [None]:
                 cell = Cell(task, method, rank)
-                mpre = (preset.get("methods") or {}).get(method, {})
-                pins = {**(preset.get("set") or {}), **(mpre.get("set") or {}), **_for_method(cli_fixed, method)}
-                pins = {k: _field_value(k, v, method) for k, v in pins.items()}
+                pins = dict(pins0)
                 overrides = {
                     **(preset.get("space") or {}),
                     **(mpre.get("space") or {}),
@@ -225,6 +277,11 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
                 space = {k: v for k, v in space.items() if k not in base}
                 if search != "grid" and sp.has_grid(space):
                     raise ValueError(f"{cell.name}: grid dimensions need --search grid")
+                if search == "grid" and not sp.has_grid(space):
+                    raise ValueError(
+                        f"{cell.name}: --search grid needs at least one grid dimension "
+                        "(e.g. --space lr=grid:1e-4,5e-4,1e-3)"
+                    )
                 # Unknown keys, bad values and K outside [1, n] fail here, per representative config.
                 n = None
                 evals = 1
@@ -265,7 +322,36 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
 
 
 def save_state(plan: Plan) -> None:
-    """Write ``sweep_state.json`` atomically (a crash leaves the previous state, never half a file)."""
-    tmp = plan.run_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(plan.state, indent=2, default=str))
-    tmp.replace(plan.run_dir / STATE_FILE)
+    """Write the plan's ``sweep_state.json`` atomically (:func:`sweeps.state.save_state`)."""
+    _save_state(plan.run_dir, plan.state)
+
+
+def _check_resumable(run_dir: Path, state: dict[str, Any]) -> None:
+    """Everything ``--resume`` reads must be readable: the state (already loaded), the MLflow store and the
+    Tune experiment. A missing experiment is fine only while no trial ever started (MLflow holds none of
+    this sweep's trials); otherwise resuming would rerun finished trials, so refuse."""
+    uri = state.get("tracking_uri") or default_tracking_uri(run_dir)
+    check_sqlite_store(uri)
+    if status_of(state) == FINISHED:
+        return
+    exp = Path(state.get("tune_storage") or run_dir) / EXPERIMENT
+    if "://" in str(state.get("tune_storage", "")):
+        return  # cloud storage: Tune itself checks it on restore
+    if check_experiment(exp) or not state.get("parent_run_id"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        runs = client.search_runs(
+            [state["experiment_id"]],
+            filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'",
+            max_results=10,
+        )
+    except Exception as e:  # the store is unreadable: say so in one line
+        raise StateError(f"--resume: cannot read the MLflow store {uri} ({type(e).__name__}: {e})") from None
+    if runs:
+        raise StateError(
+            f"--resume: the Tune experiment {exp} is missing, but MLflow already holds trials of this sweep; "
+            "resuming would rerun them. Restore the folder, or start a new sweep with another --name"
+        )

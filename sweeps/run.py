@@ -15,25 +15,41 @@ import hashlib
 import importlib
 import logging
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ray.tune import Callback
+
 from sweeps.flags import SweepDefaults, apply_preset_cli, apply_smoke, build_parser
 from sweeps.plan import Cell, InputError, Plan, _is_uri, plan_sweep, save_state
 from sweeps.pool import SEED_RUN, TRIAL, CellSearch, ListSearch, PooledScheduler, PooledSearcher, variant_configs
+from sweeps.progress import ProgressTable
+from sweeps.resources import check_resources, pool_slots, trial_memory
 from sweeps.results import PARAMS_METRIC, cell_summary, export_best, publish, seed_summary, trial_rows, write_report
 from sweeps.search import EarlyStopLedger, make_optuna, make_scheduler
-from sweeps.tracking import MlflowTrialCallback, ProgressTable, get_experiment_id, git_commit, log_params
+from sweeps.state import EXPERIMENT, FAILED, FINISHED, INTERRUPTED, PLANNED, RUNNING, status_of
+from sweeps.tracking import (
+    MlflowTrialCallback,
+    close_open_children,
+    get_experiment_id,
+    git_commit,
+    live_callbacks,
+    log_params,
+)
+from sweeps.tracking_queue import flush_all
 from trainables import train_pooled
 from wlora.run_config import OBJECTIVE, TrainConfig
 
 logger = logging.getLogger("sweeps")
 
-#: The name of the sweep's one Tune experiment inside the run folder.
-EXPERIMENT = "pool"
+#: Exit status of an interrupted sweep (as a shell reports a process ended by SIGINT).
+EXIT_INTERRUPTED = 130
 #: Environment of the driver and every trial process: no "Loading weights" / download progress bars in the
 #: console (the live view is the sweep's one progress table).
 QUIET = {
@@ -71,7 +87,13 @@ def init_ray(args: argparse.Namespace) -> None:
             kwargs["num_cpus"] = args.num_cpus
         if args.ray_temp_dir:
             kwargs["_temp_dir"] = str(Path(args.ray_temp_dir).resolve())
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as e:
+        raise InputError(
+            f"--address {args.address}: no Ray cluster answers there ({str(e).splitlines()[0][:200]}); "
+            "start one (`ray up cluster.yaml` / `ray start --head`) or leave --address out for local Ray"
+        ) from None
 
 
 def stage_models(plan: Plan) -> None:
@@ -100,22 +122,6 @@ def check_cluster(plan: Plan) -> None:
             checks.check_cluster_storage(where, plan.tracking_uri, plan.args.num_nodes)
         except ValueError as e:
             raise InputError(str(e)) from e
-
-
-def pool_slots(args: argparse.Namespace, n_trials: int) -> int:
-    """Trials the cluster runs at once (``--max-concurrent``, else its CPUs / GPUs per trial), at most the
-    number of trials the sweep will ever have in flight."""
-    import ray
-
-    if args.max_concurrent:
-        return args.max_concurrent
-    res = ray.cluster_resources()
-    fits = int(res.get("CPU", 1) // args.cpus_per_trial)
-    if args.gpus_per_trial > 0:
-        fits = min(fits, int(res.get("GPU", 0) // args.gpus_per_trial))
-        if fits < 1:
-            raise InputError(f"--gpus-per-trial {args.gpus_per_trial}: the cluster has {res.get('GPU', 0)} GPUs")
-    return max(1, min(fits, n_trials))
 
 
 def setup_parent(plan: Plan):
@@ -155,8 +161,11 @@ def setup_parent(plan: Plan):
         cells={},
         seed_cells={},
         finished=False,
+        status=PLANNED,
+        tune_storage=plan.tune_storage,
     )
     save_state(plan)
+    client.set_tag(pid, "mlflow.note.content", describe_plan(plan))
     return client, exp_id, pid
 
 
@@ -231,7 +240,7 @@ def _trainable(plan: Plan):
     from ray import tune
 
     fn = tune.with_parameters(train_pooled, assets=plan.assets)
-    res = {"cpu": plan.args.cpus_per_trial}
+    res: dict[str, float] = {"cpu": plan.args.cpus_per_trial, "memory": plan.memory_per_trial}
     if plan.args.gpus_per_trial:
         res["gpu"] = plan.args.gpus_per_trial
     return tune.with_resources(fn, res)
@@ -252,6 +261,7 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
     if tune.Tuner.can_restore(exp_path):
         logger.info("resuming the sweep's trials from %s", exp_path)
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        _with_interrupts(tuner)
         # Tune restores the searcher's state into the searcher it keeps on the internal tuner.
         tune_config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
         return tuner.fit(), getattr(tune_config, "search_alg", None)
@@ -283,7 +293,7 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
         run_config=tune.RunConfig(
             name=EXPERIMENT,
             storage_path=storage,
-            callbacks=[cb, ProgressTable(a.name, interval_s=a.progress_interval)],
+            callbacks=[cb, ProgressTable(a.name, interval_s=a.progress_interval), Interrupts()],
             failure_config=tune.FailureConfig(max_failures=a.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
@@ -315,45 +325,201 @@ def summarize(plan: Plan, results, searcher) -> None:
 # The flow
 
 
+class Interrupts(Callback):
+    """Tells the driver whether Tune's run ended because of Ctrl-C or SIGTERM (Tune itself only logs it).
+
+    Tune installs its SIGINT handler before the callbacks' ``setup``: this wraps it, so the first Ctrl-C
+    (or SIGTERM, e.g. a preempted head node) still lets Tune stop the trials and checkpoint the experiment,
+    and is recorded in :attr:`EVENT`. A second one reaches :func:`_stop_now` (raises KeyboardInterrupt)."""
+
+    EVENT = threading.Event()
+
+    def setup(self, **info: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        tune_handler = signal.getsignal(signal.SIGINT)
+
+        def first(sig: int, frame: Any) -> None:
+            Interrupts.EVENT.set()
+            print(
+                "\nstopping: checkpointing the trials; the sweep will be resumable (press Ctrl-C again to stop now)",
+                file=sys.stderr,
+                flush=True,
+            )
+            signal.signal(signal.SIGTERM, _stop_now)
+            if callable(tune_handler):
+                tune_handler(signal.SIGINT, frame)
+            signal.signal(signal.SIGINT, _stop_now)
+
+        signal.signal(signal.SIGINT, first)
+        signal.signal(signal.SIGTERM, first)
+
+
+def _stop_now(sig: int, frame: Any) -> None:
+    Interrupts.EVENT.set()
+    raise KeyboardInterrupt
+
+
+def _with_interrupts(tuner) -> None:
+    """A restored tuner keeps the callbacks it was pickled with; add :class:`Interrupts` if it lacks one."""
+    run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    if run_config is not None and not any(isinstance(c, Interrupts) for c in run_config.callbacks or []):
+        run_config.callbacks = [*(run_config.callbacks or []), Interrupts()]
+
+
+def describe_plan(plan: Plan) -> str:
+    """The resolved plan, as run: cells, budget per trial, pins, space, search, resources (printed before the
+    first trial and recorded as the MLflow parent's description)."""
+    a = plan.args
+    lines = [f"sweep {a.name}: {len(plan.cells)} cell(s), {plan.search} search"]
+    per = f"{a.num_samples} trial(s) per cell" + (f" + {a.seeds} seed re-run(s)" if a.seeds else "")
+    asha = (
+        "no ASHA" if a.no_asha or a.multi_objective else f"ASHA grace {a.grace_period}, factor {a.reduction_factor:g}"
+    )
+    lines.append(f"  {per}; {asha}; search seed {a.search_seed}")
+    mem = plan.memory_per_trial / 2**30
+    lines.append(
+        f"  per trial: {a.cpus_per_trial:g} CPU, {a.gpus_per_trial:g} GPU, {mem:.1f} GiB memory; "
+        f"up to {a.max_failures} retr{'y' if a.max_failures == 1 else 'ies'} after a crash"
+    )
+    for cell in plan.cells:
+        fixed = plan.fixed[cell.name]
+        budget = f"max_steps={fixed['max_steps']}" if fixed.get("max_steps") else f"epochs={fixed.get('epochs')}"
+        lines.append(f"  {cell.name}: {budget}, {plan.planned_evals[cell.name]} evaluation(s)")
+        common = ("model", "data_dir", "task", "method", "epochs", "max_steps")
+        pins = {k: v for k, v in fixed.items() if k not in common}
+        lines.append("    pinned: " + ", ".join(f"{k}={v}" for k, v in pins.items()))
+        space = plan.spaces[cell.name]
+        lines.append("    searched: " + (", ".join(f"{k}={_domain_str(v)}" for k, v in space.items()) or "nothing"))
+    return "\n".join(lines)
+
+
+def _domain_str(dom: Any) -> str:
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    if isinstance(dom, dict) and "grid_search" in dom:
+        return "grid" + str(list(dom["grid_search"]))
+    if isinstance(dom, Categorical):
+        return "choice" + str(list(dom.categories))
+    if isinstance(dom, Float | Integer):
+        kind = "log" if "LogUniform" in type(dom.get_sampler()).__name__ else ""
+        return f"{type(dom).__name__.lower()}{'-' + kind if kind else ''}[{dom.lower:g}, {dom.upper:g}]"
+    return repr(dom)
+
+
+def resume_command(plan: Plan) -> str:
+    """The exact command that continues this sweep."""
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else f"{plan.kind}_sweep.py"
+    parts = ["python", f"sweeps/{script}", "--resume", "--name", plan.args.name]
+    parts += ["--storage-path", str(plan.run_dir.parent)]
+    if plan.args.address:
+        parts += ["--address", plan.args.address]
+    return shlex.join(parts)
+
+
 def run_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> dict[str, Any]:
     """Plan (validates; raises before Ray starts) and execute the sweep — the importable entry point."""
     quiet_console()
     return execute(plan_sweep(args, defaults))
 
 
+def _set_status(plan: Plan, status: str) -> None:
+    plan.state["status"] = status
+    plan.state["finished"] = status == FINISHED
+    save_state(plan)
+
+
+def _trials_started(plan: Plan) -> bool:
+    exp = Path(plan.tune_storage or plan.run_dir) / EXPERIMENT
+    return _is_uri(plan.tune_storage) or any(exp.glob("trial_*"))
+
+
+def _close_children(plan: Plan, exp_id: str, parent_id: str, wait_s: float | None) -> None:
+    """Every queued MLflow call done (waits for an absent server up to ``wait_s``), then no child RUNNING."""
+    pending = flush_all(wait_s, say=lambda m: print(m, file=sys.stderr, flush=True))
+    if pending:
+        print(f"warning: {pending} MLflow calls could not be sent to {plan.tracking_uri}", file=sys.stderr)
+        return
+    try:
+        close_open_children(plan.tracking_uri, exp_id, parent_id)
+    except Exception as e:  # the store is gone: nothing more to close
+        print(f"warning: could not close the sweep's MLflow runs ({type(e).__name__}: {e})", file=sys.stderr)
+
+
 def execute(plan: Plan) -> dict[str, Any]:
-    """Run the sweep's pool of trials (or continue it on ``--resume``), then table, adapters, report."""
+    """Run the sweep's pool of trials (or continue it on ``--resume``), then table, adapters, report.
+
+    Returns the state plus ``run_dir`` etc.; ``status`` is ``interrupted`` when Ctrl-C / SIGTERM stopped it
+    (the trials are checkpointed and every MLflow child is closed as KILLED; ``--resume`` continues)."""
     # num_to_keep=1 snapshots the experiment at every checkpoint (what makes --resume exact); quiet
     # Tune's warning about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     quiet_console()
     t0 = time.time()
     init_ray(plan.args)
-    check_cluster(plan)
+    try:
+        check_cluster(plan)
+        plan.memory_per_trial = trial_memory(
+            plan.args, [a.model_path for a in plan.assets.values()], [c.method for c in plan.cells]
+        )
+        check_resources(plan.args, plan.memory_per_trial)
+    except ValueError as e:
+        raise InputError(str(e)) from e
     stage_models(plan)
     client, exp_id, parent_id = setup_parent(plan)
-    print(
-        f"sweep {plan.args.name}: {len(plan.cells)} cell(s) in one pool → {plan.run_dir}; MLflow {plan.tracking_uri}",
-        flush=True,
-    )
+    print(describe_plan(plan), flush=True)
+    print(f"  run folder {plan.run_dir}; MLflow {plan.tracking_uri}", flush=True)
+    out = {"run_dir": str(plan.run_dir), "parent_run_id": parent_id, "tracking_uri": plan.tracking_uri}
     if not plan.state.get("pooled_done"):
-        results, searcher = run_pool(plan, exp_id, parent_id)
-        summarize(plan, results, searcher)
+        previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, _stop_now)  # Ctrl-C before Tune takes over: stop at once, same state
+        Interrupts.EVENT.clear()
+        try:
+            _set_status(plan, RUNNING)
+            results, searcher = run_pool(plan, exp_id, parent_id)
+            trials = _tune_trials(results)
+            if Interrupts.EVENT.is_set() or any(t.status not in ("TERMINATED", "ERROR") for t in trials):
+                raise KeyboardInterrupt
+            flush_all(None, say=lambda m: print(m, file=sys.stderr, flush=True))
+            for cb in live_callbacks():
+                cb.close_orphans(trials)
+            summarize(plan, results, searcher)
+        except KeyboardInterrupt:
+            _close_children(plan, exp_id, parent_id, wait_s=60)
+            _set_status(plan, INTERRUPTED)
+            plan.state["wall_s"] = round(plan.state.get("wall_s", 0) + time.time() - t0, 1)
+            save_state(plan)
+            print(f"\nsweep {plan.args.name} interrupted; its trials are checkpointed. Continue it with:", flush=True)
+            print(f"  {resume_command(plan)}", flush=True)
+            return {**out, **plan.state}
+        except BaseException:
+            _close_children(plan, exp_id, parent_id, wait_s=60)
+            _set_status(plan, RUNNING if _trials_started(plan) else FAILED)
+            raise
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         plan.state["pooled_done"] = True
         save_state(plan)
 
     table_md = publish(plan.state, plan.run_dir, client, parent_id, multi_objective=_multi(plan))
-    plan.state["finished"] = True
     plan.state["wall_s"] = round(plan.state.get("wall_s", 0) + time.time() - t0, 1)
-    save_state(plan)
+    _set_status(plan, FINISHED)
     client.set_terminated(parent_id, "FINISHED")
     print(table_md, flush=True)
     write_report(plan.tracking_uri, parent_id, plan.run_dir / "report")
-    return {"run_dir": str(plan.run_dir), "parent_run_id": parent_id, "tracking_uri": plan.tracking_uri, **plan.state}
+    return {**out, **plan.state}
+
+
+def _tune_trials(results) -> list:
+    """The Tune trials behind a ResultGrid (status, id, config: what the MLflow callback closes by)."""
+    grid = getattr(results, "_experiment_analysis", None)
+    return list(getattr(grid, "trials", None) or [])
 
 
 def main(defaults: SweepDefaults, argv: Sequence[str] | None = None, description: str = "") -> int:
-    """Entry point of ``sweeps/<kind>_sweep.py``: exit code 2 with one line on bad input."""
+    """Entry point of ``sweeps/<kind>_sweep.py``: exit code 2 with one line on bad input, 130 when
+    interrupted (the sweep is resumable)."""
     parser = build_parser(defaults, description)
     args = parser.parse_args(argv)
     try:
@@ -366,11 +532,14 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None, description
     quiet_console()
     try:
         plan = plan_sweep(args, defaults)
-        execute(plan)
+        out = execute(plan)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("interrupted before the sweep started; nothing to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED if status_of(out) == INTERRUPTED else 0
 
 
 def entry_points(defaults: SweepDefaults, doc: str | None) -> tuple[Callable[[], argparse.ArgumentParser], Callable]:

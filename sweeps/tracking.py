@@ -24,7 +24,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from sweeps.search import EarlyStopLedger
+from sweeps.tracking_queue import TrackingQueue
 from trainables.runner import CELL_KEY, FINAL_KEY, ROLE_KEY
 from wlora.run_config import OBJECTIVE
 
@@ -144,6 +146,10 @@ class MlflowTrialCallback(Callback):
     A pooled sweep runs every cell in one Tune run: each child's ``method`` / ``task`` / ``rank`` /
     ``wlora.cell`` tags and its role (``trial`` or ``seed_run``) come from the trial's own config.
 
+    Every MLflow call goes through a :class:`sweeps.tracking_queue.TrackingQueue`: the Tune hooks return at
+    once, the calls run in order on a background thread and are retried through a tracking-server outage.
+    Run ids and the last logged step of each trial live on that thread only.
+
     Args:
         tracking_uri: the MLflow tracking URI.
         experiment_id: experiment of the parent run.
@@ -168,30 +174,32 @@ class MlflowTrialCallback(Callback):
         self.ledgers = dict(ledgers)
         self.tags = dict(tags)
         self.ranks = dict(ranks or {})
-        self._client: MlflowClient | None = None
+        self._queue: TrackingQueue | None = None
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, float] = {}
-        #: Seconds spent in MLflow calls for per-evaluation logging, and how many calls (bench).
-        self.log_seconds = 0.0
-        self.log_calls = 0
+        _LIVE_CALLBACKS.add(self)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_client"] = None
+        state["_queue"] = None
         state["_runs"], state["_last_step"] = {}, {}
         return state
 
-    @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
-        return self._client
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        _LIVE_CALLBACKS.add(self)
 
-    # ----- run lookup -----
+    @property
+    def queue(self) -> TrackingQueue:
+        if self._queue is None:
+            self._queue = TrackingQueue(self.tracking_uri)
+        return self._queue
+
+    # ----- run lookup (on the queue's thread) -----
 
     @staticmethod
     def role_of(trial) -> str:
-        return str((trial.config or {}).get(ROLE_KEY, "trial"))
+        return str((trial.config or {}).get(ROLE_KEY, TRIAL_ROLE))
 
     def trial_tags(self, trial) -> dict[str, str]:
         """The tags of ``trial``'s child run that depend on its cell."""
@@ -206,32 +214,30 @@ class MlflowTrialCallback(Callback):
             "wlora.cell": cell,
         }
 
-    def _find_existing(self, trial_id: str, role: str) -> tuple[str, float] | None:
-        runs = self.client.search_runs(
+    def _find_existing(self, client, trial_id: str, role: str) -> tuple[str, float] | None:
+        runs = client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.trial_id = '{trial_id}'",
             max_results=5,
         )
-        runs = [r for r in runs if r.data.tags.get("wlora.role") == role]
+        runs = [r for r in runs if r.data.tags.get("wlora.role") == role and r.data.tags.get("status") != ORPHANED]
         if not runs:
             return None
         run = runs[0]
-        history = self.client.get_metric_history(run.info.run_id, OBJECTIVE)
+        history = client.get_metric_history(run.info.run_id, OBJECTIVE)
         last = max((m.step for m in history), default=-1)
         return run.info.run_id, float(last)
 
-    def run_id(self, trial) -> str:
-        tid = trial.trial_id
+    def _start(self, client, tid: str, role: str, config: dict[str, Any], base: dict[str, str]) -> str:
         if tid in self._runs:
             return self._runs[tid]
-        role = self.role_of(trial)
-        found = self._find_existing(tid, role)
+        found = self._find_existing(client, tid, role)
         if found is not None:
+            # A trial continued by --resume (or retried): its own child, open again.
             self._runs[tid], self._last_step[tid] = found
-            self.client.set_tag(found[0], "status", "running")
+            client.set_tag(found[0], "status", "running")
+            client.update_run(found[0], status="RUNNING")
             return found[0]
-        config = {k: v for k, v in trial.config.items() if k not in (CELL_KEY, ROLE_KEY)}
-        base = self.trial_tags(trial)
         tags = {
             **base,
             "mlflow.parentRunId": self.parent_run_id,
@@ -241,142 +247,176 @@ class MlflowTrialCallback(Callback):
             "status": "running",
         }
         name = f"{base['method']}-{base['task']}-r{base['rank']}-{tid}"
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
-        log_params(self.client, run.info.run_id, config)
+        run = client.create_run(self.experiment_id, tags=tags, run_name=name)
+        log_params(client, run.info.run_id, config)
         self._runs[tid], self._last_step[tid] = run.info.run_id, -1.0
         return run.info.run_id
 
-    # ----- Tune hooks (driver) -----
+    def _submit_start(self, trial) -> None:
+        tid, role = trial.trial_id, self.role_of(trial)
+        config = {k: v for k, v in (trial.config or {}).items() if k not in (CELL_KEY, ROLE_KEY)}
+        base = self.trial_tags(trial)
+        self.queue.submit(lambda c: self._start(c, tid, role, config, base), f"start of trial {tid}")
+
+    def _run_of(self, client, tid: str) -> str | None:
+        if tid in self._runs:
+            return self._runs[tid]
+        for role in (TRIAL_ROLE, SEED_ROLE):
+            found = self._find_existing(client, tid, role)
+            if found is not None:
+                self._runs[tid], self._last_step[tid] = found
+                return found[0]
+        return None
+
+    # ----- Tune hooks (driver): each queues its calls and returns -----
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.run_id(trial)
+        self._submit_start(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self.run_id(trial)
         if result.get(FINAL_KEY):
             return  # the summary repeats the last evaluation
+        tid = trial.trial_id
         step = result.get("step", result.get("training_iteration", 0))
-        if step <= self._last_step.get(trial.trial_id, -1):
-            return  # already logged before an interruption (resume)
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, int(step)) for k, v in numeric_metrics(result).items()]
-        t0 = time.perf_counter()
-        self.client.log_batch(run_id, metrics=metrics)
-        self.log_seconds += time.perf_counter() - t0
-        self.log_calls += 1
-        self._last_step[trial.trial_id] = step
+        if tid not in self._runs:
+            self._submit_start(trial)  # idempotent: a restored trial whose start hook ran before the restart
+
+        def log(client) -> None:
+            run_id = self._run_of(client, tid)
+            if run_id is None or step <= self._last_step.get(tid, -1):
+                return  # already logged before an interruption (resume)
+            client.log_batch(run_id, metrics=metrics)
+            self._last_step[tid] = step
+
+        self.queue.submit(log, f"metrics of trial {tid} at step {step}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_id(trial)
+        tid = trial.trial_id
         result = trial.last_result or {}
         ledger = self.ledgers.get(str((trial.config or {}).get(CELL_KEY, "")))
-        stopped = ledger is not None and trial.trial_id in ledger
+        stopped = ledger is not None and tid in ledger
         status = "asha_stopped" if stopped else "completed"
         final = numeric_metrics(result)
         keep = ("trainable_params", "trainable_pct", "method_params", "method_pct", "active_adapters")
         metrics = [Metric(f"final_{k}", final[k], int(time.time() * 1000), 0) for k in keep if k in final]
-        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag("status", status)])
         report = result.get("method_report")
-        if isinstance(report, str):
-            self.client.log_text(run_id, report, "selection.json")
-        self.client.set_terminated(run_id, "FINISHED")
+
+        def complete(client) -> None:
+            run_id = self._run_of(client, tid)
+            if run_id is None:
+                return
+            client.log_batch(run_id, metrics=metrics, tags=[RunTag("status", status)])
+            if isinstance(report, str):
+                client.log_text(run_id, report, "selection.json")
+            client.set_terminated(run_id, "FINISHED")
+
+        self.queue.submit(complete, f"end of trial {tid}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        tid, reason = trial.trial_id, trial_error_reason(trial)
+        retries = int(getattr(trial, "num_failures", 0) or 0)
+
+        def recover(client) -> None:
+            run_id = self._run_of(client, tid)
+            if run_id is not None:
+                client.log_batch(run_id, tags=[RunTag("retries", str(retries)), RunTag("last_error", reason)])
+
+        self.queue.submit(recover, f"retry of trial {tid}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_id(trial)
-        error = ""
-        if trial.error_file and Path(trial.error_file).is_file():
-            error = Path(trial.error_file).read_text(errors="replace").strip().splitlines()[-1:]
-            error = error[0] if error else ""
-        self.client.log_batch(run_id, tags=[RunTag("status", "failed"), RunTag("error", error[:5000])])
-        self.client.set_terminated(run_id, "FAILED")
+        tid, reason = trial.trial_id, trial_error_reason(trial)
 
+        def error(client) -> None:
+            run_id = self._run_of(client, tid)
+            if run_id is None:
+                return
+            client.log_batch(run_id, tags=[RunTag("status", "failed"), RunTag("error", reason)])
+            client.set_terminated(run_id, "FAILED")
 
-class ProgressTable(Callback):
-    """One live table of the whole sweep (cell, trial, role, status, step, metric), printed at most every
-    ``interval_s`` seconds, and a summary per cell when the run ends."""
+        self.queue.submit(error, f"failure of trial {tid}")
 
-    def __init__(self, title: str, interval_s: float = 20.0, out: Callable = print):
-        self.title = title
-        self.interval_s = interval_s
-        self.out = out
-        self._last = 0.0
+    # ----- after the Tune run (driver) -----
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["out"] = None
-        return state
+    def close_orphans(self, trials) -> None:
+        """Children whose trial is not in the Tune experiment — created just before a driver was killed, after
+        the last experiment snapshot, so the restored run replaced their trial with a new one — are closed
+        (KILLED, status ``orphaned``), linked to the trial that replaced them (same cell, role and config;
+        tag ``wlora.replaced_by``), and never counted (:func:`sweeps.table.load_children` skips them)."""
+        known = {t.trial_id: t for t in trials}
+        configs = {
+            t.trial_id: {k: v for k, v in (t.config or {}).items() if k not in (CELL_KEY, ROLE_KEY)} for t in trials
+        }
+        cells = {t.trial_id: ((t.config or {}).get(CELL_KEY), self.role_of(t)) for t in trials}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.out = print
-
-    def on_step_end(self, iteration, trials, **info) -> None:
-        if time.monotonic() - self._last >= self.interval_s:
-            self.print_table(trials)
-
-    def on_experiment_end(self, trials, **info) -> None:
-        self.print_table(trials, final=True)
-
-    @staticmethod
-    def status(trial) -> str:
-        r = trial.last_result or {}
-        if trial.status == "TERMINATED" and r and not r.get(FINAL_KEY):
-            return "STOPPED"  # by its cell's ASHA
-        return trial.status
-
-    def print_table(self, trials, final: bool = False) -> None:
-        self._last = time.monotonic()
-        header = ["cell", "trial", "role", "status", "step", OBJECTIVE]
-        rows = []
-        for t in sorted(trials, key=lambda t: (str((t.config or {}).get(CELL_KEY, "")), t.trial_id)):
-            r = t.last_result or {}
-            cfg = t.config or {}
-            value = r.get(OBJECTIVE)
-            rows.append(
-                [
-                    str(cfg.get(CELL_KEY, "")),
-                    t.trial_id,
-                    "seed" if cfg.get(ROLE_KEY) == "seed_run" else "search",
-                    self.status(t),
-                    str(r.get("step", "")),
-                    f"{value:.4f}" if isinstance(value, float) else "",
-                ]
+        def close(client) -> None:
+            runs = client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+                max_results=5000,
             )
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row[3]] = counts.get(row[3], 0) + 1
-        summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
-        lines = [f"== {self.title}: {len(rows)} trials ({summary}) =="]
-        lines += _columns(header, rows)
-        if final:
-            lines += ["", f"== {self.title}: per cell ==", *_columns(*_cell_summary(rows))]
-        self.out("\n".join(lines), flush=True)
+            for run in runs:
+                tags = run.data.tags
+                tid = tags.get("trial_id", "")
+                if tid in known or tags.get("status") == ORPHANED:
+                    continue
+                params = dict(run.data.params)
+                same = [
+                    t
+                    for t in known
+                    if cells[t] == (tags.get("wlora.cell"), tags.get("wlora.role", TRIAL_ROLE))
+                    and {k: _param_str(v) for k, v in configs[t].items()} == params
+                ]
+                replaced = same[0] if same else ""
+                client.log_batch(
+                    run.info.run_id, tags=[RunTag("status", ORPHANED), RunTag("wlora.replaced_by", replaced)]
+                )
+                client.set_terminated(run.info.run_id, "KILLED")
+
+        self.queue.submit(close, "close of orphaned children")
 
 
-def _cell_summary(rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
-    header = ["cell", "trials", "completed", "stopped", "failed", f"best {OBJECTIVE}"]
-    cells: dict[str, list[list[str]]] = {}
-    for row in rows:
-        if row[2] == "search":
-            cells.setdefault(row[0], []).append(row)
-    out = []
-    for cell, rs in cells.items():
-        values = [float(r[5]) for r in rs if r[5] and r[3] == "TERMINATED"]
-        out.append(
-            [
-                cell,
-                str(len(rs)),
-                str(sum(r[3] == "TERMINATED" for r in rs)),
-                str(sum(r[3] == "STOPPED" for r in rs)),
-                str(sum(r[3] == "ERROR" for r in rs)),
-                f"{max(values):.4f}" if values else "",
-            ]
-        )
-    return header, out
+#: Status tags of children besides the trial outcomes (running, completed, asha_stopped, failed).
+INTERRUPTED_STATUS = "interrupted"
+ORPHANED = "orphaned"
+TRIAL_ROLE, SEED_ROLE = "trial", "seed_run"
+
+_LIVE_CALLBACKS: weakref.WeakSet[MlflowTrialCallback] = weakref.WeakSet()
 
 
-def _columns(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return lines
+def live_callbacks() -> list[MlflowTrialCallback]:
+    """The MLflow callbacks of this driver (the one passed to Tune, or the one Tune restored)."""
+    return list(_LIVE_CALLBACKS)
+
+
+def trial_error_reason(trial) -> str:
+    """One line saying why a trial failed: "out of memory: …" for a worker Ray's memory monitor killed,
+    "worker process died: …" for a crashed worker, else the error's last line."""
+    text = ""
+    if getattr(trial, "error_file", None) and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text(errors="replace")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    if "OutOfMemoryError" in text or "running low on memory" in text:
+        hit = next((ln for ln in lines if "memory" in ln.lower()), last)
+        return f"out of memory: {hit}"[:5000]
+    if "ActorDiedError" in text or "WorkerCrashedError" in text or "actor died" in text.lower():
+        hit = next((ln for ln in lines if "died" in ln.lower() or "crash" in ln.lower()), last)
+        return f"worker process died: {hit}"[:5000]
+    return last[:5000]
+
+
+def close_open_children(tracking_uri: str, experiment_id: str, parent_run_id: str) -> int:
+    """Mark every child of the sweep still RUNNING as ``interrupted`` / KILLED (any exit of the driver: no
+    child stays RUNNING); returns how many. ``--resume`` reopens those whose trials continue."""
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        max_results=5000,
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, "status", INTERRUPTED_STATUS)
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(runs)

@@ -477,7 +477,7 @@ def test_pooled_searcher_multi_objective_cells():
 def test_one_progress_table_for_the_whole_sweep():
     """The live view lists every cell's trials in one table (STOPPED = cut by its cell's ASHA) and ends with a
     summary per cell."""
-    from sweeps.tracking import ProgressTable
+    from sweeps.progress import ProgressTable
 
     lines: list[str] = []
     table = ProgressTable("demo", interval_s=0, out=lambda text, flush=True: lines.append(text))

@@ -76,7 +76,15 @@ def parse_domain(spec: Any) -> Any:
     kind = kind.strip().lower()
     try:
         if kind in ("loguniform", "uniform", "int"):
-            lo, hi = (parse_value(x) for x in rest.split(":"))
+            parts = rest.split(":")
+            if len(parts) != 2:
+                raise ValueError(f"expected {kind}:LOW:HIGH")
+            lo, hi = (parse_value(x) for x in parts)
+            lo, hi = (int(lo), int(hi)) if kind == "int" else (float(lo), float(hi))
+            if not lo < hi and not (kind == "int" and lo == hi):
+                raise ValueError(f"the lower bound {lo} must be below the upper bound {hi}")
+            if kind == "loguniform" and lo <= 0:
+                raise ValueError(f"a log-uniform range needs a positive lower bound, got {lo}")
             if kind == "loguniform":
                 return tune.loguniform(float(lo), float(hi))
             if kind == "uniform":
@@ -87,7 +95,7 @@ def parse_domain(spec: Any) -> Any:
             if not values:
                 raise ValueError("no values")
             return tune.choice(values) if kind == "choice" else tune.grid_search(values)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise ValueError(f"bad search-space spec {spec!r}: {e}") from None
     return parse_value(spec)  # e.g. a string value that contains ':'
 
