@@ -334,9 +334,9 @@ def _check_resumable(run_dir: Path, state: dict[str, Any]) -> None:
     check_sqlite_store(uri)
     if status_of(state) == FINISHED:
         return
-    exp = Path(state.get("tune_storage") or run_dir) / EXPERIMENT
     if "://" in str(state.get("tune_storage", "")):
         return  # cloud storage: Tune itself checks it on restore
+    exp = run_dir / EXPERIMENT
     if check_experiment(exp) or not state.get("parent_run_id"):
         return
     from mlflow.tracking import MlflowClient

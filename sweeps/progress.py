@@ -4,7 +4,7 @@ most every ``--progress-interval`` seconds, and a summary per cell when the run 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ray.tune import Callback
@@ -17,8 +17,10 @@ class ProgressTable(Callback):
     """One live table of the whole sweep (cell, trial, role, status, step, metric), printed at most every
     ``interval_s`` seconds, and a summary per cell when the run ends."""
 
-    def __init__(self, title: str, interval_s: float = 20.0, out: Callable = print):
+    def __init__(self, title: str, interval_s: float = 20.0, out: Callable = print, ledgers: Mapping | None = None):
         self.title = title
+        #: cell → its ASHA's early stops: a trial that ended early and is not in it was interrupted.
+        self.ledgers = dict(ledgers) if ledgers is not None else None
         self.interval_s = interval_s
         self.out = out
         self._last = 0.0
@@ -39,11 +41,14 @@ class ProgressTable(Callback):
     def on_experiment_end(self, trials, **info) -> None:
         self.print_table(trials, final=True)
 
-    @staticmethod
-    def status(trial) -> str:
+    def status(self, trial) -> str:
         r = trial.last_result or {}
         if trial.status == "TERMINATED" and r and not r.get(FINAL_KEY):
-            return "STOPPED"  # by its cell's ASHA
+            if self.ledgers is None:
+                return "STOPPED"
+            ledger = self.ledgers.get(str((trial.config or {}).get(CELL_KEY, "")))
+            # by its cell's ASHA, or by Ctrl-C (continues on --resume)
+            return "STOPPED" if ledger is not None and trial.trial_id in ledger else "INTERRUPTED"
         return trial.status
 
     def print_table(self, trials, final: bool = False) -> None:

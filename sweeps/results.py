@@ -42,15 +42,27 @@ def pareto_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [pts[i] for i in pareto_front([(r[PARAMS_METRIC], r[OBJECTIVE]) for r in pts])]
 
 
-def trial_rows(results, ledgers: dict[str, EarlyStopLedger]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """The pooled run's trials grouped by (cell, role), each as a row of the state file."""
+def trial_rows(
+    results, ledgers: dict[str, EarlyStopLedger], trials: Sequence[Any] = ()
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The pooled run's trials grouped by (cell, role), each as a row of the state file.
+
+    ``trials`` (Tune's trial objects) supply the config and the failure of a trial that died before it
+    wrote anything (e.g. killed for memory at its start), whose result holds neither."""
+    from sweeps.tracking import trial_error_reason
+
+    by_id = {t.trial_id: t for t in trials}
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
-        config = dict(r.config or {})
-        cell, role = config.pop(CELL_KEY, None), config.pop(ROLE_KEY, "trial")
         m = r.metrics or {}
         tid = m.get("trial_id") or Path(r.path).name.removeprefix("trial_")
-        if r.error is not None:
+        trial = by_id.get(tid)
+        config = dict(r.config or (trial.config if trial is not None else None) or {})
+        cell, role = config.pop(CELL_KEY, None), config.pop(ROLE_KEY, "trial")
+        error = str(r.error).strip().splitlines()[-1][:500] if r.error is not None else None
+        if trial is not None and (error is not None or trial.status == "ERROR"):
+            error = trial_error_reason(trial)[:500] or error or "the trial failed"
+        if error is not None:
             status = "failed"
         elif (cell in ledgers and tid in ledgers[cell]) or (m and not m.get(FINAL_KEY)):
             status = "asha_stopped"
@@ -66,7 +78,7 @@ def trial_rows(results, ledgers: dict[str, EarlyStopLedger]) -> dict[tuple[str, 
                 "trainable_params": m.get("trainable_params"),
                 "train_loss": m.get("train_loss"),
                 "pid": m.get("pid"),
-                "error": str(r.error).strip().splitlines()[-1][:500] if r.error is not None else None,
+                "error": error,
                 "checkpoint": r.checkpoint.path if r.checkpoint is not None else None,
             }
         )

@@ -60,8 +60,22 @@ QUIET = {
 }
 
 
+class _NoTuneRestoreHint(logging.Filter):
+    """Tune's own "Resume experiment with: Tuner.restore(...)" and stop-signal lines: the sweep prints its
+    own (``--resume``), which is what a user of the sweep should run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return "Tuner.restore(" not in text and "Stop signal received" not in text
+
+
 def quiet_console() -> None:
     """No progress bars on the driver either (set before the plan loads the model; idempotent)."""
+    # urllib3's line per retried request while a tracking server is away (the queue says it once).
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    tune_log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoTuneRestoreHint) for f in tune_log.filters):
+        tune_log.addFilter(_NoTuneRestoreHint())
     for key, value in QUIET.items():
         os.environ.setdefault(key, value)
     if "transformers" in sys.modules:
@@ -271,11 +285,12 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per cell
     searcher = PooledSearcher([cell_search(plan, cell) for cell in plan.cells])
     n_trials = sum(c.budget + c.seeds for c in searcher.cells.values())
+    ledgers = {cell.name: _ledger(plan, cell) for cell in plan.cells}
     cb = MlflowTrialCallback(
         plan.tracking_uri,
         exp_id,
         parent_id,
-        {cell.name: _ledger(plan, cell) for cell in plan.cells},
+        ledgers,
         {"model": a.model, "wlora.sweep_name": a.name},
         ranks={cell.name: cell.rank for cell in plan.cells},
     )
@@ -293,7 +308,7 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
         run_config=tune.RunConfig(
             name=EXPERIMENT,
             storage_path=storage,
-            callbacks=[cb, ProgressTable(a.name, interval_s=a.progress_interval), Interrupts()],
+            callbacks=[cb, ProgressTable(a.name, interval_s=a.progress_interval, ledgers=ledgers), Interrupts()],
             failure_config=tune.FailureConfig(max_failures=a.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
@@ -304,7 +319,8 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
 
 def summarize(plan: Plan, results, searcher) -> None:
     """Cell and seed summaries of the finished pool into the state; the best adapter of each cell."""
-    grouped = trial_rows(results, {cell.name: _ledger(plan, cell) for cell in plan.cells})
+    ledgers = {cell.name: _ledger(plan, cell) for cell in plan.cells}
+    grouped = trial_rows(results, ledgers, _tune_trials(results))
     for cell in plan.cells:
 
         def export(best: dict[str, Any], cell: Cell = cell) -> str:
@@ -454,6 +470,11 @@ def execute(plan: Plan) -> dict[str, Any]:
     # num_to_keep=1 snapshots the experiment at every checkpoint (what makes --resume exact); quiet
     # Tune's warning about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The trial logging queue retries through outages itself (sweeps.tracking_queue): MLflow's own retries
+    # of one call (minutes, by default) would only delay its next attempt.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     quiet_console()
     t0 = time.time()
     init_ray(plan.args)
@@ -530,11 +551,14 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None, description
     apply_smoke(args, defaults, parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_console()
+    plan = None
     try:
         plan = plan_sweep(args, defaults)
         out = execute(plan)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        if plan is not None and plan.run_dir.is_dir() and not any(plan.run_dir.iterdir()):
+            plan.run_dir.rmdir()  # refused before anything was written: leave no empty run folder behind
         return 2
     except KeyboardInterrupt:
         print("interrupted before the sweep started; nothing to resume", file=sys.stderr)

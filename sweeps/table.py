@@ -136,6 +136,8 @@ def load_children(client, parent_run_id: str) -> tuple[Any, list[RunInfo]]:
     out = []
     for r in runs:
         t = r.data.tags
+        if t.get("status") == "orphaned":
+            continue  # a child whose trial a resumed sweep replaced (sweeps.tracking): never counted
         status = t.get("status") or ("completed" if r.info.status == "FINISHED" else r.info.status.lower())
         out.append(
             RunInfo(

@@ -327,6 +327,8 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         tid, reason = trial.trial_id, trial_error_reason(trial)
+        if tid not in self._runs:
+            self._submit_start(trial)  # a trial killed before it started still gets its (failed) child
 
         def error(client) -> None:
             run_id = self._run_of(client, tid)

@@ -120,6 +120,27 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values, method_config=method_cfg)
 
 
+def check_output_dir(output_dir: str | None) -> None:
+    """``--output-dir`` must be a folder this process can write (checked before training, not at the end)."""
+    if not output_dir:
+        return
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".wlora-write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--output-dir {output_dir} is not writable ({e.strerror or e})") from None
+
+
+def check_resume_from(resume_from: str | None) -> None:
+    if resume_from and not Path(resume_from).is_dir():
+        raise ValueError(f"--resume-from {resume_from} is not a checkpoint folder")
+
+
 def check_inputs(cfg: TrainConfig) -> None:
     """What can be checked without loading anything: the model folder and the data files."""
     check_model_source(cfg.model)
@@ -135,16 +156,20 @@ def main(argv: list[str] | None = None) -> int:
             print(list_method_fields(args.list_method_fields))
             return 0
         cfg = _config(args)
+        check_output_dir(args.output_dir)
+        check_resume_from(args.resume_from)
         check_inputs(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     # Only now does a run start: torch, transformers and peft load here.
-    from wlora.loop import _jsonable, data_kind_exportable, export_from_checkpoint, run_training
+    from wlora.loop import _jsonable, data_kind_exportable, export_from_checkpoint, read_checkpoint, run_training
     from wlora.modeling import prepare_run
 
     try:
+        if args.resume_from:
+            read_checkpoint(args.resume_from, cfg)  # before the data and model load: one line if unusable
         assets = prepare_run(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

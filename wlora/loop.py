@@ -67,6 +67,27 @@ def _wants_checkpoint(report: Callable) -> bool:
     return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
+def read_checkpoint(resume_from: str | Path, cfg: TrainConfig) -> dict[str, Any]:
+    """The training state in ``resume_from`` for ``cfg``; ``ValueError`` (one line naming the file) when it is
+    missing, unreadable (truncated) or was written by a different config."""
+    path = Path(resume_from) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ValueError(f"--resume-from {resume_from}: no {CHECKPOINT_FILE} there (not a checkpoint folder)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated / not a torch file: any reader error means the same
+        raise ValueError(f"--resume-from: {path} is damaged ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(state, dict) or "engine" not in state or "config" not in state:
+        raise ValueError(f"--resume-from: {path} is not a wlora checkpoint")
+    if state["config"] != _jsonable(cfg.to_flat()):
+        mine, theirs = _jsonable(cfg.to_flat()), state["config"]
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise ValueError(
+            f"--resume-from {resume_from} was written by a different config (differs in {', '.join(diff)})"
+        )
+    return state
+
+
 def run_training(
     cfg: TrainConfig,
     *,
@@ -102,9 +123,7 @@ def run_training(
     # Changes of the kept set (adapters / ranks) after every optimizer step; see wlora.core.stability.
     tracker = SelectionTracker()
     if resume_from is not None:
-        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-        if state["config"] != _jsonable(cfg.to_flat()):
-            raise ValueError(f"checkpoint {resume_from} was written by a different config")
+        state = read_checkpoint(resume_from, cfg)
         engine.load_state_dict(state["engine"])
         history = list(state["history"])
         if state.get("selection_tracker") is not None:

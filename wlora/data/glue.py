@@ -122,10 +122,19 @@ def read_glue_file(path: str | Path, task: str, split: str = "") -> list[GlueExa
     if not path.is_file():
         what = f"{split} split" if split else "file"
         raise FileNotFoundError(f"GLUE {spec.name} {what} not found: expected {path}")
+    try:
+        return _read_glue_rows(path, spec)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); GLUE files are UTF-8 TSV") from None
+
+
+def _read_glue_rows(path: Path, spec: GlueTask) -> list[GlueExample]:
     out: list[GlueExample] = []
     with path.open(encoding="utf-8-sig", newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows) if spec.header else None
+        header = next(rows, None) if spec.header else None
+        if spec.header and header is None:
+            raise ValueError(f"{path}: the file is empty (expected a header line and examples)")
         col = {name: i for i, name in enumerate(header)} if header else {}
 
         def index(key: str | int) -> int:
@@ -155,6 +164,8 @@ def read_glue_file(path: str | Path, task: str, split: str = "") -> list[GlueExa
             else:
                 raise ValueError(f"{path}: line {lineno}: label {raw!r} not in {list(spec.labels)}")
             out.append(GlueExample(row[ia], row[ib] if ib is not None else None, label))
+    if not out:
+        raise ValueError(f"{path}: no examples")
     return out
 
 
