@@ -23,53 +23,10 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 ROOT = Path(__file__).resolve().parents[1]
-NETNS = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"]
 TINY = [
     "--tasks", "sst2", "--max-steps", "8", "--eval-every", "2", "--batch-size", "8", "--max-length", "32",
     "--train-subset", "128", "--eval-subset", "64", "--set", "weightlora.t=4", "--progress-interval", "1000",
 ]  # fmt: skip
-
-
-def _netns_ok() -> bool:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False
-    probe = subprocess.run([*NETNS, "bash", "-c", "ip link set lo up"], capture_output=True, timeout=30)
-    return probe.returncode == 0
-
-
-@pytest.fixture(scope="module")
-def netns():
-    if not _netns_ok():
-        pytest.skip("needs `unshare --net --pid` (a loopback-only network namespace) to start Ray safely here")
-
-
-@pytest.fixture
-def ray_tmp():
-    """A short temp folder for Ray (its unix socket paths must stay under 108 bytes)."""
-    path = tempfile.mkdtemp(prefix="wlr-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def sweep_cmd(netns, minilm_path, glue_dir, tmp_path, ray_tmp):
-    """Build (argv, env) for a sweep CLI call inside a fresh loopback-only namespace."""
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "disabled",
-        "HF_HUB_OFFLINE": "1",
-        "RAY_DEDUP_LOGS": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-    data_dir = str(Path(glue_dir).parent)
-
-    def make(*args: str) -> list[str]:
-        inner = [sys.executable, str(ROOT / "sweeps" / "glue_sweep.py"), "--model", str(minilm_path)]
-        inner += ["--data-dir", data_dir, "--storage-path", str(tmp_path / "runs")]
-        inner += ["--ray-temp-dir", ray_tmp, *args]
-        return [*NETNS, "bash", "-c", 'ip link set lo up && exec "$@"', "netns", *inner]
-
-    return make, env
 
 
 def _run(cmd, env, timeout=300) -> subprocess.CompletedProcess:
