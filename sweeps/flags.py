@@ -176,6 +176,7 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     g.add_argument("--progress-interval", type=float, default=30.0, help="seconds between progress tables")
     g.add_argument("--num-nodes", type=int, default=None, help="expected cluster nodes (multi-node checks)")
     g.add_argument("--smoke-test", action="store_true", help="tiny settings: finishes in minutes on a laptop")
+    g.add_argument("--dry-run", action="store_true", help="check everything and print the resolved plan; start nothing")
     return p
 
 

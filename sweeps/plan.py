@@ -90,6 +90,19 @@ def _for_method(overrides: dict[str, Any], method: str) -> dict[str, Any]:
 #: TrainConfig fields that define the cells rather than a trial: pinning them with ``--set`` would silently
 #: run another experiment than the cell's name says.
 CELL_FLAGS = {"task": "--tasks", "method": "--methods"}
+#: TrainConfig fields a sweep flag sets for every trial: one way to set each (``--set epochs=2`` beside a
+#: ``--max-steps`` would be silently overridden by it).
+FLAG_FIELDS = {
+    "model": "--model",
+    "data_dir": "--data-dir",
+    "epochs": "--max-epochs",
+    "max_steps": "--max-steps",
+    "eval_every": "--eval-every",
+    "max_length": "--max-length",
+    "batch_size": "--batch-size",
+    "train_subset": "--train-subset",
+    "eval_subset": "--eval-subset",
+}
 
 
 def _method_ranks(
@@ -179,7 +192,15 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         # The sweep's own settings win: a resumed sweep is the same sweep.
         saved = state["args"]
         for key, value in saved.items():
-            if key not in ("resume", "address", "ray_temp_dir", "progress_interval", "num_cpus", "max_concurrent"):
+            if key not in (
+                "resume",
+                "address",
+                "ray_temp_dir",
+                "progress_interval",
+                "num_cpus",
+                "max_concurrent",
+                "dry_run",
+            ):
                 setattr(args, key, value)
         args.preset = Path(args.preset) if args.preset else None
         args.name = run_dir.name
@@ -235,6 +256,12 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         if field_name in CELL_FLAGS:
             raise ValueError(
                 f"--set/--space {key}: the sweep's cells come from {CELL_FLAGS[field_name]}; use that flag"
+            )
+    for key in [*cli_fixed, *(preset.get("set") or {})]:
+        field_name = key.partition(".")[2] if "." in key else key
+        if field_name in FLAG_FIELDS:
+            raise ValueError(
+                f"--set {key}: the sweep sets `{field_name}` from {FLAG_FIELDS[field_name]}; use that flag"
             )
     train = {
         "model": args.model,
@@ -313,11 +340,27 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
     uri = args.tracking_uri or state.get("tracking_uri") or default_tracking_uri(run_dir)
     check_tracking_uri(uri)
 
+    from sweeps.resources import trial_memory
+
+    memory = trial_memory(args, [a.model_path for a in assets.values()], [c.method for c in cells])
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["search"] = search
     tune_storage = f"{str(args.storage_path).rstrip('/')}/{args.name}" if _is_uri(args.storage_path) else str(run_dir)
     return Plan(
-        args, defaults.kind, run_dir, uri, cells, spaces, fixed, search, assets, planned, settings, state, tune_storage
+        args,
+        defaults.kind,
+        run_dir,
+        uri,
+        cells,
+        spaces,
+        fixed,
+        search,
+        assets,
+        planned,
+        settings,
+        state,
+        tune_storage,
+        memory,
     )
 
 

@@ -30,7 +30,7 @@ from sweeps.flags import SweepDefaults, apply_preset_cli, apply_smoke, build_par
 from sweeps.plan import Cell, InputError, Plan, _is_uri, plan_sweep, save_state
 from sweeps.pool import SEED_RUN, TRIAL, CellSearch, ListSearch, PooledScheduler, PooledSearcher, variant_configs
 from sweeps.progress import ProgressTable
-from sweeps.resources import check_resources, pool_slots, trial_memory
+from sweeps.resources import check_resources, pool_slots
 from sweeps.results import PARAMS_METRIC, cell_summary, export_best, publish, seed_summary, trial_rows, write_report
 from sweeps.search import EarlyStopLedger, make_optuna, make_scheduler
 from sweeps.state import EXPERIMENT, FAILED, FINISHED, INTERRUPTED, PLANNED, RUNNING, status_of
@@ -480,9 +480,6 @@ def execute(plan: Plan) -> dict[str, Any]:
     init_ray(plan.args)
     try:
         check_cluster(plan)
-        plan.memory_per_trial = trial_memory(
-            plan.args, [a.model_path for a in plan.assets.values()], [c.method for c in plan.cells]
-        )
         check_resources(plan.args, plan.memory_per_trial)
     except ValueError as e:
         raise InputError(str(e)) from e
@@ -554,6 +551,11 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None, description
     plan = None
     try:
         plan = plan_sweep(args, defaults)
+        if args.dry_run:
+            print(describe_plan(plan), flush=True)
+            if plan.run_dir.is_dir() and not any(plan.run_dir.iterdir()):
+                plan.run_dir.rmdir()
+            return 0
         out = execute(plan)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -146,5 +146,3 @@ def sweep_cmd(netns, minilm_path, glue_dir, tmp_path, ray_tmp):
         return [*NETNS, "bash", "-c", 'ip link set lo up && exec "$@"', "netns", *inner]
 
     return make, env
-
-

@@ -94,6 +94,7 @@ def test_set_rank_pins_the_cells_rank(real_args):
         (["--set", "r=4", "--ranks", "8"], "use --ranks only"),
         (["--set", "task=cola"], "use that flag"),
         (["--set", "lora.method=full"], "use that flag"),
+        (["--set", "epochs=2"], r"sets `epochs` from --max-epochs; use that flag"),
         (["--search", "grid"], "needs at least one grid dimension"),
         (["--max-concurrent", "0"], "--max-concurrent must be >= 1"),
         (["--space", "lr=loguniform:1e-2:1e-4"], "lower bound 0.01 must be below the upper bound"),
@@ -131,7 +132,9 @@ def test_sweep_cli_bad_input_is_one_line_and_exit_2(minilm_path, glue_dir, tmp_p
     cmd += ["--data-dir", str(Path(glue_dir).parent), "--storage-path", str(tmp_path), "--smoke-test"]
     out = subprocess.run([*cmd, "--set", "r=eight"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.strip().splitlines() == ["error: lora: `r` must be a positive integer, got 'eight' (or use --ranks 4,8)"]
+    assert out.stderr.strip().splitlines() == [
+        "error: lora: `r` must be a positive integer, got 'eight' (or use --ranks 4,8)"
+    ]
     assert not any(tmp_path.glob(f"*/{STATE_FILE}"))  # nothing left that --resume could pick up
 
 
@@ -305,7 +308,10 @@ def test_train_cli_output_dir_and_resume_from_fail_before_training(minilm_path, 
     afile.write_text("")
     cases = [
         (["--output-dir", str(afile)], f"error: --output-dir {afile} is a file, not a folder"),
-        (["--resume-from", str(tmp_path / "nope")], f"error: --resume-from {tmp_path / 'nope'} is not a checkpoint folder"),
+        (
+            ["--resume-from", str(tmp_path / "nope")],
+            f"error: --resume-from {tmp_path / 'nope'} is not a checkpoint folder",
+        ),
         (["--resume-from", str(tmp_path)], f"error: --resume-from {tmp_path}: no state.pt there"),
     ]
     for extra, line in cases:

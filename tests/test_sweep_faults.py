@@ -108,6 +108,9 @@ def test_ctrl_c_then_resume_finishes_every_trial(sweep_cmd, tmp_path):
     assert state["status"] == "interrupted" and not state["finished"]
     assert not (run_dir / "results").exists()  # nothing partial published as final
     client = MlflowClient(state["tracking_uri"])
+    described = client.get_run(state["parent_run_id"]).data.tags["mlflow.note.content"]
+    assert "sst2-weightlora-r8" in described and "searched: lr=" in described  # the plan, as printed
+    assert "sst2-weightlora-r8: max_steps=8, 4 evaluation(s)" in out
     before = _children(client, state)
     assert before and all(c.info.status != "RUNNING" for c in before)
     assert {c.data.tags["status"] for c in before} <= {"completed", "interrupted"}
@@ -215,7 +218,9 @@ def test_infeasible_resources_fail_fast(sweep_cmd, tmp_path):
     took = time.time() - t0
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
-    assert errors == ["error: --cpus-per-trial 3: no node has that many CPUs (the largest has 2); no trial could ever start"]
+    assert errors == [
+        "error: --cpus-per-trial 3: no node has that many CPUs (the largest has 2); no trial could ever start"
+    ]
     assert "Traceback" not in out.stderr and took < 15, took
     assert not (tmp_path / "runs" / "big").exists()
 
@@ -292,7 +297,9 @@ def test_mlflow_server_outage_loses_no_point(netns, minilm_path, glue_dir, tmp_p
         reports = [r for r in reports if not r.get("final")]
         during += sum(down < r["timestamp"] < up for r in reports)
         run = runs[trial_dir.name.removeprefix("trial_")]
-        logged = {s for (s,) in con.execute("SELECT step FROM metrics WHERE run_uuid = ? AND key = 'eval_main'", (run,))}
+        logged = {
+            s for (s,) in con.execute("SELECT step FROM metrics WHERE run_uuid = ? AND key = 'eval_main'", (run,))
+        }
         points += len(reports)
         lost += len({int(r["step"]) for r in reports} - logged)
     assert points == 16 and lost == 0
