@@ -90,6 +90,8 @@ def _for_method(overrides: dict[str, Any], method: str) -> dict[str, Any]:
 #: TrainConfig fields that define the cells rather than a trial: pinning them with ``--set`` would silently
 #: run another experiment than the cell's name says.
 CELL_FLAGS = {"task": "--tasks", "method": "--methods"}
+#: Flags that belong to one invocation, not to the sweep: ``--resume`` keeps the new command's values.
+RUN_ONLY_FLAGS = ("resume", "address", "ray_temp_dir", "progress_interval", "num_cpus", "max_concurrent", "dry_run")
 #: TrainConfig fields a sweep flag sets for every trial: one way to set each (``--set epochs=2`` beside a
 #: ``--max-steps`` would be silently overridden by it).
 FLAG_FIELDS = {
