@@ -425,8 +425,8 @@ def _domain_str(dom: Any) -> str:
 
 def resume_command(plan: Plan) -> str:
     """The exact command that continues this sweep."""
-    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else f"{plan.kind}_sweep.py"
-    parts = ["python", f"sweeps/{script}", "--resume", "--name", plan.args.name]
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"sweeps/{plan.kind}_sweep.py"
+    parts = ["python", script, "--resume", "--name", plan.args.name]
     parts += ["--storage-path", str(plan.run_dir.parent)]
     if plan.args.address:
         parts += ["--address", plan.args.address]
@@ -563,7 +563,11 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None, description
             plan.run_dir.rmdir()  # refused before anything was written: leave no empty run folder behind
         return 2
     except KeyboardInterrupt:
-        print("interrupted before the sweep started; nothing to resume", file=sys.stderr)
+        if plan is not None and plan.state.get("parent_run_id") and status_of(plan.state) != FINISHED:
+            _set_status(plan, INTERRUPTED)
+            print(f"\ninterrupted; continue the sweep with:\n  {resume_command(plan)}", file=sys.stderr)
+        else:
+            print("\ninterrupted before the sweep started; nothing to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_INTERRUPTED if status_of(out) == INTERRUPTED else 0
 

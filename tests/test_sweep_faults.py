@@ -171,6 +171,38 @@ def test_ctrl_c_then_resume_finishes_every_trial(sweep_cmd, tmp_path):
     assert sorted(int(r["n_trials"]) for r in long) == [2, 2]  # the orphan is not counted
 
 
+def test_second_ctrl_c_stops_at_once_with_the_same_state(sweep_cmd, tmp_path):
+    """Two Ctrl-C in a row: the driver stops without waiting for Tune's last checkpoint, still exits 130 with
+    the sweep interrupted and no child RUNNING, and --resume finishes the trial."""
+    from mlflow.tracking import MlflowClient
+
+    make, env = sweep_cmd
+    args = [*TINY, "--methods", "lora", "--num-samples", "1", "--no-asha", "--num-cpus", "1", "--name", "twice"]
+    proc = subprocess.Popen(make(*args), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = tmp_path / "runs" / "twice"
+    try:
+        _wait_for(lambda: any(run_dir.glob("pool/trial_*/checkpoint_000000")), proc, 240, "a checkpoint")
+        driver = next(p for p in _descendants(proc.pid) if "glue_sweep.py" in _cmdline(p))
+        os.kill(driver, signal.SIGINT)
+        time.sleep(0.2)
+        os.kill(driver, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-4000:]
+    assert "--resume --name twice" in out and "Traceback" not in out
+    state = _state(run_dir)
+    assert state["status"] == "interrupted"
+    client = MlflowClient(state["tracking_uri"])
+    assert all(c.info.status != "RUNNING" for c in _children(client, state))
+    res = subprocess.run(make("--resume", "--name", "twice"), env=env, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (kid,) = _children(client, _state(run_dir))
+    assert kid.data.tags["status"] == "completed"
+    assert [m.step for m in client.get_metric_history(kid.info.run_id, "eval_main")] == [2, 4, 6, 8]
+
+
 def test_killed_trial_worker_is_retried_and_the_sweep_completes(sweep_cmd, tmp_path):
     """SIGKILL of a trial's worker process (what the kernel's OOM killer does): the trial is retried from its
     last checkpoint (--max-failures 1, the default), the sweep finishes with its table, and the child records
