@@ -10,19 +10,47 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from wlora.fields import field_infos, flag_converter
 from wlora.registry import METHODS
-from wlora.run_config import DEFAULT_MODEL
+from wlora.run_config import TrainConfig
+
+#: The TrainConfig fields a sweep sets for every trial from a flag of its own: flag dest → field. The one
+#: home of that mapping: the parser builds these flags from the fields (help text and default from the
+#: field's metadata, unless the entry script sets another default), and the plan maps them back.
+TRAIN_FLAGS = {
+    "model": "model",
+    "data_dir": "data_dir",
+    "max_epochs": "epochs",
+    "max_steps": "max_steps",
+    "eval_every": "eval_every",
+    "max_length": "max_length",
+    "batch_size": "batch_size",
+    "train_subset": "train_subset",
+    "eval_subset": "eval_subset",
+}
+#: Environment variables that supply a default for a training flag.
+ENV_DEFAULTS = {"model": "WLORA_MODEL", "data_dir": "WLORA_DATA_DIR"}
+
+
+def flag_of(field_name: str) -> str:
+    """The sweep flag that sets TrainConfig field ``field_name`` (``epochs`` → ``--max-epochs``)."""
+    dest = next(d for d, f in TRAIN_FLAGS.items() if f == field_name)
+    return "--" + dest.replace("_", "-")
 
 
 @dataclass(frozen=True)
 class SweepDefaults:
-    """What an entry script changes: its task family's defaults."""
+    """What an entry script changes: its task family's defaults.
+
+    ``train`` holds the TrainConfig fields (by field name, e.g. ``max_steps``) whose sweep default differs
+    from TrainConfig's own; ``smoke`` the flag values (by flag dest) and pins of ``--smoke-test``."""
 
     kind: str
     experiment: str
@@ -30,23 +58,12 @@ class SweepDefaults:
     methods: tuple[str, ...] = ("lora", "weightlora")
     ranks: tuple[int, ...] = (8,)
     num_samples: int = 8
-    max_epochs: float = 3.0
-    max_steps: int | None = None
-    eval_every: int | None = None
-    max_length: int = 128
-    batch_size: int = 32
-    train_subset: int | None = None
-    eval_subset: int | None = None
+    train: Mapping[str, Any] = field(default_factory=dict)
     smoke: dict[str, Any] = field(default_factory=dict)
 
 
 def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _opt_int(text: str) -> int | None:
-    """An integer, or ``none`` for "not set" (e.g. ``--max-steps none`` trains by ``--max-epochs``)."""
-    return None if text.strip().lower() in ("none", "null", "") else int(text)
 
 
 def _kv(text: str) -> tuple[str, str]:
@@ -109,8 +126,35 @@ def given(args: argparse.Namespace, dest: str) -> bool:
     return dest in (getattr(args, "given_flags", None) or ())
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in every flag's help, and the epilog's examples kept as written."""
+
+
+def _epilog(kind: str) -> str:
+    script = f"python sweeps/{kind}_sweep.py"
+    preset = "paper-table2-small" if kind == "glue" else "my_preset.yaml"
+    lines = [
+        (f"{script} --smoke-test", "tiny settings: minutes on a laptop"),
+        (f"{script} --preset {preset}", "a YAML preset (by name: sweeps/presets/)"),
+        (f"{script} --resume", "continue the latest interrupted sweep"),
+        (
+            f"{script} --address auto --storage-path s3://bucket/runs --tracking-uri http://mlflow:5000",
+            "on a cluster brought up with `ray up cluster.yaml`",
+        ),
+    ]
+    width = max(len(cmd) for cmd, _ in lines[:3])
+    text = "examples:\n"
+    for cmd, what in lines:
+        text += f"  {cmd.ljust(width)}  # {what}\n" if len(cmd) <= width else f"  {cmd}\n  {'':{width}}  # {what}\n"
+    return text + (
+        "\nenvironment:\n"
+        "  WLORA_MODEL      default of --model: a local model folder or a hub id\n"
+        "  WLORA_DATA_DIR   default of --data-dir: a folder holding glue/, squad/, xsum/, …\n"
+    )
+
+
 def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.ArgumentParser:
-    p = SweepParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = SweepParser(description=description, formatter_class=_HelpFormatter, epilog=_epilog(defaults.kind))
     d = defaults
     g = p.add_argument_group("what to sweep")
     g.add_argument("--tasks", type=_csv, default=list(d.tasks), help="comma-separated tasks")
@@ -134,20 +178,18 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     )
     g.add_argument("--set", dest="fixed", type=_kv, action="append", default=[], help="pin a config field: KEY=VALUE")
     g.add_argument("--space", dest="space", type=_kv, action="append", default=[], help="KEY=SPEC (see sweeps.spaces)")
-    g = p.add_argument_group("training")
-    g.add_argument("--model", default=os.environ.get("WLORA_MODEL", DEFAULT_MODEL), help="hub id or local folder")
-    g.add_argument("--data-dir", default=os.environ.get("WLORA_DATA_DIR"), help="folder holding glue/, squad/, …")
-    g.add_argument("--max-epochs", type=float, default=d.max_epochs)
-    g.add_argument(
-        "--max-steps", type=_opt_int, default=d.max_steps, help="overrides --max-epochs; none = train by epochs"
-    )
-    g.add_argument(
-        "--eval-every", type=_opt_int, default=d.eval_every, help="steps between evaluations; none = every epoch"
-    )
-    g.add_argument("--max-length", type=int, default=d.max_length)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--train-subset", type=_opt_int, default=d.train_subset)
-    g.add_argument("--eval-subset", type=_opt_int, default=d.eval_subset)
+    g = p.add_argument_group("training (each sets the TrainConfig field of the same meaning for every trial)")
+    infos = field_infos(TrainConfig)
+    for dest, name in TRAIN_FLAGS.items():
+        info = infos[name]
+        env = ENV_DEFAULTS.get(name)
+        default = d.train.get(name, info.default)
+        if env and os.environ.get(env):
+            default = os.environ[env]
+        text = info.help.replace("%", "%%")
+        if env:
+            text += f" Default: ${env}, else %(default)s."
+        g.add_argument("--" + dest.replace("_", "-"), type=flag_converter(info.type), default=default, help=text)
     g = p.add_argument_group("where and how")
     g.add_argument("--name", default=None, help="run folder name (default <kind>-<timestamp>)")
     g.add_argument("--storage-path", default="runs", help="run folders go here (shared storage on a cluster)")
@@ -156,7 +198,7 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     g.add_argument("--resume", action="store_true", help="continue the sweep --name (default: latest unfinished)")
     g.add_argument("--address", default=None, help="Ray address ('auto' = the running cluster); default local")
     g.add_argument("--num-cpus", type=int, default=None, help="local Ray: CPUs to use (default all)")
-    g.add_argument("--cpus-per-trial", type=float, default=1.0)
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial reserves (fractions allowed)")
     g.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
     g.add_argument("--max-concurrent", type=int, default=None, help="default: from the cluster's resources")
     g.add_argument("--no-reuse-actors", action="store_true", help="fresh worker process per trial")
@@ -244,3 +286,22 @@ def load_preset(path: str | Path | None) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"preset {path}: unknown keys {unknown}; valid: search, set, space, methods, cli")
     return data
+
+
+def entry_points(defaults: SweepDefaults, doc: str | None):
+    """``(parser, main)`` of a sweep entry script: its parser (help: the script docstring's first line) and
+    ``main(argv=None) -> exit code``. Only ``main`` imports the sweep machinery (Ray, MLflow, torch), so
+    ``--help`` answers at once."""
+    description = (doc or "").strip().splitlines()[0] if doc else ""
+
+    def parser() -> argparse.ArgumentParser:
+        return build_parser(defaults, description)
+
+    def entry(argv=None) -> int:
+        p = parser()
+        args = p.parse_args(argv)  # --help and flag errors end here, before the sweep machinery loads
+        from sweeps.run import main
+
+        return main(defaults, args=args, parser=p)
+
+    return parser, entry

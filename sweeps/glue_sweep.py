@@ -12,8 +12,7 @@ if __name__ == "__main__":
 
     fix_path(__file__)
 
-from sweeps.flags import SweepDefaults
-from sweeps.run import entry_points
+from sweeps.flags import SweepDefaults, entry_points
 
 DEFAULTS = SweepDefaults(
     kind="glue",
@@ -24,11 +23,7 @@ DEFAULTS = SweepDefaults(
     methods=("lora", "weightlora"),
     ranks=(8,),
     num_samples=8,
-    max_steps=150,
-    eval_every=30,
-    max_length=64,
-    batch_size=16,
-    eval_subset=500,
+    train={"max_steps": 150, "eval_every": 30, "max_length": 64, "batch_size": 16, "eval_subset": 500},
     # About 1.5 s per step of 16 × 64 tokens per CPU core on MiniLM-L6: the smoke test keeps steps tiny.
     smoke={
         "tasks": ["rte"],

@@ -13,8 +13,7 @@ if __name__ == "__main__":
 
     fix_path(__file__)
 
-from sweeps.flags import SweepDefaults
-from sweeps.run import entry_points
+from sweeps.flags import SweepDefaults, entry_points
 
 DEFAULTS = SweepDefaults(
     kind="nlg",
@@ -23,11 +22,7 @@ DEFAULTS = SweepDefaults(
     methods=("lora", "weightlora"),
     ranks=(8,),
     num_samples=8,
-    max_steps=300,
-    eval_every=100,
-    max_length=256,
-    batch_size=8,
-    eval_subset=200,
+    train={"max_steps": 300, "eval_every": 100, "max_length": 256, "batch_size": 8, "eval_subset": 200},
     smoke={
         "num_samples": 4,
         "max_steps": 6,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import spaces as sp
-from sweeps.flags import SweepDefaults, load_preset
+from sweeps.flags import TRAIN_FLAGS, SweepDefaults, flag_of, load_preset
 from sweeps.state import (
     EXPERIMENT,
     FINISHED,
@@ -92,19 +92,6 @@ def _for_method(overrides: dict[str, Any], method: str) -> dict[str, Any]:
 CELL_FLAGS = {"task": "--tasks", "method": "--methods"}
 #: Flags that belong to one invocation, not to the sweep: ``--resume`` keeps the new command's values.
 RUN_ONLY_FLAGS = ("resume", "address", "ray_temp_dir", "progress_interval", "num_cpus", "max_concurrent", "dry_run")
-#: TrainConfig fields a sweep flag sets for every trial: one way to set each (``--set epochs=2`` beside a
-#: ``--max-steps`` would be silently overridden by it).
-FLAG_FIELDS = {
-    "model": "--model",
-    "data_dir": "--data-dir",
-    "epochs": "--max-epochs",
-    "max_steps": "--max-steps",
-    "eval_every": "--eval-every",
-    "max_length": "--max-length",
-    "batch_size": "--batch-size",
-    "train_subset": "--train-subset",
-    "eval_subset": "--eval-subset",
-}
 
 
 def _method_ranks(
@@ -261,22 +248,11 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
             )
     for key in [*cli_fixed, *(preset.get("set") or {})]:
         field_name = key.partition(".")[2] if "." in key else key
-        if field_name in FLAG_FIELDS:
-            raise ValueError(
-                f"--set {key}: the sweep sets `{field_name}` from {FLAG_FIELDS[field_name]}; use that flag"
-            )
-    train = {
-        "model": args.model,
-        "data_dir": str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None,
-        "epochs": args.max_epochs,
-        "max_steps": args.max_steps,
-        "eval_every": args.eval_every,
-        "max_length": args.max_length,
-        "batch_size": args.batch_size,
-        "train_subset": args.train_subset,
-        "eval_subset": args.eval_subset,
-        "seed": 0,  # explicit, so every child run carries its seed (``--set seed=N`` / ``--seeds`` change it)
-    }
+        if field_name in TRAIN_FLAGS.values():
+            raise ValueError(f"--set {key}: the sweep sets `{field_name}` from {flag_of(field_name)}; use that flag")
+    train = {name: getattr(args, dest) for dest, name in TRAIN_FLAGS.items()}
+    train["data_dir"] = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
+    train["seed"] = 0  # explicit, so every child run carries its seed (``--set seed=N`` / ``--seeds`` change it)
 
     cells: list[Cell] = []
     spaces: dict[str, dict[str, Any]] = {}

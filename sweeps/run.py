@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -535,11 +535,19 @@ def _tune_trials(results) -> list:
     return list(getattr(grid, "trials", None) or [])
 
 
-def main(defaults: SweepDefaults, argv: Sequence[str] | None = None, description: str = "") -> int:
-    """Entry point of ``sweeps/<kind>_sweep.py``: exit code 2 with one line on bad input, 130 when
-    interrupted (the sweep is resumable)."""
-    parser = build_parser(defaults, description)
-    args = parser.parse_args(argv)
+def main(
+    defaults: SweepDefaults,
+    argv: Sequence[str] | None = None,
+    description: str = "",
+    *,
+    args: argparse.Namespace | None = None,
+    parser: argparse.ArgumentParser | None = None,
+) -> int:
+    """Entry point of ``sweeps/<kind>_sweep.py`` (``args`` already parsed by ``parser``, or ``argv``): exit
+    code 2 with one line on bad input, 130 when interrupted (the sweep is resumable)."""
+    parser = parser or build_parser(defaults, description)
+    if args is None:
+        args = parser.parse_args(argv)
     try:
         apply_preset_cli(args, parser)
     except (ValueError, FileNotFoundError) as e:
@@ -570,17 +578,3 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None, description
             print("\ninterrupted before the sweep started; nothing to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_INTERRUPTED if status_of(out) == INTERRUPTED else 0
-
-
-def entry_points(defaults: SweepDefaults, doc: str | None) -> tuple[Callable[[], argparse.ArgumentParser], Callable]:
-    """``(parser, main)`` of a sweep entry script: its parser (help: the script docstring's first line) and
-    ``main(argv=None) -> exit code``."""
-    description = (doc or "").strip().splitlines()[0] if doc else ""
-
-    def parser() -> argparse.ArgumentParser:
-        return build_parser(defaults, description)
-
-    def entry(argv: Sequence[str] | None = None) -> int:
-        return main(defaults, argv, description=description)
-
-    return parser, entry

@@ -11,8 +11,7 @@ if __name__ == "__main__":
 
     fix_path(__file__)
 
-from sweeps.flags import SweepDefaults
-from sweeps.run import entry_points
+from sweeps.flags import SweepDefaults, entry_points
 
 DEFAULTS = SweepDefaults(
     kind="squad",
@@ -21,11 +20,7 @@ DEFAULTS = SweepDefaults(
     methods=("lora", "weightlora"),
     ranks=(8,),
     num_samples=8,
-    max_steps=300,
-    eval_every=100,
-    max_length=256,
-    batch_size=16,
-    eval_subset=500,
+    train={"max_steps": 300, "eval_every": 100, "max_length": 256, "batch_size": 16, "eval_subset": 500},
     smoke={
         "num_samples": 4,
         "max_steps": 8,

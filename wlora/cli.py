@@ -19,7 +19,7 @@ from typing import Any
 
 from wlora.data.layout import locate_task_files
 from wlora.data.tasks import list_tasks
-from wlora.fields import field_infos, format_fields, parse_field_value
+from wlora.fields import field_infos, flag_converter, format_fields, parse_field_value
 from wlora.model_source import check_model_source
 from wlora.registry import METHODS, get_method
 from wlora.run_config import OBJECTIVE, TrainConfig
@@ -31,26 +31,6 @@ _HELP_EXTRA = {
     "model": "hub id or local model folder",
 }
 _ENV_DEFAULTS = {"model": "WLORA_MODEL", "data_dir": "WLORA_DATA_DIR"}
-
-
-def _converter(tp: Any):
-    """argparse ``type=`` for a TrainConfig field of declared type ``tp`` (``none`` allowed if optional)."""
-    members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, type(int | None)) else (tp,)
-    optional = type(None) in members
-    base = next((m for m in members if m is not type(None)), str)
-
-    def convert(text: str) -> Any:
-        if optional and text.strip().lower() in ("none", "null"):
-            return None
-        if base in (int, float):
-            try:
-                return base(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected {base.__name__}, got {text!r}") from None
-        return text
-
-    convert.__name__ = getattr(base, "__name__", "value")
-    return convert
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
             text += f" (default: {default}; ${_ENV_DEFAULTS[info.name]} sets another)"
         else:
             text += f" (default: {default})"
-        p.add_argument(flag, type=_converter(info.type), default=default, choices=choices, help=text)
+        p.add_argument(flag, type=flag_converter(info.type), default=default, choices=choices, help=text)
     p.add_argument(
         "--set",
         action="append",

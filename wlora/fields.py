@@ -149,3 +149,26 @@ def _type_name(tp: Any) -> str:
     if isinstance(tp, type) and not typing.get_args(tp):
         return tp.__name__
     return str(tp).replace("typing.", "")
+
+
+def flag_converter(tp: Any):
+    """argparse ``type=`` for a config field of declared type ``tp``: ``int``/``float`` parsed, ``none`` /
+    ``null`` accepted when the field is optional, anything else kept as text."""
+    import argparse
+
+    members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    optional = type(None) in members
+    base = next((m for m in members if m is not type(None)), str)
+
+    def convert(text: str) -> Any:
+        if optional and text.strip().lower() in _NONE_WORDS:
+            return None
+        if base in (int, float):
+            try:
+                return base(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {base.__name__}, got {text!r}") from None
+        return text
+
+    convert.__name__ = getattr(base, "__name__", "value")
+    return convert
