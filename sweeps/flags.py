@@ -286,22 +286,3 @@ def load_preset(path: str | Path | None) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"preset {path}: unknown keys {unknown}; valid: search, set, space, methods, cli")
     return data
-
-
-def entry_points(defaults: SweepDefaults, doc: str | None):
-    """``(parser, main)`` of a sweep entry script: its parser (help: the script docstring's first line) and
-    ``main(argv=None) -> exit code``. Only ``main`` imports the sweep machinery (Ray, MLflow, torch), so
-    ``--help`` answers at once."""
-    description = (doc or "").strip().splitlines()[0] if doc else ""
-
-    def parser() -> argparse.ArgumentParser:
-        return build_parser(defaults, description)
-
-    def entry(argv=None) -> int:
-        p = parser()
-        args = p.parse_args(argv)  # --help and flag errors end here, before the sweep machinery loads
-        from sweeps.run import main
-
-        return main(defaults, args=args, parser=p)
-
-    return parser, entry

@@ -12,7 +12,8 @@ if __name__ == "__main__":
 
     fix_path(__file__)
 
-from sweeps.flags import SweepDefaults, entry_points
+from sweeps.entry import entry_points
+from sweeps.flags import SweepDefaults
 
 DEFAULTS = SweepDefaults(
     kind="glue",

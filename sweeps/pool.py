@@ -33,12 +33,11 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.variant_generator import generate_variants
 
+from sweeps.schema import COMPLETED, FAILED, SEED_RUN, TRIAL, pick_best
 from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY
 from wlora.run_config import OBJECTIVE
 
 logger = logging.getLogger(__name__)
-
-TRIAL, SEED_RUN = "trial", "seed_run"
 
 
 class ListSearch:
@@ -106,14 +105,13 @@ class CellSearch:
 
     def best_config(self) -> dict[str, Any] | None:
         """Config of the best search trial that trained to the end (the seed re-runs' config)."""
-        done = [
-            r
-            for r in self.results.values()
-            if not r["error"] and r["result"].get(FINAL_KEY) and r["result"].get(OBJECTIVE) is not None
-        ]
-        if not done:
-            return None
-        return max(done, key=lambda r: r["result"][OBJECTIVE])["config"]
+        best = pick_best(
+            self.results.values(),
+            status=lambda r: FAILED if r["error"] else (COMPLETED if r["result"].get(FINAL_KEY) else "partial"),
+            value=lambda r: r["result"].get(OBJECTIVE),
+            completed_only=True,
+        )
+        return None if best is None else best["config"]
 
 
 class PooledSearcher(Searcher):

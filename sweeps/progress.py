@@ -9,6 +9,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from sweeps.schema import SEED_RUN
 from trainables.runner import CELL_KEY, FINAL_KEY, ROLE_KEY
 from wlora.run_config import OBJECTIVE
 
@@ -63,7 +64,7 @@ class ProgressTable(Callback):
                 [
                     str(cfg.get(CELL_KEY, "")),
                     t.trial_id,
-                    "seed" if cfg.get(ROLE_KEY) == "seed_run" else "search",
+                    "seed" if cfg.get(ROLE_KEY) == SEED_RUN else "search",
                     self.status(t),
                     str(r.get("step", "")),
                     f"{value:.4f}" if isinstance(value, float) else "",

@@ -62,15 +62,22 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from sweeps import claims as claims_mod
-from sweeps.results import pareto_front
-from sweeps.table import (  # the one results table and the store reader it shares with the report
+from sweeps.pareto import PARAMS_METRIC, pareto_front
+from sweeps.schema import (
+    ASHA_STOPPED,
+    COMPLETED,
+    FAILED,
     MAIN,
-    METHODS,
+    SEED_RUN,
     STATUS_OK,
-    TASKS,
+    TRIAL,
     RunInfo,
     best_trials,
     load_children,
+)
+from sweeps.table import (  # the one results table, shared with the report
+    METHODS,
+    TASKS,
     md_table,
     mean_std,
     seed_runs_by_method,
@@ -101,9 +108,16 @@ STABILITY_METRICS = ("selection_changes", "selection_last_change_step")
 # ----- Pareto -----
 
 
-def _final_params(t: RunInfo) -> float | None:
+def _method_params(t: RunInfo) -> float | None:
+    """The papers' "# Params" of a run: parameters trained besides the task head (absolute)."""
     v = t.final("method_params")
     return v if v is not None else t.final("trainable_params")
+
+
+def _final_params(t: RunInfo) -> float | None:
+    """The Pareto x of a trial (:data:`sweeps.pareto.PARAMS_METRIC`; runs from before it: the trainable share)."""
+    v = t.final(PARAMS_METRIC)
+    return v if v is not None else t.final("trainable_pct")
 
 
 def _method_colors(methods: Iterable[str]) -> dict[str, Any]:
@@ -112,8 +126,9 @@ def _method_colors(methods: Iterable[str]) -> dict[str, Any]:
 
 
 def plot_pareto(trials: Sequence[RunInfo], path: Path) -> dict[str, Any]:
-    """Metric vs # Params (trainable besides the head), one point per trial (hollow = ASHA-stopped), front as a line."""
-    pts = [t for t in trials if t.role == "trial" and t.main is not None and _final_params(t) is not None]
+    """Metric vs # Params (% of the base model trained besides the head), one point per trial (hollow =
+    ASHA-stopped), front as a line."""
+    pts = [t for t in trials if t.role == TRIAL and t.main is not None and _final_params(t) is not None]
     pts = [t for t in pts if t.status in STATUS_OK]
     tasks = _ordered({t.task for t in pts}, list(TASKS), key=task_key)
     colors = _method_colors({t.method for t in pts})
@@ -127,7 +142,7 @@ def plot_pareto(trials: Sequence[RunInfo], path: Path) -> dict[str, Any]:
         front = pareto_front(xy)
         for m in _ordered({t.method for t in tp}, list(METHODS)):
             for stopped in (False, True):
-                sel = [i for i, t in enumerate(tp) if t.method == m and (t.status == "asha_stopped") == stopped]
+                sel = [i for i, t in enumerate(tp) if t.method == m and (t.status == ASHA_STOPPED) == stopped]
                 if not sel:
                     continue
                 ax.scatter(
@@ -145,7 +160,7 @@ def plot_pareto(trials: Sequence[RunInfo], path: Path) -> dict[str, Any]:
         )
         ax.set_xscale("log")
         ax.set_title(TASKS.get(task_key(task), (task,))[0])
-        ax.set_xlabel("# Params (trainable, besides the task head)")
+        ax.set_xlabel("# Params (% of the base model, besides the task head)")
         ax.set_ylabel(f"{MAIN} (task score)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
@@ -486,7 +501,7 @@ _EPOCH_PARAMS = ("num_epochs", "epochs", "max_epochs", "max_t")
 def _budget(trials: Sequence[RunInfo], parent: Any) -> float:
     """A trial's full budget in epochs: what the completed trials ran (``--max-steps`` may cut the
     epochs the sweep's settings name), else the settings' epochs, else the longest trial."""
-    budget = max((t.metrics.get("epoch", 0.0) for t in trials if t.status == "completed"), default=0.0)
+    budget = max((t.metrics.get("epoch", 0.0) for t in trials if t.status == COMPLETED), default=0.0)
     for key in _EPOCH_PARAMS:
         if budget:
             break
@@ -501,8 +516,8 @@ def sweep_cost(parent: Any, children: Sequence[RunInfo]) -> dict[str, Any]:
     """Trial-epochs spent vs running every trial to its full budget (what the sweep would have cost
     without ASHA), trial counts by status, wall time and summed trial time. Budgets and seconds per
     epoch are taken per task (an SST-2 epoch is 27× an RTE one)."""
-    trials = [c for c in children if c.role == "trial"]
-    seed_runs = [c for c in children if c.role == "seed_run"]
+    trials = [c for c in children if c.role == TRIAL]
+    seed_runs = [c for c in children if c.role == SEED_RUN]
     status = defaultdict(int)
     for t in trials:
         status[t.status] += 1
@@ -523,8 +538,8 @@ def sweep_cost(parent: Any, children: Sequence[RunInfo]) -> dict[str, Any]:
     return {
         "trials": len(trials),
         "by_status": dict(sorted(status.items())),
-        "asha_stopped": status.get("asha_stopped", 0),
-        "failed": status.get("failed", 0),
+        "asha_stopped": status.get(ASHA_STOPPED, 0),
+        "failed": status.get(FAILED, 0),
         "trial_epochs_spent": round(spent, 3),
         "epochs_per_full_trial": {t: round(b, 4) for t, b in budgets.items()},
         "full_budget_trial_epochs": round(full, 3),
@@ -582,7 +597,7 @@ def build_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     parent, children = load_children(client, parent_run_id)
-    trials = [c for c in children if c.role == "trial"]
+    trials = [c for c in children if c.role == TRIAL]
     best = best_trials(trials)
     paths: dict[str, Any] = {"selection": [], "curves": []}
     meta: dict[str, Any] = {"selection": {}, "curves": {}}
@@ -666,7 +681,7 @@ def build_report(
     scores = {k: v for k, v in scores.items() if v}
     params = {}  # of the same runs (the rank whose re-runs the claims use)
     for key, runs in seed_runs.items():
-        vals = [p for r in runs if (p := _final_params(r)) is not None]
+        vals = [p for r in runs if (p := _method_params(r)) is not None]
         if vals:
             params[key] = float(np.mean(vals))
     claim_rows = claims_mod.evaluate_claims(scores, params, margin=margin, n_boot=n_boot, seed=boot_seed)

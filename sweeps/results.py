@@ -14,31 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sweeps.pareto import PARAMS_METRIC, pareto_front
+from sweeps.schema import ASHA_STOPPED, COMPLETED, FAILED, TRIAL, pick_best, trial_outcome
 from sweeps.search import EarlyStopLedger
 from sweeps.table import write_table_from_store
 from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY
 from wlora.run_config import OBJECTIVE
 
-#: Secondary objective of ``--multi-objective`` (minimised) and the Pareto fronts: the share of the
-#: base model trained besides the task head (which every method trains), as the papers count # Params.
-PARAMS_METRIC = "method_pct"
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated points when fewer parameters (x) and a higher metric (y) are
-    better: no other point has x' ≤ x and y' ≥ y with one strict. Sorted by x."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best_y = [], float("-inf")
-    for i in order:
-        if points[i][1] > best_y:
-            front.append(i)
-            best_y = points[i][1]
-    return front
-
 
 def pareto_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The completed trials on the (params %, metric) Pareto front, fewest parameters first."""
-    pts = [r for r in rows if r["status"] == "completed" and r[OBJECTIVE] is not None and r[PARAMS_METRIC] is not None]
+    pts = [r for r in rows if r["status"] == COMPLETED and r[OBJECTIVE] is not None and r[PARAMS_METRIC] is not None]
     return [pts[i] for i in pareto_front([(r[PARAMS_METRIC], r[OBJECTIVE]) for r in pts])]
 
 
@@ -58,16 +44,12 @@ def trial_rows(
         tid = m.get("trial_id") or Path(r.path).name.removeprefix("trial_")
         trial = by_id.get(tid)
         config = dict(r.config or (trial.config if trial is not None else None) or {})
-        cell, role = config.pop(CELL_KEY, None), config.pop(ROLE_KEY, "trial")
+        cell, role = config.pop(CELL_KEY, None), config.pop(ROLE_KEY, TRIAL)
         error = str(r.error).strip().splitlines()[-1][:500] if r.error is not None else None
         if trial is not None and (error is not None or trial.status == "ERROR"):
             error = trial_error_reason(trial)[:500] or error or "the trial failed"
-        if error is not None:
-            status = "failed"
-        elif (cell in ledgers and tid in ledgers[cell]) or (m and not m.get(FINAL_KEY)):
-            status = "asha_stopped"
-        else:
-            status = "completed"
+        stopped = (cell in ledgers and tid in ledgers[cell]) or bool(m and not m.get(FINAL_KEY))
+        status = trial_outcome(failed=error is not None, stopped_early=stopped)
         grouped.setdefault((cell, role), []).append(
             {
                 "trial_id": tid,
@@ -96,15 +78,15 @@ def cell_summary(cell, rows: list[dict[str, Any]], *, multi_objective: bool, exp
         multi_objective: add the cell's Pareto front.
         export: ``export(best_row) -> adapter folder`` (None: no export).
     """
-    done = [r for r in rows if r["status"] == "completed" and r[OBJECTIVE] is not None]
-    best = max(done, key=lambda r: r[OBJECTIVE]) if done else None
+    done = [r for r in rows if r["status"] == COMPLETED and r[OBJECTIVE] is not None]
+    best = pick_best(rows, status=lambda r: r["status"], value=lambda r: r[OBJECTIVE], completed_only=True)
     summary: dict[str, Any] = {
         **dataclasses.asdict(cell),
         "cell": cell.name,
         "n_trials": len(rows),
         "n_completed": len(done),
-        "n_asha_stopped": sum(r["status"] == "asha_stopped" for r in rows),
-        "n_failed": sum(r["status"] == "failed" for r in rows),
+        "n_asha_stopped": sum(r["status"] == ASHA_STOPPED for r in rows),
+        "n_failed": sum(r["status"] == FAILED for r in rows),
         "trials": [{k: v for k, v in r.items() if k != "config"} for r in rows],
     }
     if best is None:
@@ -131,7 +113,7 @@ def cell_summary(cell, rows: list[dict[str, Any]], *, multi_objective: bool, exp
 
 def seed_summary(cell_name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± std of a cell's ``--seeds`` re-runs of its best config."""
-    values = [r[OBJECTIVE] for r in rows if r["status"] == "completed" and r[OBJECTIVE] is not None]
+    values = [r[OBJECTIVE] for r in rows if r["status"] == COMPLETED and r[OBJECTIVE] is not None]
     return {
         "cell": cell_name,
         "values": values,

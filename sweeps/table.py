@@ -19,21 +19,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sweeps.schema import FAILED, SEED_RUN, TRIAL, RunInfo, best_trials, load_children
 from wlora.registry import METHODS as REGISTRY
-from wlora.run_config import OBJECTIVE
-
-#: The objective every trial logs (the task's main dev score; higher is better).
-MAIN = OBJECTIVE
 
 #: Row order and display names (the papers' order: references first, then the proposed methods), from the registry.
 METHODS: dict[str, str] = {
@@ -58,105 +52,10 @@ METRIC_ALIASES = {"matthews_corrcoef": ("mcc", "matthews"), "pearson": ("pearson
 #: Methods that keep K of the n adapters: their row label gives K (from ``active_adapters``).
 K_METHODS = tuple(slug for slug, spec in REGISTRY.items() if spec.keeps_k)
 
-STATUS_OK = ("completed", "asha_stopped", "running")
-
-_CELL_RANK = re.compile(r"-r(\d+)$")
-
 
 def task_key(task: str) -> str:
     """``SST-2`` / ``sst2`` / ``STS-B`` → the key used in :data:`TASKS`."""
     return task.lower().replace("-", "").replace("_", "")
-
-
-# ----- reading the store -----
-
-
-@dataclass
-class RunInfo:
-    """One child run, flattened: what the table and the report need from MLflow."""
-
-    run_id: str
-    name: str
-    role: str
-    method: str
-    task: str
-    seed: str
-    status: str
-    params: dict[str, str]
-    metrics: dict[str, float]
-    start_ms: int | None
-    end_ms: int | None
-    artifacts: list[str] = field(default_factory=list)
-    #: The rank ``--ranks`` fixed for the run's cell ("" when the cell searched it or the method has none).
-    rank: str = ""
-
-    def final(self, key: str) -> float | None:
-        """A metric's value at the end of the run: ``final_<key>`` (logged once when the trial ends)
-        if present, else the last logged ``<key>``."""
-        v = self.metrics.get(f"final_{key}", self.metrics.get(key))
-        return None if v is None or not math.isfinite(v) else float(v)
-
-    @property
-    def main(self) -> float | None:
-        v = self.metrics.get(MAIN)
-        return None if v is None or not math.isfinite(v) else float(v)
-
-    @property
-    def seconds(self) -> float:
-        if self.start_ms is None:
-            return 0.0
-        end = self.end_ms if self.end_ms else int(time.time() * 1000)
-        return max(0.0, (end - self.start_ms) / 1000.0)
-
-
-def _search_all(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _cell_rank(tags: dict[str, str]) -> str:
-    """The rank of the run's cell: from ``wlora.cell`` (``…-r8``); a cell that searched the rank has none,
-    even though each of its trials carries its own ``rank`` tag. Stores without ``wlora.cell`` fall back to
-    the ``rank`` tag."""
-    if "wlora.cell" in tags:
-        m = _CELL_RANK.search(tags["wlora.cell"])
-        return m.group(1) if m else ""
-    return tags.get("rank", "")
-
-
-def load_children(client, parent_run_id: str) -> tuple[Any, list[RunInfo]]:
-    """The parent run and its direct children (trials and seed re-runs)."""
-    parent = client.get_run(parent_run_id)
-    runs = _search_all(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}'")
-    out = []
-    for r in runs:
-        t = r.data.tags
-        if t.get("status") == "orphaned":
-            continue  # a child whose trial a resumed sweep replaced (sweeps.tracking): never counted
-        status = t.get("status") or ("completed" if r.info.status == "FINISHED" else r.info.status.lower())
-        out.append(
-            RunInfo(
-                run_id=r.info.run_id,
-                name=r.info.run_name or t.get("mlflow.runName", r.info.run_id[:8]),
-                role=t.get("wlora.role", "trial"),
-                method=t.get("method", r.data.params.get("method", "?")),
-                task=t.get("task", r.data.params.get("task", "?")),
-                seed=t.get("seed", r.data.params.get("seed", "")),
-                status=status,
-                params=dict(r.data.params),
-                metrics=dict(r.data.metrics),
-                start_ms=r.info.start_time,
-                end_ms=r.info.end_time,
-                rank=_cell_rank(t),
-            )
-        )
-    out.sort(key=lambda x: (x.start_ms or 0, x.name))
-    return parent, out
 
 
 def ordered(keys: Iterable[str], order: Sequence[str], key=lambda s: s) -> list[str]:
@@ -169,27 +68,11 @@ def _rank_order(rank: str) -> tuple[int, int]:
     return (0, int(rank)) if rank.isdigit() else (1, 0)
 
 
-def best_trials(trials: Sequence[RunInfo], *, by_rank: bool = False) -> dict[tuple[str, ...], RunInfo]:
-    """Best trial per (method, task) — per (method, rank, task) with ``by_rank`` — by ``eval_main``;
-    completed trials first, ASHA-stopped/running ones only when no trial of that cell completed. Failed
-    trials never count."""
-    best: dict[tuple[str, ...], RunInfo] = {}
-    for t in trials:
-        if t.role != "trial" or t.status not in STATUS_OK or t.main is None:
-            continue
-        key = (t.method, t.rank, t.task) if by_rank else (t.method, t.task)
-        cur = best.get(key)
-        rank_new = (t.status == "completed", t.main)
-        if cur is None or rank_new > (cur.status == "completed", cur.main):
-            best[key] = t
-    return best
-
-
 def seed_runs_by_cell(children: Sequence[RunInfo]) -> dict[tuple[str, str, str], list[RunInfo]]:
     """The non-failed seed re-runs of each (method, rank, task) cell."""
     groups: dict[tuple[str, str, str], list[RunInfo]] = defaultdict(list)
     for r in children:
-        if r.role == "seed_run" and r.status != "failed":
+        if r.role == SEED_RUN and r.status != FAILED:
             groups[(r.method, r.rank, r.task)].append(r)
     return dict(groups)
 
@@ -234,7 +117,7 @@ def table_cells(children: Sequence[RunInfo]) -> list[dict[str, Any]]:
     seeds = {k: v for k, v in seeds.items() if v}
     counts: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for t in children:
-        if t.role == "trial":
+        if t.role == TRIAL:
             c = counts[(t.method, t.rank, t.task)]
             c["n_trials"] += 1
             c[f"n_{t.status}"] += 1

@@ -1,18 +1,9 @@
-"""MLflow wiring: tracking-URI checks, the sweep's parent run, one child run per trial (batched).
-
-Schema (``sweeps/report.py`` reads it):
-
-* parent run per sweep: tags ``wlora.role=sweep``, ``git_commit``, ``model``, ``data_dir``,
-  ``wlora.sweep_name``; params = the sweep settings; artifacts ``results/table.{md,csv}`` + ``table_long.csv`` and
-  ``best_adapter/<task>/<method>/`` (a PEFT adapter).
-* child run per trial, nested (``mlflow.parentRunId``): tags ``wlora.role=trial`` (``seed_run`` for
-  ``--seeds`` re-runs), ``method``, ``task``, ``model``, ``rank``, ``trial_id``, ``seed``,
-  ``status`` ∈ {running, completed, asha_stopped, failed}; params = the trial's flat config; metrics
-  by optimizer step with the runner's names; artifact ``selection.json`` (the method's report).
+"""MLflow wiring: tracking-URI checks, the sweep's parent run, one child run per trial (batched), written in
+the schema of :mod:`sweeps.schema`.
 
 Every Tune report becomes ONE ``log_batch`` call (the stock ``MLflowLoggerCallback`` makes one call
-per metric). A trial restarted by ``--resume`` finds its child run by ``trial_id`` and skips steps it
-already logged, so children are never duplicated.
+per metric), queued on a background thread (:mod:`sweeps.tracking_queue`). A trial restarted by ``--resume``
+finds its child run by ``trial_id`` and skips steps it already logged, so children are never duplicated.
 """
 
 from __future__ import annotations
@@ -33,6 +24,19 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from sweeps.schema import (
+    CELL_TAG,
+    FAILED,
+    INTERRUPTED,
+    ORPHANED,
+    REPLACED_BY_TAG,
+    ROLE_TAG,
+    RUNNING,
+    SEED_RUN,
+    STATUS_TAG,
+    TRIAL,
+    trial_outcome,
+)
 from sweeps.search import EarlyStopLedger
 from sweeps.tracking_queue import TrackingQueue
 from trainables.runner import CELL_KEY, FINAL_KEY, ROLE_KEY
@@ -199,7 +203,7 @@ class MlflowTrialCallback(Callback):
 
     @staticmethod
     def role_of(trial) -> str:
-        return str((trial.config or {}).get(ROLE_KEY, TRIAL_ROLE))
+        return str((trial.config or {}).get(ROLE_KEY, TRIAL))
 
     def trial_tags(self, trial) -> dict[str, str]:
         """The tags of ``trial``'s child run that depend on its cell."""
@@ -211,7 +215,7 @@ class MlflowTrialCallback(Callback):
             "method": str(config.get("method", "")),
             "task": str(config.get("task", "")),
             "rank": str(rank if rank is not None else config.get("r", "")),
-            "wlora.cell": cell,
+            CELL_TAG: cell,
         }
 
     def _find_existing(self, client, trial_id: str, role: str) -> tuple[str, float] | None:
@@ -220,7 +224,7 @@ class MlflowTrialCallback(Callback):
             filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.trial_id = '{trial_id}'",
             max_results=5,
         )
-        runs = [r for r in runs if r.data.tags.get("wlora.role") == role and r.data.tags.get("status") != ORPHANED]
+        runs = [r for r in runs if r.data.tags.get(ROLE_TAG) == role and r.data.tags.get(STATUS_TAG) != ORPHANED]
         if not runs:
             return None
         run = runs[0]
@@ -235,16 +239,16 @@ class MlflowTrialCallback(Callback):
         if found is not None:
             # A trial continued by --resume (or retried): its own child, open again.
             self._runs[tid], self._last_step[tid] = found
-            client.set_tag(found[0], "status", "running")
+            client.set_tag(found[0], STATUS_TAG, RUNNING)
             client.update_run(found[0], status="RUNNING")
             return found[0]
         tags = {
             **base,
             "mlflow.parentRunId": self.parent_run_id,
-            "wlora.role": role,
+            ROLE_TAG: role,
             "trial_id": tid,
             "seed": str(config.get("seed", "")),
-            "status": "running",
+            STATUS_TAG: RUNNING,
         }
         name = f"{base['method']}-{base['task']}-r{base['rank']}-{tid}"
         run = client.create_run(self.experiment_id, tags=tags, run_name=name)
@@ -261,7 +265,7 @@ class MlflowTrialCallback(Callback):
     def _run_of(self, client, tid: str) -> str | None:
         if tid in self._runs:
             return self._runs[tid]
-        for role in (TRIAL_ROLE, SEED_ROLE):
+        for role in (TRIAL, SEED_RUN):
             found = self._find_existing(client, tid, role)
             if found is not None:
                 self._runs[tid], self._last_step[tid] = found
@@ -297,7 +301,7 @@ class MlflowTrialCallback(Callback):
         result = trial.last_result or {}
         ledger = self.ledgers.get(str((trial.config or {}).get(CELL_KEY, "")))
         stopped = ledger is not None and tid in ledger
-        status = "asha_stopped" if stopped else "completed"
+        status = trial_outcome(failed=False, stopped_early=stopped)
         final = numeric_metrics(result)
         keep = ("trainable_params", "trainable_pct", "method_params", "method_pct", "active_adapters")
         metrics = [Metric(f"final_{k}", final[k], int(time.time() * 1000), 0) for k in keep if k in final]
@@ -307,7 +311,7 @@ class MlflowTrialCallback(Callback):
             run_id = self._run_of(client, tid)
             if run_id is None:
                 return
-            client.log_batch(run_id, metrics=metrics, tags=[RunTag("status", status)])
+            client.log_batch(run_id, metrics=metrics, tags=[RunTag(STATUS_TAG, status)])
             if isinstance(report, str):
                 client.log_text(run_id, report, "selection.json")
             client.set_terminated(run_id, "FINISHED")
@@ -334,7 +338,7 @@ class MlflowTrialCallback(Callback):
             run_id = self._run_of(client, tid)
             if run_id is None:
                 return
-            client.log_batch(run_id, tags=[RunTag("status", "failed"), RunTag("error", reason)])
+            client.log_batch(run_id, tags=[RunTag(STATUS_TAG, FAILED), RunTag("error", reason)])
             client.set_terminated(run_id, "FAILED")
 
         self.queue.submit(error, f"failure of trial {tid}")
@@ -361,28 +365,23 @@ class MlflowTrialCallback(Callback):
             for run in runs:
                 tags = run.data.tags
                 tid = tags.get("trial_id", "")
-                if tid in known or tags.get("status") == ORPHANED:
+                if tid in known or tags.get(STATUS_TAG) == ORPHANED:
                     continue
                 params = dict(run.data.params)
                 same = [
                     t
                     for t in known
-                    if cells[t] == (tags.get("wlora.cell"), tags.get("wlora.role", TRIAL_ROLE))
+                    if cells[t] == (tags.get(CELL_TAG), tags.get(ROLE_TAG, TRIAL))
                     and {k: _param_str(v) for k, v in configs[t].items()} == params
                 ]
                 replaced = same[0] if same else ""
                 client.log_batch(
-                    run.info.run_id, tags=[RunTag("status", ORPHANED), RunTag("wlora.replaced_by", replaced)]
+                    run.info.run_id, tags=[RunTag(STATUS_TAG, ORPHANED), RunTag(REPLACED_BY_TAG, replaced)]
                 )
                 client.set_terminated(run.info.run_id, "KILLED")
 
         self.queue.submit(close, "close of orphaned children")
 
-
-#: Status tags of children besides the trial outcomes (running, completed, asha_stopped, failed).
-INTERRUPTED_STATUS = "interrupted"
-ORPHANED = "orphaned"
-TRIAL_ROLE, SEED_ROLE = "trial", "seed_run"
 
 _LIVE_CALLBACKS: weakref.WeakSet[MlflowTrialCallback] = weakref.WeakSet()
 
@@ -419,6 +418,6 @@ def close_open_children(tracking_uri: str, experiment_id: str, parent_run_id: st
         max_results=5000,
     )
     for run in runs:
-        client.set_tag(run.info.run_id, "status", INTERRUPTED_STATUS)
+        client.set_tag(run.info.run_id, STATUS_TAG, INTERRUPTED)
         client.set_terminated(run.info.run_id, "KILLED")
     return len(runs)

@@ -23,8 +23,9 @@ from sweeps import spaces as sp
 from sweeps.flags import build_parser
 from sweeps.glue_sweep import DEFAULTS
 from sweeps.plan import InputError, plan_sweep
+from sweeps.schema import RunInfo
 from sweeps.search import EarlyStopLedger, LedgerASHAScheduler, PrunedAwareOptunaSearch
-from sweeps.table import RunInfo, build_table, md_table, table_cells
+from sweeps.table import build_table, md_table, table_cells
 from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY, get_trainable, trial_config
 from wlora.registry import METHODS
 

@@ -200,19 +200,9 @@ def glue_from_hub_rows(task: str, rows) -> list[GlueExample]:
     return out
 
 
-def load_glue(task: str, split: str = "train", data_dir: str | Path | None = None) -> list[GlueExample]:
-    """GLUE examples from a local folder or, with no folder, the hub.
-
-    ``data_dir`` is any layout :mod:`wlora.data.layout` accepts (``<data_dir>/glue/<TASK>/``,
-    ``<data_dir>/<TASK>/`` or the task folder itself). Both sources give identical examples for the
-    same split.
-    """
-    if data_dir is not None:
-        from wlora.data.layout import locate_task_files
-
-        key = get_task(task).hub_config
-        train, dev = locate_task_files(key, data_dir, eval_split="dev" if split == "train" else split)
-        return read_glue_file(train if split == "train" else dev, task, split)
+def load_glue(task: str, split: str = "train") -> list[GlueExample]:
+    """GLUE examples from the hub (local folders: :mod:`wlora.data.layout` finds the file,
+    :func:`read_glue_file` reads it). Both sources give identical examples for the same split."""
     import datasets  # deferred: the hub path is optional
 
     spec = get_task(task)

@@ -1,0 +1,165 @@
+"""The sweep's one Tune run: every cell's search and ASHA in one pool of trial slots (``sweeps.pool``), fresh
+or restored after an interruption, and the cell summaries read back from it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from sweeps.interrupts import Interrupts, with_interrupts
+from sweeps.pareto import PARAMS_METRIC
+from sweeps.plan import Cell, Plan, save_state
+from sweeps.pool import SEED_RUN, TRIAL, CellSearch, ListSearch, PooledScheduler, PooledSearcher, variant_configs
+from sweeps.progress import ProgressTable
+from sweeps.resources import pool_slots
+from sweeps.results import cell_summary, export_best, seed_summary, trial_rows
+from sweeps.search import EarlyStopLedger, make_optuna, make_scheduler
+from sweeps.state import EXPERIMENT
+from sweeps.tracking import MlflowTrialCallback
+from trainables import train_pooled
+from wlora.run_config import OBJECTIVE, TrainConfig
+
+logger = logging.getLogger("sweeps")
+
+
+def ledger_of(plan: Plan, cell: Cell) -> EarlyStopLedger:
+    return EarlyStopLedger(f"{plan.run_dir}:{cell.name}")
+
+
+def multi_objective(plan: Plan) -> bool:
+    return bool(plan.args.multi_objective)
+
+
+def cell_search(plan: Plan, cell: Cell) -> CellSearch:
+    """One cell's search: seeded Optuna TPE over its own space, or its list of random / grid configs."""
+    a = plan.args
+    space = plan.spaces[cell.name]
+    if plan.search == "optuna" and space:
+        metric: Any = [OBJECTIVE, PARAMS_METRIC] if multi_objective(plan) else OBJECTIVE
+        mode: Any = ["max", "min"] if multi_objective(plan) else "max"
+        search: Any = make_optuna(
+            space, ledger=ledger_of(plan, cell), seed=a.search_seed, metric=metric, mode=mode, num_samples=a.num_samples
+        )
+        budget = a.num_samples
+    else:
+        configs = variant_configs(space, grid=plan.search == "grid", num_samples=a.num_samples, seed=a.search_seed)
+        search, budget = ListSearch(configs), len(configs)
+    return CellSearch(cell.name, dict(plan.fixed[cell.name]), budget, search, seeds=a.seeds)
+
+
+def pooled_scheduler(plan: Plan) -> PooledScheduler:
+    """ASHA per cell on its own max_t (the runner's planned evaluations); FIFO with ``--no-asha`` or
+    ``--multi-objective`` (ASHA ranks one metric)."""
+    a = plan.args
+    use_asha = not a.no_asha and not multi_objective(plan)
+    return PooledScheduler(
+        {
+            cell.name: functools.partial(
+                make_scheduler,
+                use_asha,
+                ledger=ledger_of(plan, cell),
+                metric=OBJECTIVE,
+                mode="max",
+                max_t=plan.planned_evals[cell.name],
+                grace_period=a.grace_period,
+                reduction_factor=a.reduction_factor,
+            )
+            for cell in plan.cells
+        }
+    )
+
+
+def _trainable(plan: Plan):
+    from ray import tune
+
+    fn = tune.with_parameters(train_pooled, assets=plan.assets)
+    res: dict[str, float] = {"cpu": plan.args.cpus_per_trial, "memory": plan.memory_per_trial}
+    if plan.args.gpus_per_trial:
+        res["gpu"] = plan.args.gpus_per_trial
+    return tune.with_resources(fn, res)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def run_pool(plan: Plan, exp_id: str, parent_id: str):
+    """The sweep's one Tune run (fresh, or restored after a crash); returns (ResultGrid, PooledSearcher)."""
+    from ray import tune
+
+    a = plan.args
+    storage = plan.tune_storage or str(plan.run_dir)
+    exp_path = f"{storage}/{EXPERIMENT}"
+    trainable = _trainable(plan)
+    if tune.Tuner.can_restore(exp_path):
+        logger.info("resuming the sweep's trials from %s", exp_path)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        with_interrupts(tuner)
+        # Tune restores the searcher's state into the searcher it keeps on the internal tuner.
+        tune_config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+        return tuner.fit(), getattr(tune_config, "search_alg", None)
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per cell
+    searcher = PooledSearcher([cell_search(plan, cell) for cell in plan.cells])
+    n_trials = sum(c.budget + c.seeds for c in searcher.cells.values())
+    ledgers = {cell.name: ledger_of(plan, cell) for cell in plan.cells}
+    cb = MlflowTrialCallback(
+        plan.tracking_uri,
+        exp_id,
+        parent_id,
+        ledgers,
+        {"model": a.model, "wlora.sweep_name": a.name},
+        ranks={cell.name: cell.rank for cell in plan.cells},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            # metric/mode live in each cell's search and scheduler (Tune refuses them twice).
+            search_alg=searcher,
+            scheduler=pooled_scheduler(plan),
+            num_samples=n_trials,  # at most; the searcher says when every cell is done
+            max_concurrent_trials=pool_slots(a, n_trials),
+            reuse_actors=not a.no_reuse_actors,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=storage,
+            callbacks=[cb, ProgressTable(a.name, interval_s=a.progress_interval, ledgers=ledgers), Interrupts()],
+            failure_config=tune.FailureConfig(max_failures=a.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
+    return tuner.fit(), searcher
+
+
+def summarize(plan: Plan, results, searcher) -> None:
+    """Cell and seed summaries of the finished pool into the state; the best adapter of each cell."""
+    ledgers = {cell.name: ledger_of(plan, cell) for cell in plan.cells}
+    grouped = trial_rows(results, ledgers, tune_trials(results))
+    for cell in plan.cells:
+
+        def export(best: dict[str, Any], cell: Cell = cell) -> str:
+            cfg = TrainConfig.from_flat({**best["config"], "method": cell.method})
+            out = plan.run_dir / "adapters" / cell.name
+            return export_best(cfg, plan.assets[cell.task], best["checkpoint"], out)
+
+        summary = cell_summary(
+            cell, grouped.get((cell.name, TRIAL), []), multi_objective=multi_objective(plan), export=export
+        )
+        if searcher is not None and hasattr(searcher, "optuna_states"):
+            summary["optuna_states"] = searcher.optuna_states(cell.name)
+        plan.state["cells"][cell.name] = summary
+        if plan.args.seeds > 0 and "best_config" in summary:
+            plan.state["seed_cells"][cell.name] = seed_summary(cell.name, grouped.get((cell.name, SEED_RUN), []))
+    save_state(plan)
+
+
+def tune_trials(results) -> list:
+    """The Tune trials behind a ResultGrid (status, id, config: what the MLflow callback closes by)."""
+    grid = getattr(results, "_experiment_analysis", None)
+    return list(getattr(grid, "trials", None) or [])
