@@ -32,7 +32,7 @@ from sweeps.state import (
     status_of,
 )
 from sweeps.state import save_state as _save_state
-from sweeps.tracking import check_tracking_uri, default_tracking_uri
+from sweeps.store import check_tracking_uri, default_tracking_uri
 from wlora.fields import parse_field_value
 from wlora.registry import METHODS, make_config
 from wlora.run_config import TrainConfig

@@ -35,7 +35,7 @@ def trial_rows(
 
     ``trials`` (Tune's trial objects) supply the config and the failure of a trial that died before it
     wrote anything (e.g. killed for memory at its start), whose result holds neither."""
-    from sweeps.tracking import trial_error_reason
+    from sweeps.schema import trial_error_reason
 
     by_id = {t.trial_id: t for t in trials}
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}

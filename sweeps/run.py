@@ -31,7 +31,8 @@ from sweeps.resources import check_resources
 from sweeps.results import publish, write_report
 from sweeps.schema import ROLE_TAG, SWEEP, SWEEP_NAME_TAG
 from sweeps.state import EXPERIMENT, FAILED, FINISHED, INTERRUPTED, PLANNED, RUNNING, status_of
-from sweeps.tracking import close_open_children, get_experiment_id, git_commit, live_callbacks, log_params
+from sweeps.store import close_open_children, get_experiment_id, git_commit
+from sweeps.tracking import live_callbacks, log_params
 from sweeps.tracking_queue import flush_all
 from sweeps.tune_run import multi_objective, run_pool, summarize, tune_trials
 

@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from wlora.run_config import OBJECTIVE
@@ -169,3 +170,20 @@ def best_trials(trials: Sequence[RunInfo], *, by_rank: bool = False) -> dict[tup
             groups.setdefault((t.method, t.rank, t.task) if by_rank else (t.method, t.task), []).append(t)
     best = {key: pick_best(runs, status=lambda r: r.status, value=lambda r: r.main) for key, runs in groups.items()}
     return {key: run for key, run in best.items() if run is not None}
+
+
+def trial_error_reason(trial) -> str:
+    """One line saying why a trial failed: "out of memory: …" for a worker Ray's memory monitor killed,
+    "worker process died: …" for a crashed worker, else the error's last line."""
+    text = ""
+    if getattr(trial, "error_file", None) and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text(errors="replace")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    if "OutOfMemoryError" in text or "running low on memory" in text:
+        hit = next((ln for ln in lines if "memory" in ln.lower()), last)
+        return f"out of memory: {hit}"[:5000]
+    if "ActorDiedError" in text or "WorkerCrashedError" in text or "actor died" in text.lower():
+        hit = next((ln for ln in lines if "died" in ln.lower() or "crash" in ln.lower()), last)
+        return f"worker process died: {hit}"[:5000]
+    return last[:5000]

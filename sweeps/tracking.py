@@ -11,13 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import subprocess
 import time
-import urllib.error
-import urllib.request
 import weakref
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
@@ -27,7 +23,6 @@ from ray.tune import Callback
 from sweeps.schema import (
     CELL_TAG,
     FAILED,
-    INTERRUPTED,
     ORPHANED,
     REPLACED_BY_TAG,
     ROLE_TAG,
@@ -35,6 +30,7 @@ from sweeps.schema import (
     SEED_RUN,
     STATUS_TAG,
     TRIAL,
+    trial_error_reason,
     trial_outcome,
 )
 from sweeps.search import EarlyStopLedger
@@ -66,60 +62,6 @@ TUNE_KEYS = frozenset(
         FINAL_KEY,
     }
 )
-
-
-def default_tracking_uri(run_dir: Path) -> str:
-    """The embedded default: a SQLite store inside the run folder."""
-    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
-
-
-def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast (one ValueError) if ``uri`` cannot be used; MLflow itself retries for minutes."""
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-                if resp.status >= 400:
-                    raise OSError(f"HTTP {resp.status}")
-        except urllib.error.HTTPError as e:
-            if e.code >= 500:
-                raise ValueError(f"MLflow tracking server {uri} is unhealthy ({url}: HTTP {e.code})") from None
-        except (OSError, ValueError) as e:
-            raise ValueError(f"MLflow tracking URI {uri} is unreachable ({url}: {e})") from None
-    elif uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
-        if not db.parent.is_dir():
-            raise ValueError(f"MLflow tracking URI {uri}: folder {db.parent} does not exist")
-    elif uri.startswith("file:") or "://" not in uri:
-        path = Path(uri[len("file://") :] if uri.startswith("file://") else uri)
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"MLflow tracking URI {uri}: {path} is not a folder")
-
-
-def git_commit(repo: Path | None = None) -> str:
-    """HEAD of the repository holding this package (``+dirty`` if tracked files changed)."""
-    repo = repo or Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def get_experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    return client.create_experiment(name, artifact_location=location)
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
@@ -389,35 +331,3 @@ _LIVE_CALLBACKS: weakref.WeakSet[MlflowTrialCallback] = weakref.WeakSet()
 def live_callbacks() -> list[MlflowTrialCallback]:
     """The MLflow callbacks of this driver (the one passed to Tune, or the one Tune restored)."""
     return list(_LIVE_CALLBACKS)
-
-
-def trial_error_reason(trial) -> str:
-    """One line saying why a trial failed: "out of memory: …" for a worker Ray's memory monitor killed,
-    "worker process died: …" for a crashed worker, else the error's last line."""
-    text = ""
-    if getattr(trial, "error_file", None) and Path(trial.error_file).is_file():
-        text = Path(trial.error_file).read_text(errors="replace")
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else ""
-    if "OutOfMemoryError" in text or "running low on memory" in text:
-        hit = next((ln for ln in lines if "memory" in ln.lower()), last)
-        return f"out of memory: {hit}"[:5000]
-    if "ActorDiedError" in text or "WorkerCrashedError" in text or "actor died" in text.lower():
-        hit = next((ln for ln in lines if "died" in ln.lower() or "crash" in ln.lower()), last)
-        return f"worker process died: {hit}"[:5000]
-    return last[:5000]
-
-
-def close_open_children(tracking_uri: str, experiment_id: str, parent_run_id: str) -> int:
-    """Mark every child of the sweep still RUNNING as ``interrupted`` / KILLED (any exit of the driver: no
-    child stays RUNNING); returns how many. ``--resume`` reopens those whose trials continue."""
-    client = MlflowClient(tracking_uri)
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'",
-        max_results=5000,
-    )
-    for run in runs:
-        client.set_tag(run.info.run_id, STATUS_TAG, INTERRUPTED)
-        client.set_terminated(run.info.run_id, "KILLED")
-    return len(runs)

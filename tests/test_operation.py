@@ -20,6 +20,7 @@ from sweeps.flags import apply_preset_cli, apply_smoke, build_parser, given
 from sweeps.glue_sweep import DEFAULTS
 from sweeps.plan import InputError, plan_sweep
 from sweeps.resources import GIB, check_resources, estimate_trial_memory
+from sweeps.schema import trial_error_reason
 from sweeps.state import (
     FAILED,
     FINISHED,
@@ -32,7 +33,6 @@ from sweeps.state import (
     latest_resumable,
     load_state,
 )
-from sweeps.tracking import trial_error_reason
 from sweeps.tracking_queue import TrackingQueue
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""sweeps/report.py on an MLflow store written with the sweep's schema (parent run + nested trials).
+"""sweeps.report on an MLflow store written with the sweep's schema (parent run + nested trials).
 
 The store is built here with MlflowClient so the expected table / points / cells are known exactly;
 ``test_report_from_real_sweep`` (in test_report_sweep.py) builds one from a real small sweep.

@@ -49,6 +49,8 @@ class MethodSpec:
     """Keeps K of the n adapters (a table row label gives K)."""
     selection_fields: tuple[str, ...] = ()
     """Fields of ``Controller.report()`` that show the selection (first present one colours a heatmap)."""
+    selects_ranks: bool = False
+    """Its kept set is a rank per module (ROLoRA, AdaLoRA), not a set of adapters."""
 
     @property
     def config_cls(self) -> type[MethodConfig]:
@@ -122,6 +124,7 @@ METHODS: dict[str, MethodSpec] = {
             label="ROLoRA",
             table_order=4,
             selection_fields=("ranks",),
+            selects_ranks=True,
         ),
         MethodSpec(
             "adalora",
@@ -131,6 +134,7 @@ METHODS: dict[str, MethodSpec] = {
             label="AdaLoRA",
             table_order=2,
             selection_fields=("ranks",),
+            selects_ranks=True,
         ),
         MethodSpec(
             "full",

@@ -1,0 +1,157 @@
+"""Selection stability across seed re-runs: how often each adapter was kept, the mean pairwise Jaccard of the kept
+sets against random draws, and the runs' own selection diagnostics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never open a window (CI, Ray workers)
+import numpy as np
+
+from sweeps.schema import (
+    RunInfo,
+)
+from sweeps.table import (  # the one results table, shared with the report
+    METHODS,
+    md_table,
+    mean_std,
+)
+from wlora.core.stability import chance_jaccard, keep_frequency, mean_pairwise_overlap
+from wlora.registry import METHODS as REGISTRY
+
+#: Methods whose kept set is a rank per module (overlap across seeds: weighted Jaccard of the ranks).
+RANK_METHODS = tuple(slug for slug, spec in REGISTRY.items() if spec.selects_ranks)
+
+
+#: Per-run selection diagnostics the runner logs at every evaluation (see wlora.core.stability).
+STABILITY_METRICS = ("selection_changes", "selection_last_change_step")
+
+
+def kept_of(method: str, rep: dict[str, Any]) -> set[str] | dict[str, int] | None:
+    """A run's final kept set from its ``selection.json``: module → rank for ROLoRA / AdaLoRA, else the
+    set of kept adapters (the tracker's final kept set when logged, else the method's own fields)."""
+    if method in RANK_METHODS:
+        ranks = rep.get("ranks")
+        if not isinstance(ranks, dict) or not ranks:
+            return None
+        return {str(n): int(r) for n, r in ranks.items() if int(r) > 0}
+    tracked = (rep.get("selection_stability") or {}).get("kept")
+    if isinstance(tracked, dict):
+        return set(tracked)
+    for key in ("selected_adapters", "kept"):
+        if rep.get(key):
+            return set(rep[key])
+    if isinstance(rep.get("ranks"), dict):  # e.g. WeightLoRA before selection: every adapter still trains
+        return {n for n, r in rep["ranks"].items() if int(r) > 0}
+    return None
+
+
+def all_names(reports: Sequence[dict[str, Any]]) -> set[str]:
+    names: set[str] = set()
+    for rep in reports:
+        for key in ("ranks", "importance", "selection_scores", "gates"):
+            if isinstance(rep.get(key), dict):
+                names |= set(rep[key])
+        for key in ("drawn_adapters", "kept", "selected_adapters"):
+            if isinstance(rep.get(key), list):
+                names |= set(rep[key])
+    return names
+
+
+def mean_sd_of(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    m, s = mean_std(values)
+    return {"mean": m, "std": s, "n": len(values)}
+
+
+def seed_stability(method: str, runs: Sequence[RunInfo], reports: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """How stable the kept set is across the seed re-runs of one cell.
+
+    ``kept`` methods: per adapter the share of seeds that kept it, the mean pairwise Jaccard index of
+    the kept sets and, when every run kept K of n, the Jaccard index two uniform draws would have;
+    rank methods: per module the mean final rank, and the mean pairwise weighted Jaccard (Ruzicka)
+    index Σ min / Σ max of the rank vectors. The per-run diagnostics (changes of the kept set, last
+    change step) are averaged over the runs that logged them and left out otherwise."""
+    pairs = [(r, rep) for r, rep in zip(runs, reports, strict=True) if rep]
+    kept = [(r, k) for r, rep in pairs if (k := kept_of(method, rep)) is not None]
+    out: dict[str, Any] = {"method": method, "runs": len(runs), "with_selection": len(kept)}
+    out["seeds"] = [r.seed for r, _ in kept]
+    names = all_names([rep for _, rep in pairs])
+    n_all = next((rep.get("n_adapters") for _, rep in pairs if isinstance(rep.get("n_adapters"), int)), None)
+    out["n_adapters"] = n_all
+    if kept:
+        sets = [k for _, k in kept]
+        out["overlap"] = mean_pairwise_overlap(sets)
+        if method in RANK_METHODS:
+            out["overlap_measure"] = "weighted Jaccard of final ranks (Σ min / Σ max)"
+            every = names | set().union(*(set(k) for k in sets))
+            out["values"] = {n: float(np.mean([k.get(n, 0) for k in sets])) for n in sorted(every)}
+            out["field"] = "mean_rank"
+            out["always"] = sorted(n for n in every if all(k.get(n, 0) > 0 for k in sets))
+            out["kept_size"] = mean_sd_of([float(sum(k.values())) for k in sets])
+        else:
+            out["overlap_measure"] = "Jaccard of kept sets"
+            out["values"] = keep_frequency(sets, names)
+            out["field"] = "keep_frequency"
+            out["always"] = sorted(n for n, f in out["values"].items() if f == 1.0)
+            sizes = {len(k) for k in sets}
+            out["kept_size"] = mean_sd_of([float(len(k)) for k in sets])
+            if isinstance(n_all, int) and len(sizes) == 1 and 0 < (k_ := sizes.pop()) <= n_all:
+                out["chance_overlap"] = chance_jaccard(n_all, k_)
+    for key in STABILITY_METRICS:
+        vals = [v for r in runs if (v := r.metrics.get(key)) is not None and math.isfinite(v)]
+        if not vals:  # runs logged before the metric existed: the run's own summary, if any
+            sk = key.removeprefix("selection_")
+            vals = [
+                float(s[sk]) for _, rep in pairs if isinstance(s := rep.get("selection_stability"), dict) and sk in s
+            ]
+        out[key] = mean_sd_of(vals)
+    return out
+
+
+def stab_fmt(d: dict[str, float] | None, digits: int = 1) -> str:
+    return "–" if d is None else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
+
+
+def stability_md(rows: Sequence[dict[str, Any]]) -> str:
+    header = [
+        "Task",
+        "Method",
+        "Seeds",
+        "Kept (mean ± std)",
+        "Mean pairwise overlap",
+        "Chance overlap",
+        "Kept-set changes per run",
+        "Last change (step)",
+    ]
+    body = []
+    for r in rows:
+        ov = "–" if r.get("overlap") is None else f"{r['overlap']:.3f} ({r['overlap_measure']})"
+        ch = "–" if r.get("chance_overlap") is None else f"{r['chance_overlap']:.3f}"
+        body.append(
+            [
+                r["task"],
+                METHODS.get(r["method"], r["method"]),
+                str(r["with_selection"]),
+                stab_fmt(r.get("kept_size")),
+                ov,
+                ch,
+                stab_fmt(r.get("selection_changes")),
+                stab_fmt(r.get("selection_last_change_step")),
+            ]
+        )
+    note = (
+        "Across the seed re-runs of each cell's best configuration. Kept = adapters kept at the end (rank "
+        "methods: Σ of final ranks). Overlap: mean over pairs of seeds of the Jaccard index |A ∩ B| / |A ∪ B| "
+        "of the kept sets; for ROLoRA / AdaLoRA the weighted Jaccard index Σ min(r_a, r_b) / Σ max(r_a, r_b) of "
+        "the final ranks. Chance overlap: the expected Jaccard index of two uniform random draws of the same K "
+        "of n. Changes / last change: how often a run's kept set (non-zero gates while WeightLoRA selects; "
+        "ranks for ROLoRA) changed and the optimizer step of its last change, from the runs' "
+        "`selection_changes` / `selection_last_change_step` metrics (– when the runs did not log them)."
+    )
+    return md_table(header, body) + "\n" + note + "\n"

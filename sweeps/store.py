@@ -1,0 +1,83 @@
+"""Where a sweep's MLflow store is and what the driver does with it directly: the default URI, the check that
+it can be used (before anything starts), the experiment, the commit a sweep ran at, and closing every child
+still RUNNING when the driver exits."""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from sweeps.schema import INTERRUPTED, STATUS_TAG
+
+
+def default_tracking_uri(run_dir: Path) -> str:
+    """The embedded default: a SQLite store inside the run folder."""
+    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (one ValueError) if ``uri`` cannot be used; MLflow itself retries for minutes."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                if resp.status >= 400:
+                    raise OSError(f"HTTP {resp.status}")
+        except urllib.error.HTTPError as e:
+            if e.code >= 500:
+                raise ValueError(f"MLflow tracking server {uri} is unhealthy ({url}: HTTP {e.code})") from None
+        except (OSError, ValueError) as e:
+            raise ValueError(f"MLflow tracking URI {uri} is unreachable ({url}: {e})") from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        if not db.parent.is_dir():
+            raise ValueError(f"MLflow tracking URI {uri}: folder {db.parent} does not exist")
+    elif uri.startswith("file:") or "://" not in uri:
+        path = Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"MLflow tracking URI {uri}: {path} is not a folder")
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """HEAD of the repository holding this package (``+dirty`` if tracked files changed)."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def get_experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def close_open_children(tracking_uri: str, experiment_id: str, parent_run_id: str) -> int:
+    """Mark every child of the sweep still RUNNING as ``interrupted`` / KILLED (any exit of the driver: no
+    child stays RUNNING); returns how many. ``--resume`` reopens those whose trials continue."""
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        max_results=5000,
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, STATUS_TAG, INTERRUPTED)
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(runs)
