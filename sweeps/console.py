@@ -7,6 +7,8 @@ import logging
 import os
 import shlex
 import sys
+import urllib.parse
+import warnings
 from typing import Any
 
 from sweeps.plan import Plan
@@ -30,8 +32,11 @@ class _NoTuneRestoreHint(logging.Filter):
         return "Tuner.restore(" not in text and "Stop signal received" not in text
 
 
-def quiet_console() -> None:
-    """No progress bars on the driver either (set before the plan loads the model; idempotent)."""
+def quiet_console(verbose: bool = False) -> None:
+    """The console a user needs: the plan, one progress table, the summary (idempotent; set before the plan
+    loads the model). Without ``verbose``, libraries' own chatter — Ray's start-up and network lines, Tune's
+    configuration box and TensorBoard hint, MLflow's table-creation lines, library deprecation warnings and
+    the trial processes' output — stays out of it; ``--verbose`` lets all of it through."""
     # urllib3's line per retried request while a tracking server is away (the queue says it once).
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     tune_log = logging.getLogger("ray.tune.tune")
@@ -43,6 +48,21 @@ def quiet_console() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if verbose:
+        return
+    for key, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(key, value)
+    for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # "Token authentication is enabled for this Ray cluster …": Ray's default, said at every start.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+#: Environment that keeps Tune's output engine (its configuration box, TensorBoard hint and per-trial result
+#: boxes) off the console; ``--verbose`` leaves it as Ray sets it.
+QUIET_LIBRARIES = {"RAY_AIR_NEW_OUTPUT": "0"}
 
 
 def describe_plan(plan: Plan) -> str:
@@ -93,3 +113,40 @@ def resume_command(plan: Plan) -> str:
     if plan.args.address:
         parts += ["--address", plan.args.address]
     return shlex.join(parts)
+
+
+def mlflow_link(tracking_uri: str, experiment_id: str, parent_run_id: str, port: int = 5000) -> tuple[str, str]:
+    """``(command, url)``: how to open this sweep's trials in the MLflow UI. A local store needs ``mlflow ui``
+    (the command; empty for a server, which is already up). The URL opens the experiment's training-runs
+    table (MLflow 3 opens experiments in its GenAI view otherwise) filtered to this sweep's child runs — one
+    row per trial, not nested under the parent — best ``eval_main`` first."""
+    query = urllib.parse.urlencode(
+        {
+            "workflowType": "machine_learning",
+            "searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            "orderByKey": "metrics.`eval_main`",
+            "orderByAsc": "false",
+        },
+        quote_via=urllib.parse.quote,
+    )
+    if tracking_uri.startswith(("http://", "https://")):
+        return "", f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+    command = shlex.join(["mlflow", "ui", "--backend-store-uri", tracking_uri, "--port", str(port)])
+    return command, f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def final_summary(plan: Plan, experiment_id: str, parent_run_id: str) -> str:
+    """Where everything is, printed as the sweep's last lines: the table, the report and the MLflow UI."""
+    run = plan.run_dir
+    command, url = mlflow_link(plan.tracking_uri, experiment_id, parent_run_id)
+    lines = [
+        f"results: {run / 'results' / 'table.md'}  (also table.csv, table_long.csv)",
+        f"report:  {run / 'report' / 'report.md'}  (pareto.png, curves_<task>.png, selection/stability plots, cost.md)",
+        f"adapters: {run / 'adapters'}  (the best PEFT adapter per cell)",
+    ]
+    if command:
+        lines.append(f"MLflow:  {command}")
+        lines.append(f"         then open {url}")
+    else:
+        lines.append(f"MLflow:  {url}")
+    return "\n".join(lines)

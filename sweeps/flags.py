@@ -219,6 +219,11 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     g.add_argument("--num-nodes", type=int, default=None, help="expected cluster nodes (multi-node checks)")
     g.add_argument("--smoke-test", action="store_true", help="tiny settings: finishes in minutes on a laptop")
     g.add_argument("--dry-run", action="store_true", help="check everything and print the resolved plan; start nothing")
+    g.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's, Tune's and MLflow's own output and the trial processes' logs",
+    )
     return p
 
 

@@ -91,7 +91,16 @@ def _for_method(overrides: dict[str, Any], method: str) -> dict[str, Any]:
 #: run another experiment than the cell's name says.
 CELL_FLAGS = {"task": "--tasks", "method": "--methods"}
 #: Flags that belong to one invocation, not to the sweep: ``--resume`` keeps the new command's values.
-RUN_ONLY_FLAGS = ("resume", "address", "ray_temp_dir", "progress_interval", "num_cpus", "max_concurrent", "dry_run")
+RUN_ONLY_FLAGS = (
+    "resume",
+    "address",
+    "ray_temp_dir",
+    "progress_interval",
+    "num_cpus",
+    "max_concurrent",
+    "dry_run",
+    "verbose",
+)
 
 
 def _method_ranks(

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeps.console import QUIET, describe_plan, quiet_console, resume_command
+from sweeps.console import QUIET, describe_plan, final_summary, quiet_console, resume_command
 from sweeps.flags import SweepDefaults, apply_preset_cli, apply_smoke, build_parser
 from sweeps.interrupts import EXIT_INTERRUPTED, Interrupts, stop_now
 from sweeps.plan import InputError, Plan, _is_uri, plan_sweep, save_state
@@ -31,7 +31,7 @@ from sweeps.resources import check_resources
 from sweeps.results import publish, write_report
 from sweeps.schema import ROLE_TAG, SWEEP, SWEEP_NAME_TAG
 from sweeps.state import EXPERIMENT, FAILED, FINISHED, INTERRUPTED, PLANNED, RUNNING, status_of
-from sweeps.store import close_open_children, get_experiment_id, git_commit
+from sweeps.store import artifact_root, close_open_children, get_experiment_id, git_commit
 from sweeps.tracking import live_callbacks, log_params
 from sweeps.tracking_queue import flush_all
 from sweeps.tune_run import multi_objective, run_pool, summarize, tune_trials
@@ -46,7 +46,9 @@ def init_ray(args: argparse.Namespace) -> None:
         return
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
-        "log_to_driver": True,
+        # Trial processes' own output: --verbose; a failed trial's error reaches the console as its reason.
+        "log_to_driver": bool(getattr(args, "verbose", False)),
+        "logging_level": logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         "runtime_env": {"env_vars": QUIET},
     }
     if args.address:
@@ -98,8 +100,7 @@ def setup_parent(plan: Plan):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(plan.tracking_uri)
-    artifact_root = plan.run_dir / "mlartifacts" if not plan.tracking_uri.startswith("http") else None
-    exp_id = get_experiment_id(client, plan.args.experiment, artifact_root)
+    exp_id = get_experiment_id(client, plan.args.experiment, artifact_root(plan.tracking_uri))
     if plan.state.get("parent_run_id"):
         return client, exp_id, plan.state["parent_run_id"]
     a = plan.args
@@ -160,7 +161,7 @@ def _task_dir(task: str) -> str:
 
 def run_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> dict[str, Any]:
     """Plan (validates; raises before Ray starts) and execute the sweep — the importable entry point."""
-    quiet_console()
+    quiet_console(getattr(args, "verbose", False))
     return execute(plan_sweep(args, defaults))
 
 
@@ -200,7 +201,7 @@ def execute(plan: Plan) -> dict[str, Any]:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    quiet_console()
+    quiet_console(plan.args.verbose)
     t0 = time.time()
     init_ray(plan.args)
     try:
@@ -251,6 +252,7 @@ def execute(plan: Plan) -> dict[str, Any]:
     client.set_terminated(parent_id, "FINISHED")
     print(table_md, flush=True)
     write_report(plan.tracking_uri, parent_id, plan.run_dir / "report")
+    print(final_summary(plan, exp_id, parent_id), flush=True)
     return {**out, **plan.state}
 
 
@@ -274,7 +276,7 @@ def main(
         return 2
     apply_smoke(args, defaults, parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    quiet_console()
+    quiet_console(args.verbose)
     plan = None
     try:
         plan = plan_sweep(args, defaults)
@@ -296,4 +298,7 @@ def main(
         else:
             print("\ninterrupted before the sweep started; nothing to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return EXIT_INTERRUPTED if status_of(out) == INTERRUPTED else 0
+    code = EXIT_INTERRUPTED if status_of(out) == INTERRUPTED else 0
+    # Everything is saved: a Ctrl-C while Ray shuts down (at exit) ends the process at once, quietly.
+    signal.signal(signal.SIGINT, lambda sig, frame: os._exit(code or EXIT_INTERRUPTED))
+    return code

@@ -81,3 +81,12 @@ def close_open_children(tracking_uri: str, experiment_id: str, parent_run_id: st
         client.set_tag(run.info.run_id, STATUS_TAG, INTERRUPTED)
         client.set_terminated(run.info.run_id, "KILLED")
     return len(runs)
+
+
+def artifact_root(tracking_uri: str) -> Path | None:
+    """Where a new experiment keeps its artifacts: beside a local store (``sqlite:///DIR/x.db`` →
+    ``DIR/mlartifacts``; a file store keeps its own), never in the folder the command ran from; a tracking
+    server decides for itself (None)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts"
+    return None

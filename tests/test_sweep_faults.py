@@ -177,8 +177,12 @@ def test_second_ctrl_c_stops_at_once_with_the_same_state(sweep_cmd, tmp_path):
     from mlflow.tracking import MlflowClient
 
     make, env = sweep_cmd
+    store, cwd = tmp_path / "store", tmp_path / "cwd"
+    store.mkdir()
+    cwd.mkdir()
     args = [*TINY, "--methods", "lora", "--num-samples", "1", "--no-asha", "--num-cpus", "1", "--name", "twice"]
-    proc = subprocess.Popen(make(*args), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args += ["--tracking-uri", f"sqlite:///{store}/x.db"]  # a store of the user's: artifacts go beside it
+    proc = subprocess.Popen(make(*args), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = tmp_path / "runs" / "twice"
     try:
         _wait_for(lambda: any(run_dir.glob("pool/trial_*/checkpoint_000000")), proc, 240, "a checkpoint")
@@ -196,11 +200,14 @@ def test_second_ctrl_c_stops_at_once_with_the_same_state(sweep_cmd, tmp_path):
     assert state["status"] == "interrupted"
     client = MlflowClient(state["tracking_uri"])
     assert all(c.info.status != "RUNNING" for c in _children(client, state))
-    res = subprocess.run(make("--resume", "--name", "twice"), env=env, cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(make("--resume", "--name", "twice"), env=env, cwd=cwd, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     (kid,) = _children(client, _state(run_dir))
     assert kid.data.tags["status"] == "completed"
     assert [m.step for m in client.get_metric_history(kid.info.run_id, "eval_main")] == [2, 4, 6, 8]
+    # Artifacts live with their store, never in the folder the command ran from.
+    assert list(cwd.iterdir()) == []
+    assert list(store.glob("mlartifacts/*/artifacts/selection.json")), sorted(store.rglob("*"))
 
 
 def test_killed_trial_worker_is_retried_and_the_sweep_completes(sweep_cmd, tmp_path):
