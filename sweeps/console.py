@@ -105,6 +105,11 @@ def _domain_str(dom: Any) -> str:
     return repr(dom)
 
 
+def command_line() -> str:
+    """The command this sweep was started with (the MLflow parent's description starts with it)."""
+    return shlex.join(["python", *sys.argv]) if sys.argv and sys.argv[0] else "(from Python)"
+
+
 def resume_command(plan: Plan) -> str:
     """The exact command that continues this sweep."""
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else f"sweeps/{plan.kind}_sweep.py"

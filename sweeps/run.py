@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeps.console import QUIET, describe_plan, final_summary, quiet_console, resume_command
+from sweeps.console import QUIET, command_line, describe_plan, final_summary, quiet_console, resume_command
 from sweeps.flags import SweepDefaults, apply_preset_cli, apply_smoke, build_parser
 from sweeps.interrupts import EXIT_INTERRUPTED, Interrupts, stop_now
 from sweeps.plan import InputError, Plan, _is_uri, plan_sweep, save_state
@@ -135,7 +135,7 @@ def setup_parent(plan: Plan):
         tune_storage=plan.tune_storage,
     )
     save_state(plan)
-    client.set_tag(pid, "mlflow.note.content", describe_plan(plan))
+    client.set_tag(pid, "mlflow.note.content", f"command: {command_line()}\n\n{describe_plan(plan)}")
     return client, exp_id, pid
 
 

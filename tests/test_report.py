@@ -316,3 +316,45 @@ def test_cost_budget_per_task():
     assert c["trial_epochs_spent"] == pytest.approx(0.53)
     assert c["full_budget_trial_seconds_est"] == pytest.approx(150 / 0.03 * 0.04 + 100)
     assert c["wall_seconds"] == 60
+
+
+def _ink_at_edges(img: np.ndarray, width: int = 2) -> bool:
+    """Whether anything is drawn in the outer ``width`` pixels (a cut-off title or label reaches the edge)."""
+    rgb = img[..., :3]
+    border = np.concatenate(
+        [
+            rgb[:width].reshape(-1, 3),
+            rgb[-width:].reshape(-1, 3),
+            rgb[:, :width].reshape(-1, 3),
+            rgb[:, -width:].reshape(-1, 3),
+        ]
+    )
+    return bool((border < 0.9).any())
+
+
+def test_no_plot_is_clipped(built):
+    """Every figure of the report, rendered: nothing reaches the image's edge (a clipped title would)."""
+    pngs = sorted(Path(built["paths"]["pareto"]).parent.glob("*.png"))
+    assert len(pngs) >= 4, pngs
+    for png in pngs:
+        img = assert_png(png)
+        assert not _ink_at_edges(img), png.name
+
+
+def test_a_long_title_stays_inside_the_image(tmp_path):
+    """A title far wider than its axes: the saved image grows to hold it, and the title's box lies inside."""
+    import matplotlib.pyplot as plt
+
+    from sweeps.report.figures import save_figure
+
+    fig, ax = plt.subplots(figsize=(2.5, 2.0))
+    ax.plot([0, 1], [0, 1])
+    fig.suptitle("A very long title that is much wider than this small figure would ever be " * 2)
+    ax.set_title("and an axes title that is long too, far past the right edge")
+    meta = save_figure(fig, tmp_path / "long.png")
+    x0, y0, w, h = meta["image"]
+    for bx, by, bw, bh in meta["titles"]:
+        assert x0 <= bx and bx + bw <= x0 + w and y0 <= by and by + bh <= y0 + h
+    img = assert_png(tmp_path / "long.png")
+    assert img.shape[1] > 2.5 * 110 * 2  # wider than the 2.5-inch figure: it grew to the title
+    assert not _ink_at_edges(img)

@@ -38,7 +38,13 @@ def sweep(tmp_path_factory, minilm_path, glue_dir):
     run_dir = storage / "rep"
     state = json.loads((run_dir / "sweep_state.json").read_text())
     assert state["finished"]
-    return {"run_dir": run_dir, "uri": state["tracking_uri"], "parent": state["parent_run_id"], "log": proc.stderr}
+    return {
+        "run_dir": run_dir,
+        "uri": state["tracking_uri"],
+        "parent": state["parent_run_id"],
+        "log": proc.stderr,
+        "out": proc.stdout,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +119,36 @@ def test_ui_lists_the_real_sweep(sweep):
     db = Path(sweep["uri"].removeprefix("sqlite:///"))
     shot = sweep["run_dir"] / "ui" / "experiment.png"  # under the run folder
     check_ui(db, parent.info.experiment_id, parent.info.run_name, [r.info.run_name for r in kids], shot)
+
+
+@pytest.mark.ui
+def test_the_printed_mlflow_link_shows_the_trials(sweep):
+    """The sweep's last lines name the `mlflow ui` command and a link; the link, opened in Chromium, lands on
+    the sweep's trials (not MLflow 3's GenAI overview, not one collapsed parent), and a user who adds the
+    eval_main, method and task columns reads each trial's values."""
+    import re
+
+    from tests.test_ui import mlflow_server, runs_table
+
+    out = sweep["out"]
+    assert f"results: {sweep['run_dir'] / 'results' / 'table.md'}" in out
+    assert f"report:  {sweep['run_dir'] / 'report' / 'report.md'}" in out
+    assert f"MLflow:  mlflow ui --backend-store-uri {sweep['uri']} --port 5000" in out
+    link = re.search(r"then open (http://127\.0\.0\.1:5000/\S+)", out).group(1)
+    client = MlflowClient(sweep["uri"])
+    parent = client.get_run(sweep["parent"])
+    assert parent.data.tags["mlflow.note.content"].startswith("command: python ")
+    kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep['parent']}'")
+    shot = sweep["run_dir"] / "ui" / "printed-link.png"
+    with mlflow_server(sweep["uri"], sweep["run_dir"] / "ui-server.log") as url:
+        rows, text = runs_table(link.replace("http://127.0.0.1:5000", url), ["eval_main", "method", "task"], shot)
+    assert f"{len(kids)} matching runs" in text  # the children, one row each; not the parent
+    by_name = {r.info.run_name: r for r in kids}
+    assert set(rows) == set(by_name), (rows, text[:1500])
+    for name, row in rows.items():
+        run = by_name[name]
+        assert row["method"] == run.data.tags["method"] and row["task"] == run.data.tags["task"] == "rte"
+        assert float(row["eval_main"]) == pytest.approx(run.data.metrics["eval_main"], abs=1e-4)
 
 
 def test_selection_diagnostics_per_trial_and_across_seeds(sweep, rebuilt):

@@ -127,6 +127,58 @@ def experiment_run_names(
         driver.quit()
 
 
+def runs_table(link: str, columns: Sequence[str], screenshot: Path, timeout: float = 60):
+    """Open ``link`` (an MLflow runs page) in headless Chromium, add ``columns`` as a user does (Show more
+    columns → tick each), save a screenshot; returns ({run name: {column: value}}, page text)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chrome, driver_path = _browser()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument("--window-size=3200,1400")  # wide: the grid renders only the columns in view
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        driver.get(link)
+        wait = WebDriverWait(driver, timeout)
+        more = wait.until(ec.element_to_be_clickable((By.XPATH, "//*[contains(text(), 'Show more columns')]")))
+        more.click()
+        for column in columns:
+            item = wait.until(
+                ec.element_to_be_clickable((By.XPATH, f"(//span[normalize-space(text())='{column}'])[last()]"))
+            )
+            item.click()
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        header = "//div[@role='columnheader' and normalize-space(.)='{}']"
+        for column in columns:
+            wait.until(ec.presence_of_element_located((By.XPATH, header.format(column))))
+        time.sleep(1)
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(screenshot))
+        rows: dict[str, dict[str, str]] = {}
+        for row in driver.find_elements(By.XPATH, "//div[@role='row' and @row-id]"):
+            rid = row.get_attribute("row-id")
+            cells = driver.find_elements(By.XPATH, f"//div[@role='row' and @row-id='{rid}']/div[@role='gridcell']")
+            values = {c.get_attribute("col-id") or "": c.text for c in cells}
+            name = next((v.splitlines()[-1] for k, v in values.items() if "Run Name" in k and v), None)
+            if name is None:
+                continue
+            entry = rows.setdefault(name, {})
+            for column in columns:
+                for key, value in values.items():
+                    if key.endswith(column) or key.endswith(f"{column}`") or key.split(".")[-1] == column:
+                        entry[column] = value
+        return rows, driver.find_element(By.TAG_NAME, "body").text
+    finally:
+        driver.quit()
+
+
 def check_ui(tracking_db: Path, experiment_id: str, parent_name: str, child_names: Sequence[str], shot: Path):
     """The assertions a user would make looking at the page: parent and (a screenful of) children."""
     _browser()

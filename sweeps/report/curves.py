@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 from mlflow.tracking import MlflowClient
 
 from sweeps.pareto import PARAMS_METRIC, pareto_front
+from sweeps.report.figures import save_figure
 from sweeps.schema import (
     ASHA_STOPPED,
     MAIN,
@@ -98,8 +99,7 @@ def plot_pareto(trials: Sequence[RunInfo], path: Path) -> dict[str, Any]:
         ax.axis("off")
     fig.suptitle("Task score vs trainable parameters (one point per trial; hollow = ASHA-stopped; ring = front)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return meta
 
 
@@ -128,6 +128,5 @@ def plot_curves(client: MlflowClient, best: dict[tuple[str, str], RunInfo], task
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return lines

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from sweeps.report.figures import save_figure
 from sweeps.table import (  # the one results table, shared with the report
     METHODS,
     TASKS,
@@ -129,8 +130,7 @@ def plot_selection(g: dict[str, Any], title: str, path: Path) -> dict[str, Any]:
     fig.colorbar(im, ax=ax, label=g["label"])
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return {
         "field": g["field"],
         "label": g["label"],
@@ -148,7 +148,7 @@ def plot_selection_overview(grids: dict[tuple[str, str], dict[str, Any]], path: 
     methods = _ordered({m for m, _ in grids}, list(METHODS))
     tasks = _ordered({t for _, t in grids}, list(TASKS), key=task_key)
     fig, axes = plt.subplots(
-        len(methods), len(tasks), figsize=(0.5 + 2.1 * len(tasks), 0.6 + 2.3 * len(methods)), squeeze=False
+        len(methods), len(tasks), figsize=(max(4.5, 0.5 + 2.1 * len(tasks)), 0.6 + 2.3 * len(methods)), squeeze=False
     )
     panels = 0
     for i, m in enumerate(methods):
@@ -172,8 +172,7 @@ def plot_selection_overview(grids: dict[tuple[str, str], dict[str, Any]], path: 
             panels += 1
     fig.suptitle("Adapters kept (★) by the best trials\ncolour: |ω| / importance / rank, per panel", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return {"methods": methods, "tasks": tasks, "panels": panels}
 
 
