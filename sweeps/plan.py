@@ -33,6 +33,7 @@ from sweeps.state import (
 )
 from sweeps.state import save_state as _save_state
 from sweeps.store import check_tracking_uri, default_tracking_uri
+from wlora.data.registry import normalize_task
 from wlora.fields import parse_field_value
 from wlora.registry import METHODS, make_config
 from wlora.run_config import TrainConfig
@@ -208,7 +209,7 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         if (run_dir / STATE_FILE).exists():
             raise FileExistsError(f"run folder {run_dir} already holds a sweep; pass --resume or another --name")
 
-    tasks = [t.lower().replace("-", "") for t in args.tasks]
+    tasks = [normalize_task(t) for t in args.tasks]
     if not tasks or not args.methods:
         raise ValueError("need at least one task (--tasks) and one method (--methods)")
     for m in args.methods:

@@ -150,9 +150,9 @@ def _fingerprint(paths: Sequence[Path]) -> str:
 
 
 def _task_dir(task: str) -> str:
-    from wlora.data.glue import GLUE_TASKS
+    from wlora.data.registry import get_spec
 
-    return GLUE_TASKS[task].name if task in GLUE_TASKS else task
+    return get_spec(task).folders[0]
 
 
 # --------------------------------------------------------------------------------------------------

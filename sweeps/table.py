@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from sweeps.schema import FAILED, SEED_RUN, TRIAL, RunInfo, best_trials, load_children
+from wlora.data.registry import TASKS as TASK_SPECS
+from wlora.data.registry import normalize_task
 from wlora.registry import METHODS as REGISTRY
 
 #: Row order and display names (the papers' order: references first, then the proposed methods), from the registry.
@@ -34,17 +36,9 @@ METHODS: dict[str, str] = {
     spec.slug: spec.label or spec.slug for spec in sorted(REGISTRY.values(), key=lambda spec: spec.table_order)
 }
 
-#: Column order and headers: the papers' order, each task's reported metric(s) (``eval_<name>``).
-TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "mnli": ("MNLI Acc", ("accuracy",)),
-    "sst2": ("SST-2 Acc", ("accuracy",)),
-    "cola": ("CoLA Mcc", ("matthews_corrcoef",)),
-    "qqp": ("QQP Acc/F1", ("accuracy", "f1")),
-    "qnli": ("QNLI Acc", ("accuracy",)),
-    "rte": ("RTE Acc", ("accuracy",)),
-    "mrpc": ("MRPC Acc/F1", ("accuracy", "f1")),
-    "stsb": ("STS-B Pear/Spear", ("pearson", "spearman")),
-}
+#: Column order and headers: the papers' order, each task's reported metric(s) (``eval_<name>``), from the task
+#: registry (wlora.data.registry).
+TASKS: dict[str, tuple[str, tuple[str, ...]]] = {key: (spec.header, spec.metrics) for key, spec in TASK_SPECS.items()}
 
 #: Other spellings of a metric a runner may log (``eval_mcc`` for ``eval_matthews_corrcoef``).
 METRIC_ALIASES = {"matthews_corrcoef": ("mcc", "matthews"), "pearson": ("pearsonr",), "spearman": ("spearmanr",)}
@@ -54,8 +48,12 @@ K_METHODS = tuple(slug for slug, spec in REGISTRY.items() if spec.keeps_k)
 
 
 def task_key(task: str) -> str:
-    """``SST-2`` / ``sst2`` / ``STS-B`` → the key used in :data:`TASKS`."""
-    return task.lower().replace("-", "").replace("_", "")
+    """``SST-2`` / ``sst2`` / ``STS-B`` → the key used in :data:`TASKS` (a task the registry does not know keeps
+    its own name: a store may hold runs of tasks added later)."""
+    try:
+        return normalize_task(task)
+    except ValueError:
+        return task
 
 
 def ordered(keys: Iterable[str], order: Sequence[str], key=lambda s: s) -> list[str]:
@@ -269,9 +267,13 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 def table_note(cells: Sequence[dict[str, Any]]) -> str:
     """What the table's numbers are, printed under it."""
     seeded = any(c["n"] > 1 for c in cells)
+    keys = ordered({task_key(c["task"]) for c in cells}, list(TASKS))
+    scores = "; ".join(f"{TASKS[k][0].split(' ')[0]} {TASK_SPECS[k].score}" for k in keys if k in TASK_SPECS)
+    shown = [TASKS[k][0].split(" ")[0] for k in keys if k in TASKS and len(TASKS[k][1]) > 1]
     return (
-        "Main metric = the GLUE task score on the dev set (`eval_main`; MRPC/QQP/STS-B cells show both "
-        "metrics), "
+        f"Main metric = each task's score on the dev set (`eval_main`: {scores or 'the task score'})"
+        + (f"; {'/'.join(shown)} cells show every reported metric" if shown else "")
+        + ", "
         + (
             "mean ± sample std over the seed re-runs of each cell's best configuration. "
             if seeded

@@ -46,7 +46,7 @@ def test_malformed_and_missing_files_name_the_file_and_line(tmp_path):
         read_glue_split(tmp_path, "rte", "dev")
     with pytest.raises(FileNotFoundError, match=r"GLUE SST-2 train split not found: expected .*SST-2/train\.tsv"):
         read_glue_split(tmp_path, "sst2", "train")
-    with pytest.raises(ValueError, match="unknown GLUE task 'wnli2'"):
+    with pytest.raises(ValueError, match="unknown task 'wnli2'"):
         read_glue_split(tmp_path, "wnli2", "train")
 
 
@@ -136,3 +136,50 @@ def test_summarization_reader_and_bad_lines(glue_dir, tmp_path):
         read_jsonl(bad)
     with pytest.raises(FileNotFoundError, match=r"validation\.jsonl"):
         load_summarization("xsum", "dev", tmp_path)
+
+
+# ----- the task registry -----
+
+
+def test_one_name_rule_and_everything_derived_from_the_registry():
+    from sweeps.table import TASKS as TABLE_TASKS
+    from wlora.data.glue import GLUE_TASKS
+    from wlora.data.metrics import GLUE_METRICS
+    from wlora.data.registry import TASKS, list_tasks, normalize_task
+    from wlora.data.squad import SQUAD_VERSIONS
+    from wlora.data.summarization import SUMMARIZATION_TASKS
+    from wlora.data.tasks import task_kind
+    from wlora.fields import field_infos
+    from wlora.run_config import TrainConfig
+
+    pairs = [("SST-2", "sst2"), ("sst_2", "sst2"), ("STS-B", "stsb"), ("MNLI-mm", "mnli"), ("mnli_matched", "mnli")]
+    pairs += [("SQuAD_v2", "squad_v2"), ("squadv2", "squad_v2"), ("CNN-DailyMail", "cnn_dailymail"), ("RTE", "rte")]
+    for name, key in pairs:
+        assert normalize_task(name) == key, name
+    with pytest.raises(ValueError, match="unknown task 'wnli'; choose one of mnli, sst2"):
+        normalize_task("wnli")
+    assert (
+        set(GLUE_TASKS)
+        == set(GLUE_METRICS)
+        == set(list_tasks("glue"))
+        == {"mnli", "sst2", "cola", "qqp", "qnli", "rte", "mrpc", "stsb"}
+    )
+    assert set(SQUAD_VERSIONS) == set(list_tasks("qa")) and set(SUMMARIZATION_TASKS) == set(list_tasks("seq2seq"))
+    assert list(TABLE_TASKS) == list(TASKS)  # the table's columns, in the registry's order
+    assert {task_kind(t) for t in TASKS} == {"classification", "regression", "qa", "seq2seq"}
+    assert all(t in field_infos(TrainConfig)["task"].help for t in TASKS)
+
+
+def test_glue_task_names_are_literals_in_one_library_file():
+    """Adding a GLUE-like task is one registry entry: no other library file spells a GLUE task's name."""
+    import re
+    from pathlib import Path
+
+    from wlora.data.registry import TASKS
+
+    root = Path(__file__).resolve().parents[1] / "wlora"
+    names = {n for k, s in TASKS.items() if s.family == "glue" for n in (k, s.glue.name)}
+    alternatives = "|".join(re.escape(n) for n in names)
+    pattern = re.compile(rf"""["']({alternatives})["']""")
+    hits = {str(p.relative_to(root)) for p in root.rglob("*.py") if pattern.search(p.read_text())}
+    assert hits == {"data/registry.py"}, hits

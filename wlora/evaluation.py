@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from wlora.data.metrics import MAIN_METRIC, glue_metrics, rouge_metrics, squad_metrics
+from wlora.data.registry import TASKS
 from wlora.data.squad import decode_answers
 from wlora.data.tasks import collate
 from wlora.modeling import load_tokenizer
@@ -41,7 +42,9 @@ def evaluate(model: nn.Module, cfg: TrainConfig, assets: RunAssets, device, auto
                 o = model(**{k: v.to(device) for k, v in batch.items()})
             starts += list(o.start_logits.float().cpu().numpy())
             ends += list(o.end_logits.float().cpu().numpy())
-        preds = decode_answers(data.eval_examples, data.eval, starts, ends, version_2=cfg.task == "squad_v2")
+        preds = decode_answers(
+            data.eval_examples, data.eval, starts, ends, version_2=TASKS[cfg.task].squad_version == "2.0"
+        )
         refs = {e.id: list(e.answers) for e in data.eval_examples}
         out = squad_metrics(preds, refs)
         out[MAIN_METRIC] = out["f1"]

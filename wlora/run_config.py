@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wlora.data.metrics import MAIN_METRIC
+from wlora.data.registry import DEFAULT_TASK, list_tasks
 from wlora.data.tasks import TaskData, task_kind
 from wlora.registry import get_method, make_config
 
@@ -26,10 +27,8 @@ class TrainConfig:
 
     method: str = field(default="lora", metadata={"help": "Method slug (``wlora.registry.METHODS``)."})
     task: str = field(
-        default="sst2",
-        metadata={
-            "help": "GLUE task (sst2, cola, mrpc, rte, stsb, qnli, qqp, mnli), squad, squad_v2, xsum or cnn_dailymail."
-        },
+        default=DEFAULT_TASK,
+        metadata={"help": f"Task: {', '.join(list_tasks())} (wlora.data.registry)."},
     )
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Hugging Face hub id or local model folder."})
     data_dir: str | None = field(

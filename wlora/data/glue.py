@@ -12,78 +12,10 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from wlora.data.registry import TASKS, GlueTask, normalize_task
 
-@dataclass(frozen=True)
-class GlueTask:
-    name: str
-    """Folder name in the GLUE layout (e.g. ``SST-2``)."""
-    text_a: str | int
-    """Column name (headered files) or index (CoLA) of the first sentence."""
-    text_b: str | int | None
-    label: str | int
-    labels: tuple[str, ...] | None
-    """Label strings in class-index order; None for regression (STS-B)."""
-    header: bool = True
-    dev_split: str = "dev"
-    hub_config: str = ""
-    """Config name of the hub dataset ``nyu-mll/glue``."""
-    hub_columns: tuple[str, str | None] = ("sentence", None)
-    """Text columns of the hub dataset (its labels are already class ids in ``labels`` order)."""
-
-
-GLUE_TASKS: dict[str, GlueTask] = {
-    "sst2": GlueTask("SST-2", "sentence", None, "label", ("0", "1"), hub_config="sst2"),
-    "cola": GlueTask("CoLA", 3, None, 1, ("0", "1"), header=False, hub_config="cola"),
-    "mrpc": GlueTask(
-        "MRPC",
-        "#1 String",
-        "#2 String",
-        "Quality",
-        ("0", "1"),
-        hub_config="mrpc",
-        hub_columns=("sentence1", "sentence2"),
-    ),
-    "rte": GlueTask(
-        "RTE",
-        "sentence1",
-        "sentence2",
-        "label",
-        ("entailment", "not_entailment"),
-        hub_config="rte",
-        hub_columns=("sentence1", "sentence2"),
-    ),
-    "stsb": GlueTask(
-        "STS-B", "sentence1", "sentence2", "score", None, hub_config="stsb", hub_columns=("sentence1", "sentence2")
-    ),
-    "qnli": GlueTask(
-        "QNLI",
-        "question",
-        "sentence",
-        "label",
-        ("entailment", "not_entailment"),
-        hub_config="qnli",
-        hub_columns=("question", "sentence"),
-    ),
-    "qqp": GlueTask(
-        "QQP",
-        "question1",
-        "question2",
-        "is_duplicate",
-        ("0", "1"),
-        hub_config="qqp",
-        hub_columns=("question1", "question2"),
-    ),
-    "mnli": GlueTask(
-        "MNLI",
-        "sentence1",
-        "sentence2",
-        "gold_label",
-        ("entailment", "neutral", "contradiction"),
-        dev_split="dev_matched",
-        hub_config="mnli",
-        hub_columns=("premise", "hypothesis"),
-    ),
-}
+#: Each GLUE task's TSV format (its spec: :mod:`wlora.data.registry`).
+GLUE_TASKS: dict[str, GlueTask] = {key: spec.glue for key, spec in TASKS.items() if spec.glue is not None}
 
 #: The hub dataset the GLUE loaders read when no local folder is given.
 GLUE_HUB_ID = "nyu-mll/glue"
@@ -97,9 +29,9 @@ class GlueExample:
 
 
 def get_task(task: str) -> GlueTask:
-    key = task.lower().replace("-", "")
+    key = normalize_task(task)
     if key not in GLUE_TASKS:
-        raise ValueError(f"unknown GLUE task {task!r}; choose one of {sorted(GLUE_TASKS)}")
+        raise ValueError(f"{task!r} is not a GLUE task; choose one of {', '.join(GLUE_TASKS)}")
     return GLUE_TASKS[key]
 
 
@@ -148,7 +80,7 @@ def _read_glue_rows(path: Path, spec: GlueTask) -> list[GlueExample]:
         ib = index(spec.text_b) if spec.text_b is not None else None
         width = len(header) if header else None
         for lineno, row in enumerate(rows, start=2 if header else 1):
-            if width is not None and len(row) != width and spec.name != "MNLI":
+            if width is not None and len(row) != width and not spec.ragged:
                 raise ValueError(f"{path}: line {lineno}: expected {width} tab-separated columns, got {len(row)}")
             need = max(ia, il, ib if ib is not None else 0)
             if len(row) <= need:

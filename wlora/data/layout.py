@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wlora.data.glue import GLUE_TASKS, get_task
+from wlora.data.registry import get_spec
 from wlora.data.squad import SQUAD_VERSIONS
 from wlora.data.summarization import SUMMARIZATION_TASKS
 
@@ -47,11 +48,7 @@ def split_file_names(task: str, eval_split: str = "dev") -> tuple[str, str]:
 
 def _folder_names(task: str) -> tuple[str, ...]:
     """Names a task's folder goes by, the canonical one first."""
-    if task in GLUE_TASKS:
-        return (get_task(task).name, task)
-    if task in SQUAD_VERSIONS:
-        return ("squad", task)
-    return (SUMMARIZATION_TASKS[task].folder,)
+    return get_spec(task).folders
 
 
 def _key(name: str) -> str:

@@ -20,24 +20,16 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-#: Metrics reported per GLUE task (first = listed first in the papers' tables).
-GLUE_METRICS: dict[str, tuple[str, ...]] = {
-    "sst2": ("accuracy",),
-    "cola": ("matthews_corrcoef",),
-    "mrpc": ("accuracy", "f1"),
-    "rte": ("accuracy",),
-    "stsb": ("pearson", "spearman"),
-    "qnli": ("accuracy",),
-    "qqp": ("accuracy", "f1"),
-    "mnli": ("accuracy",),
-}
+from wlora.data.registry import TASKS, normalize_task
+
+#: Metrics reported per GLUE task (first = listed first in the papers' tables; the specs: wlora.data.registry).
+GLUE_METRICS: dict[str, tuple[str, ...]] = {k: s.metrics for k, s in TASKS.items() if s.family == "glue"}
 
 
 def _task_key(task: str) -> str:
-    key = task.lower().replace("-", "")
-    key = {"mnli_matched": "mnli", "mnli_mismatched": "mnli", "mnlim": "mnli", "mnlimm": "mnli"}.get(key, key)
+    key = normalize_task(task)
     if key not in GLUE_METRICS:
-        raise ValueError(f"unknown GLUE task {task!r}; choose one of {sorted(GLUE_METRICS)}")
+        raise ValueError(f"{task!r} is not a GLUE task; choose one of {', '.join(GLUE_METRICS)}")
     return key
 
 
@@ -142,7 +134,7 @@ def trivial_baseline(task: str, train_labels: Sequence, dev_labels: Sequence) ->
     the mean training score, whose correlations with the dev scores are undefined — reported as 0."""
     key = _task_key(task)
     dev = np.asarray(dev_labels)
-    if key == "stsb":
-        return {"pearson": 0.0, "spearman": 0.0, MAIN_METRIC: 0.0}
+    if TASKS[key].labels is None:  # regression (STS-B)
+        return {**dict.fromkeys(TASKS[key].metrics, 0.0), MAIN_METRIC: 0.0}
     majority = np.bincount(np.asarray(train_labels, dtype=int)).argmax()
     return glue_metrics(task, np.full(len(dev), majority), dev)

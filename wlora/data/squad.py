@@ -21,8 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-SQUAD_VERSIONS = {"squad": "1.1", "squad_v2": "2.0"}
-SQUAD_HUB_IDS = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}
+from wlora.data.registry import TASKS
+
+#: SQuAD task → its version and hub dataset (their specs: :mod:`wlora.data.registry`).
+SQUAD_VERSIONS = {k: s.squad_version for k, s in TASKS.items() if s.squad_version is not None}
+SQUAD_HUB_IDS = {k: s.hub_id for k, s in TASKS.items() if s.squad_version is not None}
 
 
 @dataclass(frozen=True)

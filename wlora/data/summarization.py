@@ -13,19 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from wlora.data.registry import TASKS, SummarizationTask
 
-@dataclass(frozen=True)
-class SummarizationTask:
-    folder: str
-    hub_id: str
-    hub_config: str | None
-    document: str
-    summary: str
-
-
+#: Summarisation task → its files and columns (their specs: :mod:`wlora.data.registry`).
 SUMMARIZATION_TASKS: dict[str, SummarizationTask] = {
-    "xsum": SummarizationTask("xsum", "EdinburghNLP/xsum", None, "document", "summary"),
-    "cnn_dailymail": SummarizationTask("cnn_dailymail", "abisee/cnn_dailymail", "3.0.0", "article", "highlights"),
+    k: s.summarization for k, s in TASKS.items() if s.summarization is not None
 }
 
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from wlora.data.glue import GLUE_TASKS, get_task, load_glue, read_glue_file
+from wlora.data.glue import get_task, load_glue, read_glue_file
 from wlora.data.layout import LOCAL_COPIES_HINT, locate_task_files, one_line
-from wlora.data.squad import SQUAD_VERSIONS, load_squad, qa_eval_features, qa_train_features
+from wlora.data.registry import TASKS, list_tasks
+from wlora.data.squad import load_squad, qa_eval_features, qa_train_features
 from wlora.data.summarization import SUMMARIZATION_TASKS, load_summarization, seq2seq_features
 
 if TYPE_CHECKING:
@@ -33,17 +34,13 @@ CACHE_VERSION = 1
 
 
 def task_kind(task: str) -> TaskKind:
-    if task in GLUE_TASKS:
-        return "regression" if GLUE_TASKS[task].labels is None else "classification"
-    if task in SQUAD_VERSIONS:
-        return "qa"
-    if task in SUMMARIZATION_TASKS:
-        return "seq2seq"
-    raise ValueError(f"unknown task {task!r}; choose one of {list_tasks()}")
-
-
-def list_tasks() -> list[str]:
-    return [*GLUE_TASKS, *SQUAD_VERSIONS, *SUMMARIZATION_TASKS]
+    """The model head a task needs (from its spec, :mod:`wlora.data.registry`); ``task`` must be a task key."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(list_tasks())}")
+    spec = TASKS[task]
+    if spec.family == "glue":
+        return "regression" if spec.labels is None else "classification"
+    return spec.family
 
 
 @dataclass
