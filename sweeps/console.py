@@ -57,6 +57,7 @@ def quiet_console(verbose: bool = False) -> None:
     # "Token authentication is enabled for this Ray cluster …": Ray's default, said at every start.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(peft|transformers|torch)\.")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 

@@ -237,3 +237,35 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(sweep_cmd, tmp_path):
     assert sorted((r["rank"], r["n_trials"], r["n_failed"]) for r in long) == [("2", "2", "1"), ("8", "2", "1")]
     exported = client.list_artifacts(state["parent_run_id"], "best_adapter/sst2/lora")
     assert exported, out.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("script", "task", "data_file", "header", "score"),
+    [
+        ("squad_sweep.py", "squad", "squad/dev-v1.1.json", "SQuAD v1.1 EM/F1", "SQuAD F1"),
+        ("nlg_sweep.py", "xsum", "xsum/XSum-test-tiny-50.jsonl", "XSum R-1/2/L", "XSum mean of ROUGE-1"),
+    ],
+)
+def test_squad_and_nlg_sweeps_end_to_end(sweep_cmd, tmp_path, glue_dir, script, task, data_file, header, score):
+    """The SQuAD and summarisation sweeps run the same machinery end to end on tiny real data: one MLflow child
+    per trial with the task's metrics, and a results table with the task's own column and score."""
+    from mlflow.tracking import MlflowClient
+
+    make, env = sweep_cmd
+    data = Path(glue_dir).parent / data_file
+    name = f"e2e-{task}"
+    argv = make("--smoke-test", "--methods", "lora,weightlora", "--num-samples", "1", "--name", name)
+    argv[argv.index(str(ROOT / "sweeps" / "glue_sweep.py"))] = str(ROOT / "sweeps" / script)
+    argv += ["--set", f"train_file={data}", "--set", f"eval_file={data}", "--progress-interval", "1000"]
+    _run(argv, env)
+    state = _state(tmp_path / "runs" / name)
+    assert state["status"] == "finished" and sorted(state["cells"]) == [f"{task}-lora-r8", f"{task}-weightlora-r8"]
+    client = MlflowClient(state["tracking_uri"])
+    children = _children(client, state)
+    assert len(children) == 2 and {c.data.tags["task"] for c in children} == {task}
+    metric = "eval_f1" if task == "squad" else "eval_rouge1"
+    for c in children:
+        assert c.data.tags["status"] == "completed" and metric in c.data.metrics and "eval_main" in c.data.metrics
+    table = (tmp_path / "runs" / name / "results" / "table.md").read_text()
+    assert table.startswith(f"| Method | # Params | {header} | Avg |"), table
+    assert f"`eval_main`: {score}" in table and "GLUE" not in table
