@@ -191,15 +191,7 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         # The sweep's own settings win: a resumed sweep is the same sweep.
         saved = state["args"]
         for key, value in saved.items():
-            if key not in (
-                "resume",
-                "address",
-                "ray_temp_dir",
-                "progress_interval",
-                "num_cpus",
-                "max_concurrent",
-                "dry_run",
-            ):
+            if key not in RUN_ONLY_FLAGS:
                 setattr(args, key, value)
         args.preset = Path(args.preset) if args.preset else None
         args.name = run_dir.name

@@ -103,6 +103,11 @@ def load_minilm(path, seed: int = 0):
 # ----- real sweeps in a loopback-only network namespace (Ray binds the machine's interface otherwise) -----
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Flags of a tiny real sweep: MiniLM on an SST-2 slice, 8 steps of 8 × 32 tokens, evaluated every 2 steps.
+TINY = [
+    "--tasks", "sst2", "--max-steps", "8", "--eval-every", "2", "--batch-size", "8", "--max-length", "32",
+    "--train-subset", "128", "--eval-subset", "64", "--set", "weightlora.t=4", "--progress-interval", "1000",
+]  # fmt: skip
 NETNS = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"]
 
 

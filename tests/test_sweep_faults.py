@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY
+
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--tasks", "sst2", "--max-steps", "8", "--eval-every", "2", "--batch-size", "8", "--max-length", "32",
-    "--train-subset", "128", "--eval-subset", "64", "--set", "weightlora.t=4", "--progress-interval", "1000",
-]  # fmt: skip
 
 
 def _state(run_dir: Path) -> dict:
@@ -72,6 +70,24 @@ def _wait_for(predicate, proc, timeout: float, what: str) -> None:
         time.sleep(0.3)
 
 
+def _run_and_hit(argv, env, run_dir: Path, hit, *, cwd: Path = ROOT, timeout: float = 240) -> tuple[int, str]:
+    """Start a sweep, wait until one of its trials has checkpointed, call ``hit(sweep pid)`` (send signals to the
+    driver or a worker), let the sweep end; returns (exit status, output)."""
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: any(run_dir.glob("pool/trial_*/checkpoint_000000")), proc, 240, "a checkpoint")
+        hit(proc.pid)
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out
+
+
+def _driver(pid: int) -> int:
+    return next(p for p in _descendants(pid) if "glue_sweep.py" in _cmdline(p))
+
+
 def _steps_in_tune(trial_dir: Path) -> list[float]:
     lines = (trial_dir / "result.json").read_text().splitlines()
     return [json.loads(ln)["step"] for ln in lines if ln.strip() and "step" in json.loads(ln)]
@@ -89,19 +105,11 @@ def test_ctrl_c_then_resume_finishes_every_trial(sweep_cmd, tmp_path):
 
     make, env = sweep_cmd
     args = [*TINY, "--methods", "lora,weightlora", "--num-samples", "2", "--no-asha", "--num-cpus", "2"]
-    proc = subprocess.Popen(
-        make(*args, "--name", "int"), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
     run_dir = tmp_path / "runs" / "int"
-    try:
-        _wait_for(lambda: any(run_dir.glob("pool/trial_*/checkpoint_000000")), proc, 240, "a checkpoint")
-        driver = next(p for p in _descendants(proc.pid) if "glue_sweep.py" in _cmdline(p))
-        os.kill(driver, signal.SIGINT)
-        out, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, out[-4000:]
+    code, out = _run_and_hit(
+        make(*args, "--name", "int"), env, run_dir, lambda pid: os.kill(_driver(pid), signal.SIGINT)
+    )
+    assert code == 130, out[-4000:]
     assert f"--resume --name int --storage-path {tmp_path / 'runs'}" in out
     assert "Tuner.restore(" not in out
     state = _state(run_dir)
@@ -182,19 +190,16 @@ def test_second_ctrl_c_stops_at_once_with_the_same_state(sweep_cmd, tmp_path):
     cwd.mkdir()
     args = [*TINY, "--methods", "lora", "--num-samples", "1", "--no-asha", "--num-cpus", "1", "--name", "twice"]
     args += ["--tracking-uri", f"sqlite:///{store}/x.db"]  # a store of the user's: artifacts go beside it
-    proc = subprocess.Popen(make(*args), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = tmp_path / "runs" / "twice"
-    try:
-        _wait_for(lambda: any(run_dir.glob("pool/trial_*/checkpoint_000000")), proc, 240, "a checkpoint")
-        driver = next(p for p in _descendants(proc.pid) if "glue_sweep.py" in _cmdline(p))
+
+    def twice(pid: int) -> None:
+        driver = _driver(pid)
         os.kill(driver, signal.SIGINT)
         time.sleep(0.2)
         os.kill(driver, signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, out[-4000:]
+
+    code, out = _run_and_hit(make(*args), env, run_dir, twice, cwd=cwd, timeout=120)
+    assert code == 130, out[-4000:]
     assert "--resume --name twice" in out and "Traceback" not in out
     state = _state(run_dir)
     assert state["status"] == "interrupted"
@@ -218,17 +223,13 @@ def test_killed_trial_worker_is_retried_and_the_sweep_completes(sweep_cmd, tmp_p
 
     make, env = sweep_cmd
     args = [*TINY, "--methods", "lora", "--num-samples", "2", "--no-asha", "--num-cpus", "2", "--name", "kill"]
-    proc = subprocess.Popen(make(*args), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = tmp_path / "runs" / "kill"
-    try:
-        _wait_for(lambda: any(run_dir.glob("pool/trial_*/checkpoint_000000")), proc, 240, "a checkpoint")
-        worker = next(p for p in _descendants(proc.pid) if _cmdline(p).startswith("ray::ImplicitFunc"))
-        os.kill(worker, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out[-4000:]
+
+    def kill_worker(pid: int) -> None:
+        os.kill(next(p for p in _descendants(pid) if _cmdline(p).startswith("ray::ImplicitFunc")), signal.SIGKILL)
+
+    code, out = _run_and_hit(make(*args), env, run_dir, kill_worker)
+    assert code == 0, out[-4000:]
     state = _state(run_dir)
     assert state["status"] == "finished"
     cell = state["cells"]["sst2-lora-r8"]

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY
+
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--tasks", "sst2", "--max-steps", "8", "--eval-every", "2", "--batch-size", "8", "--max-length", "32",
-    "--train-subset", "128", "--eval-subset", "64", "--set", "weightlora.t=4", "--progress-interval", "1000",
-]  # fmt: skip
 
 
 def _run(cmd, env, timeout=300) -> subprocess.CompletedProcess:
