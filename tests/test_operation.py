@@ -351,3 +351,37 @@ def test_sweep_help_loads_no_heavy_module_and_documents_env_and_examples():
 
     first_words = field_infos(TrainConfig)["train_subset"].help.split()[:4]
     assert " ".join(first_words) in " ".join(text.split())
+
+
+# ----- one resolution of a run -----
+
+
+def test_resolve_run_fills_run_fields_and_plans_the_steps_once(minilm_path, glue_dir):
+    """``resolve_run`` is the one place a config meets its training set: run fields filled where the method
+    declares them (the registry derives which from the config classes), the config validated, the schedule
+    (LoRA-drop's importance phase included) the engine then trains for."""
+    import wlora
+    from wlora.run_config import TrainConfig
+    from wlora.schedule import resolve_run, task_steps
+    from wlora.train import build_run, prepare_run
+
+    assert {s: wlora.get_method(s).run_fields for s in ("lora", "lora_drop", "rolora", "adalora")} == {
+        "lora": (),
+        "lora_drop": ("steps_per_epoch",),
+        "rolora": ("total_steps",),
+        "adalora": ("total_steps",),
+    }
+    base = {"task": "sst2", "model": str(minilm_path), "data_dir": str(Path(glue_dir).parent), "max_steps": 6}
+    base |= {"train_subset": 64, "eval_subset": 16, "max_length": 32, "batch_size": 8}
+    for method in ("adalora", "lora_drop"):
+        cfg = TrainConfig.from_flat({**base, "method": method})
+        resolved = resolve_run(cfg, 64)
+        steps_per_epoch, total = task_steps(cfg, 64)
+        filled = {k: getattr(resolved.method_config, k) for k in wlora.get_method(method).run_fields}
+        assert filled == ({"total_steps": total} if method == "adalora" else {"steps_per_epoch": steps_per_epoch})
+        phase = getattr(resolved.method_config, "importance_steps", 0) or 0
+        assert resolved.schedule.total == total + phase and resolved.schedule.phase == phase
+        _, _, engine = build_run(cfg, prepare_run(cfg))
+        assert engine.total_steps == resolved.schedule.total
+    pinned = TrainConfig.from_flat({**base, "method": "adalora", "total_steps": 50})
+    assert resolve_run(pinned, 64).method_config.total_steps == 50  # a value the user set is kept

@@ -20,9 +20,9 @@ from wlora.core.accounting import count_parameters
 from wlora.core.stability import SelectionTracker
 from wlora.engine import NonFiniteLossError
 from wlora.evaluation import evaluate
-from wlora.modeling import build_run, prepare_run
+from wlora.modeling import build_resolved_run, build_run, prepare_run
 from wlora.run_config import RunAssets, RunResult, TrainConfig
-from wlora.schedule import micro_batches, schedule_for
+from wlora.schedule import micro_batches
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -113,10 +113,8 @@ def run_training(
     data = assets.data
     accelerator = _accelerator(cfg)
     device = accelerator.device
-    schedule = schedule_for(cfg, len(data.train))
+    model, method, engine, schedule = build_resolved_run(cfg, assets, device)
     steps_per_epoch, total, phase = schedule.steps_per_epoch, schedule.total, schedule.phase
-    model, method, engine = build_run(cfg, assets, device)
-    assert engine.total_steps == total, (engine.total_steps, total)
     engine.autocast = accelerator.autocast
     engine.grad_scaler = accelerator.scaler
     history: list[dict[str, float]] = []

@@ -5,17 +5,17 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
 
-from wlora.core.controller import Controller
 from wlora.data.tasks import prepare_task_data, task_kind
 from wlora.engine import Engine, seed_everything
 from wlora.model_source import resolve_model
-from wlora.registry import get_method, make_config
+from wlora.registry import get_method
 from wlora.run_config import RunAssets, TrainConfig
-from wlora.schedule import run_info, schedule_for
+from wlora.schedule import resolve_run
 
 
 def load_tokenizer(model_path: str):
@@ -58,7 +58,8 @@ def prepare_run(cfg: TrainConfig) -> RunAssets:
     # Check the method config against the real module structure (e.g. K ≤ n) on a weightless copy.
     with torch.device("meta"):
         model = _build_model(assets, cfg.seed, meta=True)
-    method = _build_method(cfg, model, assets)
+    resolved = resolve_run(cfg, len(data.train), model_values(cfg, model))
+    method = get_method(cfg.method).controller_cls(model, resolved.method_config)
     assets.n_adapters = method.n_adapters
     assets.model_type = getattr(model.config, "model_type", "")
     return assets
@@ -121,30 +122,32 @@ def _new_module_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_modules() if n.startswith("decoder.") and n.endswith(".crossattention")]
 
 
-def _build_method(cfg: TrainConfig, model: nn.Module, assets: RunAssets) -> Controller:
+def model_values(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """Method values the model itself calls for: a warm-started encoder-decoder trains its new
+    cross-attention fully, with the usual head(s); adapters then go on the pretrained encoder and decoder
+    self-attention only (n = 2 × 3 × layers)."""
     from wlora.core.inject import head_module_names
 
-    values = cfg._method_values(run_info(cfg, len(assets.data.train)))
     extra = _new_module_names(model)
     fields = {f.name for f in dataclasses.fields(get_method(cfg.method).config_cls)}
-    if extra and "head_modules" in fields and values.get("head_modules") is None:
-        # Train the warm-started decoder's new cross-attention fully, with the usual head(s); adapters
-        # then go on the pretrained encoder and decoder self-attention only (n = 2 × 3 × layers).
-        values["head_modules"] = tuple(head_module_names(model)) + tuple(extra)
-        if "target_modules" in fields and values.get("target_modules") is None:
-            values["target_modules"] = r"^(?!.*crossattention).*\.(query|key|value)$"
-    spec = get_method(cfg.method)
-    return spec.controller_cls(model, make_config(cfg.method, values))
+    out: dict[str, Any] = {}
+    if extra and "head_modules" in fields and cfg.method_config.get("head_modules") is None:
+        out["head_modules"] = tuple(head_module_names(model)) + tuple(extra)
+        if "target_modules" in fields and cfg.method_config.get("target_modules") is None:
+            out["target_modules"] = r"^(?!.*crossattention).*\.(query|key|value)$"
+    return out
 
 
-def build_run(cfg: TrainConfig, assets: RunAssets | None = None, device: torch.device | str = "cpu"):
-    """Model + method + engine for ``cfg`` (weights as loaded, adapters freshly initialised from the seed)."""
+def build_resolved_run(cfg: TrainConfig, assets: RunAssets | None = None, device: torch.device | str = "cpu"):
+    """Model + method + engine for ``cfg`` (weights as loaded, adapters freshly initialised from the seed)
+    and the run's schedule, all from one :func:`wlora.schedule.resolve_run`."""
     assets = assets or prepare_run(cfg)
     model = _build_model(assets, cfg.seed)
-    method = _build_method(cfg, model, assets)
+    resolved = resolve_run(cfg, len(assets.data.train), model_values(cfg, model))
+    method = get_method(cfg.method).controller_cls(model, resolved.method_config)
     # A method with an importance phase (LoRA-drop) trains the task for the full budget after it,
     # as in the paper, where importance comes from a separate short run: the schedule counts both.
-    total = schedule_for(cfg, len(assets.data.train)).total
+    total = resolved.schedule.total
     model.to(device)
     engine = Engine(
         model,
@@ -155,4 +158,10 @@ def build_run(cfg: TrainConfig, assets: RunAssets | None = None, device: torch.d
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
     )
+    return model, method, engine, resolved.schedule
+
+
+def build_run(cfg: TrainConfig, assets: RunAssets | None = None, device: torch.device | str = "cpu"):
+    """Model + method + engine for ``cfg`` (weights as loaded, adapters freshly initialised from the seed)."""
+    model, method, engine, _ = build_resolved_run(cfg, assets, device)
     return model, method, engine

@@ -5,13 +5,14 @@ name and the MLflow ``method`` tag.
 
 Run fields: some configs need numbers only the training runner knows (AdaLoRA and ROLoRA the run's
 ``total_steps``; LoRA-drop the ``steps_per_epoch`` its importance phase is measured in). They are
-ordinary config fields named as in :data:`RUN_FIELDS`, listed per method in ``MethodSpec.run_fields``;
-the runner fills them in by name where the user left them unset. A config may leave them None (so it
+ordinary config fields named as in :data:`RUN_FIELDS` (``MethodSpec.run_fields``: the ones its config
+class declares); the runner fills them in by name where the user left them unset. A config may leave them None (so it
 validates before the run is sized); building the method then raises a ``ValueError`` naming them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +41,6 @@ class MethodSpec:
     config_ref: str
     controller_ref: str
     summary: str
-    run_fields: tuple[str, ...] = ()
     label: str = ""
     """Name in tables and plots (the papers' spelling); the slug when empty."""
     table_order: int = 0
@@ -55,6 +55,12 @@ class MethodSpec:
     @property
     def config_cls(self) -> type[MethodConfig]:
         return _load(self.config_ref)
+
+    @property
+    def run_fields(self) -> tuple[str, ...]:
+        """The :data:`RUN_FIELDS` its config declares (the runner fills them in where left unset)."""
+        declared = {f.name for f in dataclasses.fields(self.config_cls)}
+        return tuple(name for name in RUN_FIELDS if name in declared)
 
     @property
     def controller_cls(self) -> type[Controller]:
@@ -111,7 +117,6 @@ METHODS: dict[str, MethodSpec] = {
             "lora_drop",
             *_refs("lora_drop", "LoRADropConfig", "LoRADropController"),
             "LoRA on the modules with the largest output norm, one shared LoRA per type for the rest",
-            run_fields=("steps_per_epoch",),
             label="LoRA-drop",
             table_order=3,
             selection_fields=("importance", "ranks"),
@@ -120,7 +125,6 @@ METHODS: dict[str, MethodSpec] = {
             "rolora",
             *_refs("rolora", "RoLoRAConfig", "RoLoRAController"),
             "ranks re-allocated by sparsify / rescale / Frank-Wolfe / extend within Σ r_i ≤ n·R",
-            run_fields=("total_steps",),
             label="ROLoRA",
             table_order=4,
             selection_fields=("ranks",),
@@ -130,7 +134,6 @@ METHODS: dict[str, MethodSpec] = {
             "adalora",
             *_refs("adalora", "AdaLoRAConfig", "AdaLoRAController"),
             "peft's AdaLoRA: SVD-form adapters pruned from init_r to r by importance",
-            run_fields=("total_steps",),
             label="AdaLoRA",
             table_order=2,
             selection_fields=("ranks",),

@@ -138,7 +138,7 @@ class TrainConfig:
         for ok, name, want in checks:
             if not ok:
                 raise ValueError(f"`{name}` must be {want}, got {getattr(self, name)!r}")
-        make_config(self.method, self._method_values(None))  # the method's own validation
+        make_config(self.method, self.method_values(None))  # the method's own validation
 
     # ----- construction -----
 
@@ -177,13 +177,13 @@ class TrainConfig:
 
     # ----- derived -----
 
-    def _method_values(self, run_info: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The method config, with run facts (total steps …) filled in where the method declares them."""
+    def method_values(self, run_info: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The method config, with run facts (``wlora.registry.RUN_FIELDS``: total steps …) filled in where
+        the method declares them and the user left them unset (:func:`wlora.schedule.resolve_run`)."""
         values = dict(self.method_config)
-        fields = {f.name for f in dataclasses.fields(get_method(self.method).config_cls)}
-        for key, value in (run_info or {}).items():
-            if key in fields and values.get(key) is None:
-                values[key] = value
+        for key in get_method(self.method).run_fields:
+            if values.get(key) is None and key in (run_info or {}):
+                values[key] = run_info[key]
         return values
 
 

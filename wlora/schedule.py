@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
+from wlora.core.config import MethodConfig
 from wlora.core.controller import Controller
 from wlora.data.tasks import TaskData, collate
-from wlora.registry import make_config
+from wlora.registry import RUN_FIELDS, make_config
 from wlora.run_config import TrainConfig
 
 
@@ -28,10 +29,12 @@ def task_steps(cfg: TrainConfig, n_train: int) -> tuple[int, int]:
     return steps_per_epoch, total
 
 
-def run_info(cfg: TrainConfig, n_train: int) -> dict[str, Any]:
-    """The run facts a method config may declare as fields (``wlora.registry.RUN_FIELDS``)."""
+def run_info(cfg: TrainConfig, n_train: int) -> dict[str, int]:
+    """The run facts a method config may declare as fields (``wlora.registry.RUN_FIELDS``), by name."""
     steps_per_epoch, total = task_steps(cfg, n_train)
-    return {"total_steps": total, "steps_per_epoch": steps_per_epoch, "n_train_examples": n_train}
+    facts = {"total_steps": total, "steps_per_epoch": steps_per_epoch}
+    assert set(facts) == set(RUN_FIELDS), "every run field needs its value here"
+    return facts
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,31 @@ class Schedule:
         return sum(1 for s in range(1, self.total + 1) if self.evaluates(s))
 
 
-def schedule_for(cfg: TrainConfig, n_train: int, method_values: Mapping[str, Any] | None = None) -> Schedule:
-    """The schedule of ``cfg`` on ``n_train`` examples; the importance phase comes from the method's config."""
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A config resolved against its training set, once: the method's validated config (run fields filled
+    in) and the step plan."""
+
+    method_config: MethodConfig
+    schedule: Schedule
+
+
+def resolve_run(cfg: TrainConfig, n_train: int, extra_values: Mapping[str, Any] | None = None) -> ResolvedRun:
+    """The one resolution of ``cfg`` on ``n_train`` training examples: the method's values (run fields filled
+    in, then ``extra_values`` — what the model adds, e.g. a warm-started decoder's modules to train), its
+    config validated once, and the schedule (LoRA-drop's importance phase comes from that config). The CLI,
+    the trainable (through :func:`wlora.modeling.build_run`), the sweep's plan and its ASHA ``max_t`` use it."""
     info = run_info(cfg, n_train)
-    values = cfg._method_values(info) if method_values is None else dict(method_values)
-    phase = getattr(make_config(cfg.method, values), "importance_steps", 0) or 0
-    return Schedule(info["steps_per_epoch"], info["total_steps"] + phase, phase, cfg.eval_every)
+    values = {**cfg.method_values(info), **(extra_values or {})}
+    method_config = make_config(cfg.method, values)
+    phase = getattr(method_config, "importance_steps", 0) or 0
+    schedule = Schedule(info["steps_per_epoch"], info["total_steps"] + phase, phase, cfg.eval_every)
+    return ResolvedRun(method_config, schedule)
+
+
+def schedule_for(cfg: TrainConfig, n_train: int) -> Schedule:
+    """The schedule of ``cfg`` on ``n_train`` examples (:func:`resolve_run`)."""
+    return resolve_run(cfg, n_train).schedule
 
 
 def planned_evaluations(cfg: TrainConfig, n_train: int) -> int:
