@@ -169,13 +169,13 @@ def plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         raise InputError(str(e)) from e
 
 
-def _is_uri(path: str) -> bool:
+def is_uri(path: str) -> bool:
     return "://" in str(path)
 
 
 def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
     # A URI (s3://bucket/sweeps) is Tune's storage; the driver's bookkeeping stays on local disk.
-    storage = Path("runs").resolve() if _is_uri(args.storage_path) else Path(args.storage_path).expanduser().resolve()
+    storage = Path("runs").resolve() if is_uri(args.storage_path) else Path(args.storage_path).expanduser().resolve()
     if storage.exists() and not storage.is_dir():
         raise ValueError(f"--storage-path {args.storage_path} is a file, not a folder")
     state: dict[str, Any] = {}
@@ -325,7 +325,7 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
     memory = trial_memory(args, [a.model_path for a in assets.values()], [c.method for c in cells])
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["search"] = search
-    tune_storage = f"{str(args.storage_path).rstrip('/')}/{args.name}" if _is_uri(args.storage_path) else str(run_dir)
+    tune_storage = f"{str(args.storage_path).rstrip('/')}/{args.name}" if is_uri(args.storage_path) else str(run_dir)
     return Plan(
         args,
         defaults.kind,

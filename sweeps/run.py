@@ -26,7 +26,7 @@ from typing import Any
 from sweeps.console import QUIET, command_line, describe_plan, final_summary, quiet_console, resume_command
 from sweeps.flags import SweepDefaults, apply_preset_cli, apply_smoke, build_parser
 from sweeps.interrupts import EXIT_INTERRUPTED, Interrupts, stop_now
-from sweeps.plan import InputError, Plan, _is_uri, plan_sweep, save_state
+from sweeps.plan import InputError, Plan, is_uri, plan_sweep, save_state
 from sweeps.resources import check_resources
 from sweeps.results import publish, write_report
 from sweeps.schema import ROLE_TAG, SWEEP, SWEEP_NAME_TAG
@@ -89,7 +89,7 @@ def check_cluster(plan: Plan) -> None:
         return
     if hasattr(checks, "check_cluster_storage"):
         try:
-            where = plan.args.storage_path if _is_uri(plan.args.storage_path) else str(plan.run_dir.parent)
+            where = plan.args.storage_path if is_uri(plan.args.storage_path) else str(plan.run_dir.parent)
             checks.check_cluster_storage(where, plan.tracking_uri, plan.args.num_nodes)
         except ValueError as e:
             raise InputError(str(e)) from e
@@ -173,7 +173,7 @@ def _set_status(plan: Plan, status: str) -> None:
 
 def _trials_started(plan: Plan) -> bool:
     exp = Path(plan.tune_storage or plan.run_dir) / EXPERIMENT
-    return _is_uri(plan.tune_storage) or any(exp.glob("trial_*"))
+    return is_uri(plan.tune_storage) or any(exp.glob("trial_*"))
 
 
 def _close_children(plan: Plan, exp_id: str, parent_id: str, wait_s: float | None) -> None:

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     # Only now does a run start: torch, transformers and peft load here.
-    from wlora.loop import _jsonable, data_kind_exportable, export_from_checkpoint, read_checkpoint, run_training
+    from wlora.loop import data_kind_exportable, export_from_checkpoint, jsonable, read_checkpoint, run_training
     from wlora.modeling import prepare_run
 
     try:
@@ -162,5 +162,5 @@ def main(argv: list[str] | None = None) -> int:
     result = run_training(cfg, assets=assets, report=show, resume_from=args.resume_from, output_dir=args.output_dir)
     if args.output_dir and result.status == "completed" and data_kind_exportable(assets):
         export_from_checkpoint(cfg, assets, Path(args.output_dir) / "checkpoint", Path(args.output_dir) / "adapter")
-    print(json.dumps(_jsonable({"status": result.status, "error": result.error, "metrics": result.metrics}), indent=2))
+    print(json.dumps(jsonable({"status": result.status, "error": result.error, "metrics": result.metrics}), indent=2))
     return 0 if result.status == "completed" else 1

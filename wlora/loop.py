@@ -33,11 +33,11 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB → MiB (process peak RSS)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | set):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, np.generic):
@@ -79,8 +79,8 @@ def read_checkpoint(resume_from: str | Path, cfg: TrainConfig) -> dict[str, Any]
         raise ValueError(f"--resume-from: {path} is damaged ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(state, dict) or "engine" not in state or "config" not in state:
         raise ValueError(f"--resume-from: {path} is not a wlora checkpoint")
-    if state["config"] != _jsonable(cfg.to_flat()):
-        mine, theirs = _jsonable(cfg.to_flat()), state["config"]
+    if state["config"] != jsonable(cfg.to_flat()):
+        mine, theirs = jsonable(cfg.to_flat()), state["config"]
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise ValueError(
             f"--resume-from {resume_from} was written by a different config (differs in {', '.join(diff)})"
@@ -137,7 +137,7 @@ def run_training(
             {
                 "engine": engine.state_dict(),
                 "history": history,
-                "config": _jsonable(cfg.to_flat()),
+                "config": jsonable(cfg.to_flat()),
                 "selection_tracker": tracker.state_dict(),
             },
             folder / CHECKPOINT_FILE,
@@ -201,7 +201,7 @@ def run_training(
         error=error,
         metrics=dict(history[-1]) if history else {},
         history=history,
-        method_report=_jsonable({**method.report(), "selection_stability": tracker.summary()}),
+        method_report=jsonable({**method.report(), "selection_stability": tracker.summary()}),
         steps=engine.step,
         total_steps=total,
         train_time_s=train_time,
@@ -209,7 +209,7 @@ def run_training(
     if output_dir is not None:
         out = Path(output_dir)
         save_checkpoint(out / "checkpoint")
-        (out / "result.json").write_text(json.dumps(_jsonable(result.to_json()), indent=2))
+        (out / "result.json").write_text(json.dumps(jsonable(result.to_json()), indent=2))
     return result
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 
-def _require(cond: bool, msg: str) -> None:
+def require_valid(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
 
@@ -43,16 +43,16 @@ class MethodConfig:
         return dataclasses.asdict(self)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_run_field(config: Any, name: str) -> None:
+def check_run_field(config: Any, name: str) -> None:
     """A run field (filled in by the training runner, see ``wlora.registry.RUN_FIELDS``) may be None
     until the run is sized; otherwise it must be a positive integer."""
     v = getattr(config, name)
-    _require(
-        v is None or (_is_int(v) and v > 0),
+    require_valid(
+        v is None or (is_int(v) and v > 0),
         f"`{name}` must be a positive integer (or None until the training runner fills it in), got {v!r}",
     )
 
@@ -60,7 +60,7 @@ def _check_run_field(config: Any, name: str) -> None:
 def require_run_field(config: Any, name: str) -> int:
     """The value of a run field; ``ValueError`` naming it when it was never filled in."""
     v = getattr(config, name)
-    _require(
+    require_valid(
         v is not None,
         f"{type(config).__name__} needs `{name}` (the training runner fills it in from the run's schedule); got None",
     )
@@ -98,17 +98,17 @@ class AdapterConfig(MethodConfig):
             v = getattr(self, f)
             if isinstance(v, list):
                 object.__setattr__(self, f, tuple(v))
-        _require(
+        require_valid(
             isinstance(self.r, int) and not isinstance(self.r, bool) and self.r > 0,
             f"`r` must be a positive integer, got {self.r!r}",
         )
-        _require(
+        require_valid(
             isinstance(self.alpha, int | float) and math.isfinite(self.alpha) and self.alpha > 0,
             f"`alpha` must be a positive number, got {self.alpha!r}",
         )
-        _require(0.0 <= self.dropout < 1.0, f"`dropout` must be in [0, 1), got {self.dropout!r}")
+        require_valid(0.0 <= self.dropout < 1.0, f"`dropout` must be in [0, 1), got {self.dropout!r}")
         tm = self.target_modules
-        _require(
+        require_valid(
             tm is None or isinstance(tm, str) or (len(tm) > 0 and all(isinstance(t, str) for t in tm)),
             f"`target_modules` must be None, a string or a non-empty list of names, got {tm!r}",
         )
@@ -129,16 +129,16 @@ class KSelectionConfig(AdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.k is not None:
-            _require(
+            require_valid(
                 isinstance(self.k, int) and not isinstance(self.k, bool) and self.k > 0,
                 f"`k` must be a positive integer, got {self.k!r}",
             )
-            _require(
+            require_valid(
                 self.k_fraction is None,
                 f"set only one of `k` and `k_fraction`, got k={self.k!r}, k_fraction={self.k_fraction!r}",
             )
         if self.k_fraction is not None:
-            _require(0.0 < self.k_fraction <= 1.0, f"`k_fraction` must be in (0, 1], got {self.k_fraction!r}")
+            require_valid(0.0 < self.k_fraction <= 1.0, f"`k_fraction` must be in (0, 1], got {self.k_fraction!r}")
 
     def resolve_k(self, n_adapters: int) -> int:
         """K for a model with ``n_adapters`` adapters; raises if it falls outside [1, n]."""
@@ -147,7 +147,7 @@ class KSelectionConfig(AdapterConfig):
         else:
             frac = 0.25 if self.k_fraction is None else self.k_fraction
             k = max(1, round(frac * n_adapters))
-        _require(1 <= k <= n_adapters, f"`k` must be in [1, n_adapters={n_adapters}], got {k}")
+        require_valid(1 <= k <= n_adapters, f"`k` must be in [1, n_adapters={n_adapters}], got {k}")
         return k
 
 
@@ -179,12 +179,12 @@ class GateConfig(KSelectionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(
+        require_valid(
             isinstance(self.t, int) and not isinstance(self.t, bool) and self.t >= 0,
             f"`t` must be an integer >= 0, got {self.t!r}",
         )
-        _require(
+        require_valid(
             isinstance(self.lr_w, int | float) and math.isfinite(self.lr_w) and self.lr_w > 0,
             f"`lr_w` must be a positive number, got {self.lr_w!r}",
         )
-        _require(self.topk_by in ("abs", "value"), f"`topk_by` must be 'abs' or 'value', got {self.topk_by!r}")
+        require_valid(self.topk_by in ("abs", "value"), f"`topk_by` must be 'abs' or 'value', got {self.topk_by!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from wlora.core.config import AdapterConfig, _check_run_field, _is_int, _require, require_run_field
+from wlora.core.config import AdapterConfig, check_run_field, is_int, require_run_field, require_valid
 
 
 @dataclass(frozen=True)
@@ -77,39 +77,39 @@ class AdaLoRAConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_run_field(self, "total_steps")
+        check_run_field(self, "total_steps")
         ts = self.total_steps
         if self.init_r is not None:
-            _require(
-                _is_int(self.init_r) and self.init_r >= self.r,
+            require_valid(
+                is_int(self.init_r) and self.init_r >= self.r,
                 f"`init_r` must be an integer >= r={self.r}, got {self.init_r!r}",
             )
         for f in ("tinit", "tfinal"):
             v = getattr(self, f)
-            _require(v is None or (_is_int(v) and v >= 0), f"`{f}` must be None or an integer >= 0, got {v!r}")
+            require_valid(v is None or (is_int(v) and v >= 0), f"`{f}` must be None or an integer >= 0, got {v!r}")
         for f in ("tinit_frac", "tfinal_frac"):
             v = getattr(self, f)
-            _require(isinstance(v, int | float) and 0.0 <= v < 1.0, f"`{f}` must be in [0, 1), got {v!r}")
-        _require(
+            require_valid(isinstance(v, int | float) and 0.0 <= v < 1.0, f"`{f}` must be in [0, 1), got {v!r}")
+        require_valid(
             self.tinit_frac + self.tfinal_frac < 1.0,
             f"`tinit_frac` + `tfinal_frac` must be < 1 to leave a budgeting phase, got "
             f"{self.tinit_frac} + {self.tfinal_frac}",
         )
         if ts is not None:
             ti, tf = self.resolved_tinit, self.resolved_tfinal
-            _require(
+            require_valid(
                 ti < ts - tf,
                 f"`tinit`={ti} and `tfinal`={tf} leave no budgeting phase in total_steps={ts} "
                 f"steps: need tinit < total_steps − tfinal",
             )
-        _require(
-            _is_int(self.delta_t) and self.delta_t > 0, f"`delta_t` must be a positive integer, got {self.delta_t!r}"
+        require_valid(
+            is_int(self.delta_t) and self.delta_t > 0, f"`delta_t` must be a positive integer, got {self.delta_t!r}"
         )
         for f in ("beta1", "beta2"):
             v = getattr(self, f)
-            _require(isinstance(v, int | float) and 0.0 < v < 1.0, f"`{f}` must be in (0, 1), got {v!r}")
+            require_valid(isinstance(v, int | float) and 0.0 < v < 1.0, f"`{f}` must be in (0, 1), got {v!r}")
         w = self.orth_reg_weight
-        _require(isinstance(w, int | float) and w >= 0, f"`orth_reg_weight` must be >= 0, got {w!r}")
+        require_valid(isinstance(w, int | float) and w >= 0, f"`orth_reg_weight` must be >= 0, got {w!r}")
 
     @property
     def resolved_tinit(self) -> int:

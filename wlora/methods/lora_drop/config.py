@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from wlora.core.config import AdapterConfig, _check_run_field, _is_int, _require, require_run_field
+from wlora.core.config import AdapterConfig, check_run_field, is_int, require_run_field, require_valid
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,13 @@ class LoRADropConfig(AdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         th = self.threshold
-        _require(isinstance(th, int | float) and 0.0 < th <= 1.0, f"`threshold` must be in (0, 1], got {th!r}")
+        require_valid(isinstance(th, int | float) and 0.0 < th <= 1.0, f"`threshold` must be in (0, 1], got {th!r}")
         sr = self.sample_ratio
-        _require(isinstance(sr, int | float) and 0.0 < sr <= 1.0, f"`sample_ratio` must be in (0, 1], got {sr!r}")
+        require_valid(isinstance(sr, int | float) and 0.0 < sr <= 1.0, f"`sample_ratio` must be in (0, 1], got {sr!r}")
         ep = self.importance_epochs
-        _require(_is_int(ep) and ep > 0, f"`importance_epochs` must be a positive integer, got {ep!r}")
-        _check_run_field(self, "steps_per_epoch")
-        _require(isinstance(self.share, bool), f"`share` must be a bool, got {self.share!r}")
+        require_valid(is_int(ep) and ep > 0, f"`importance_epochs` must be a positive integer, got {ep!r}")
+        check_run_field(self, "steps_per_epoch")
+        require_valid(isinstance(self.share, bool), f"`share` must be a bool, got {self.share!r}")
 
     @property
     def sample_steps(self) -> int:

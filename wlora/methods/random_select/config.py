@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wlora.core.config import KSelectionConfig, _is_int, _require
+from wlora.core.config import KSelectionConfig, is_int, require_valid
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,8 @@ class RandomSelectConfig(KSelectionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(_is_int(self.t) and self.t >= 0, f"`t` must be an integer >= 0, got {self.t!r}")
-        _require(
+        require_valid(is_int(self.t) and self.t >= 0, f"`t` must be an integer >= 0, got {self.t!r}")
+        require_valid(
             self.selection_seed is None or (isinstance(self.selection_seed, int) and self.selection_seed >= 0),
             f"`selection_seed` must be None or an integer >= 0, got {self.selection_seed!r}",
         )

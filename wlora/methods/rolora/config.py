@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from wlora.core.config import AdapterConfig, _check_run_field, _is_int, _require, require_run_field
+from wlora.core.config import AdapterConfig, check_run_field, is_int, require_run_field, require_valid
 
 
 @dataclass(frozen=True)
@@ -61,29 +61,29 @@ class RoLoRAConfig(AdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         T = self.iterations
-        _require(_is_int(T) and T > 0, f"`iterations` (T) must be a positive integer, got {T!r}")
-        _check_run_field(self, "total_steps")
+        require_valid(is_int(T) and T > 0, f"`iterations` (T) must be a positive integer, got {T!r}")
+        check_run_field(self, "total_steps")
         ts = self.total_steps
         for f in ("tinit_frac", "tfinal_frac"):
             v = getattr(self, f)
-            _require(isinstance(v, int | float) and 0.0 <= v < 1.0, f"`{f}` must be in [0, 1), got {v!r}")
-        _require(
-            _is_int(self.delta_t) and self.delta_t > 0, f"`delta_t` must be a positive integer, got {self.delta_t!r}"
+            require_valid(isinstance(v, int | float) and 0.0 <= v < 1.0, f"`{f}` must be in [0, 1), got {v!r}")
+        require_valid(
+            is_int(self.delta_t) and self.delta_t > 0, f"`delta_t` must be a positive integer, got {self.delta_t!r}"
         )
         for f in ("beta1", "beta2"):
             v = getattr(self, f)
-            _require(isinstance(v, int | float) and 0.0 < v < 1.0, f"`{f}` must be in (0, 1), got {v!r}")
-        _require(
+            require_valid(isinstance(v, int | float) and 0.0 < v < 1.0, f"`{f}` must be in (0, 1), got {v!r}")
+        require_valid(
             isinstance(self.sparsify_start, int | float) and 0.0 < self.sparsify_start <= 1.0,
             f"`sparsify_start` must be in (0, 1], got {self.sparsify_start!r}",
         )
-        _require(self.score in ("triplet", "gate"), f"`score` must be 'triplet' or 'gate', got {self.score!r}")
-        _require(
+        require_valid(self.score in ("triplet", "gate"), f"`score` must be 'triplet' or 'gate', got {self.score!r}")
+        require_valid(
             ts is None or ts >= T,
             f"`total_steps`={ts} is too short for `iterations`={T}: every outer iteration needs at least one step",
         )
         # floor(a·L) + floor(b·L) < L for a + b < 1: every iteration keeps at least one pruning step.
-        _require(
+        require_valid(
             self.tinit_frac + self.tfinal_frac < 1.0,
             f"`tinit_frac` + `tfinal_frac` must be < 1 so each outer iteration has a pruning phase, got "
             f"{self.tinit_frac} + {self.tfinal_frac}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wlora.core.config import GROWTH_INITS, GateConfig, _require
+from wlora.core.config import GROWTH_INITS, GateConfig, require_valid
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class WeightLoRAPlusConfig(GateConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
 
-        _require(self.init in GROWTH_INITS, f"`init` must be one of {list(GROWTH_INITS)}, got {self.init!r}")
-        _require(
+        require_valid(self.init in GROWTH_INITS, f"`init` must be one of {list(GROWTH_INITS)}, got {self.init!r}")
+        require_valid(
             isinstance(self.stages, int) and not isinstance(self.stages, bool) and self.stages >= 1,
             f"`stages` must be an integer >= 1, got {self.stages!r}",
         )
