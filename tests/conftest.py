@@ -51,6 +51,16 @@ def tiny_batches(n: int, batch: int = 8, seq: int = 12, seed: int = 1) -> list[d
     return out
 
 
+def padded_batches(batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """Give the tiny batches an attention mask with padding at the end of every other row."""
+    out = []
+    for b in batches:
+        mask = torch.ones_like(b["input_ids"])
+        mask[::2, -4:] = 0
+        out.append({**b, "attention_mask": mask})
+    return out
+
+
 def _asset(var: str, sub: str = "") -> Path | str:
     value = os.environ.get(var)
     if not value:

@@ -16,7 +16,7 @@ from wlora.engine import Engine, seed_everything
 from wlora.export import export_method, export_peft_adapter
 from wlora.methods.lora_drop import keep_prefix, module_type
 
-from .conftest import tiny_batches, tiny_bert
+from .conftest import padded_batches, tiny_batches, tiny_bert
 
 R, HIDDEN = 4, 32
 WIDTH = 2 * HIDDEN
@@ -28,16 +28,6 @@ def _engine(slug, cfg, layers=2, steps=8, lr=5e-3, seed=0):
     base = {} if slug == "full" else {"r": R, "dropout": 0.0}
     ctl = wlora.build_method(slug, model, {**base, **cfg})
     return model, ctl, Engine(model, ctl, lr=lr, total_steps=steps)
-
-
-def _padded(batches):
-    """Give the tiny batches an attention mask with padding at the end of every other row."""
-    out = []
-    for b in batches:
-        mask = torch.ones_like(b["input_ids"])
-        mask[::2, -4:] = 0
-        out.append({**b, "attention_mask": mask})
-    return out
 
 
 # ----- config validation (all before any training) -----
@@ -107,7 +97,7 @@ def test_lora_drop_importance_is_the_sum_of_squared_adapter_outputs():
     """g_i = Σ ‖s·B A x_i‖² over the real tokens of the last pass over the sample (eq. 2)."""
     model, ctl, eng = _engine("lora_drop", {"steps_per_epoch": 10, "sample_ratio": 0.1, "importance_epochs": 3})
     assert (ctl.sample_steps, ctl.importance_steps) == (1, 3)
-    batches = _padded(tiny_batches(3))
+    batches = padded_batches(tiny_batches(3))
     for b in batches[:2]:
         eng.train_step(b)
     assert not ctl.g.any()  # nothing counted before the last pass

@@ -18,30 +18,8 @@ import wlora
 from wlora.engine import Engine, seed_everything
 from wlora.export import export_method
 
-from .conftest import tiny_batches, tiny_bert
+from .conftest import padded_batches, tiny_batches, tiny_bert
 from .resume_worker import build
-
-R, HIDDEN = 4, 32
-WIDTH = 2 * HIDDEN
-
-
-def _engine(slug, cfg, layers=2, steps=8, lr=5e-3, seed=0):
-    model = tiny_bert(layers=layers, hidden=HIDDEN, seed=seed)
-    seed_everything(seed)
-    base = {} if slug == "full" else {"r": R, "dropout": 0.0}
-    ctl = wlora.build_method(slug, model, {**base, **cfg})
-    return model, ctl, Engine(model, ctl, lr=lr, total_steps=steps)
-
-
-def _padded(batches):
-    """Give the tiny batches an attention mask with padding at the end of every other row."""
-    out = []
-    for b in batches:
-        mask = torch.ones_like(b["input_ids"])
-        mask[::2, -4:] = 0
-        out.append({**b, "attention_mask": mask})
-    return out
-
 
 # ----- resume: bit-identical across the phase switch / iteration boundaries -----
 
@@ -79,7 +57,7 @@ def _run(spec, steps, start=None, padded=True):
     _model, ctl, eng = build(spec)
     if start is not None:
         eng.load(start)
-    batches = _padded(tiny_batches(TOTAL)) if padded else tiny_batches(TOTAL)  # the worker's are unpadded
+    batches = padded_batches(tiny_batches(TOTAL)) if padded else tiny_batches(TOTAL)  # the worker's are unpadded
     losses = [eng.train_step(batches[eng.step]) for _ in range(steps)]
     return ctl, eng, losses
 
