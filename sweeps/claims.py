@@ -1,26 +1,43 @@
-"""The WeightLoRA paper's three claims, tested on the seed re-runs of a sweep.
+"""The WeightLoRA paper's claims, each tested with the test its wording calls for, on the seed re-runs of a sweep.
 
-Per task, the dev scores of the seed re-runs of each method's best configuration are compared:
+Per task, the scores of the seed re-runs of each method's best configuration are compared (under
+``--protocol heldout`` those scores come from dev, which no choice of the sweep read):
 
-* (a) WeightLoRA ≈ LoRA with far fewer trainable parameters;
-* (b) random selection (RLoRA, the same K) is worse than WeightLoRA;
-* (c) WeightLoRA+ ≥ LoRA and WeightLoRA+ ≥ WeightLoRA.
+* (a) WeightLoRA ≈ LoRA with far fewer trainable parameters — **equivalence**: two one-sided Welch tests
+  (TOST) with margin δ, H0: |d| ≥ δ (statsmodels ``ttost_ind``);
+* (b) random selection (RLoRA, the same K) is worse than WeightLoRA — **superiority**: one-sided Welch
+  test, H0: d ≤ 0;
+* (c) WeightLoRA+ ≥ LoRA and WeightLoRA+ ≥ WeightLoRA — **non-inferiority**: one-sided Welch test,
+  H0: d ≤ −δ;
+* (d), only when the sweep has the selection-rule ablation arm (``weightlora_informed``): the
+  better-informed selection beats random selection (superiority), i.e. whether letting the gates see
+  more than one batch widens WeightLoRA's lead over random.
 
-For each comparison X vs Y: the difference of means d = mean(X) − mean(Y), its standard error
-sqrt(s_X²/n_X + s_Y²/n_Y), a seeded percentile bootstrap 95 % interval of d (each method's seeds
-resampled with replacement, independently: runs of different methods are not paired), Welch's t-test
-(two-sided p) and its 95 % interval. The verdict uses the wider of the two intervals, [lo, hi] (with
-3–5 seeds the bootstrap interval alone is too narrow):
+d = mean(X) − mean(Y); the arms are independent runs (not paired), so every test is Welch's. Each
+claim also has the opposite test (contradicted: d < 0 for superiority, d < −δ for non-inferiority,
+|d| > δ for equivalence, the smaller of its two one-sided p-values doubled).
 
-* "better" claims (b): **held** if lo > 0, **contradicted** if hi < 0, else **not shown**;
-* "≈" / "≥" claims (a, c), read as non-inferiority with margin δ: **held** if lo > −δ,
-  **contradicted** if hi < −δ, else **not shown**. Claim (a) also needs WeightLoRA's # Params at most
-  half of LoRA's to be held (and is contradicted when it is not below LoRA's).
+**Family and correction.** The family is every testable (claim, task) pair of one report. Holm–Bonferroni
+(statsmodels ``multipletests``) adjusts the p-values of the claims' tests across the family, and
+separately those of the opposite tests; a claim is **held** when its adjusted p < α, **contradicted**
+when its opposite test's adjusted p < α, else **not shown**. Under ``--seeds auto`` the claims are
+looked at up to L times while seeds are added, and every look tests at α / L (Bonferroni over the
+looks), so the family-wise error of the whole sequential procedure stays ≤ α.
+
+**Too little data.** With fewer than :data:`MIN_SEEDS` runs on an arm, or no spread on an arm (e.g.
+identical seeds), the verdict is **insufficient seeds**, never held. For every claim the report gives the
+smallest effect its seeds could detect (power 0.8 at the corrected α, at the observed spread) and how many
+seeds per arm the test would need to reach power 0.8 at the observed difference and spread
+(statsmodels ``TTestIndPower``).
+
+Claim (a) also needs WeightLoRA's # Params at most half of LoRA's to be held (and is contradicted when it
+is not below LoRA's). The report also shows a seeded bootstrap interval and Welch's 95 % interval of d.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +48,19 @@ import numpy as np
 MARGIN = 0.01
 N_BOOTSTRAP = 10_000
 LEVEL = 0.95
+#: Family-wise error rate of one report's verdicts.
+ALPHA = 0.05
+#: Power at which the detectable effect and the seeds needed are computed.
+POWER = 0.8
+#: Fewer runs than this on an arm: "insufficient seeds".
+MIN_SEEDS = 3
+#: Seeds-needed answers at or above this are reported as "more than" (None).
+MAX_SEEDS_NEEDED = 100_000
 #: "Far fewer" trainable parameters (claim a): at most this share of LoRA's.
 FEWER_PARAMS = 0.5
+INSUFFICIENT = "insufficient seeds"
+#: Verdicts that leave a claim open (``--seeds auto`` keeps adding seeds to its arms).
+UNDECIDED = ("not shown", INSUFFICIENT)
 
 
 @dataclass(frozen=True)
@@ -41,15 +69,27 @@ class Claim:
     text: str
     x: str
     y: str
-    kind: str  # "better" (x > y) or "noninferior" (x ≥ y − δ)
+    kind: str  # "better" (x > y), "noninferior" (x ≥ y − δ) or "equivalent" (|x − y| < δ)
 
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("a", "WeightLoRA ≈ LoRA with far fewer trainable parameters", "weightlora", "lora", "noninferior"),
+    Claim("a", "WeightLoRA ≈ LoRA with far fewer trainable parameters", "weightlora", "lora", "equivalent"),
     Claim("b", "random selection (RLoRA, same K) is worse than WeightLoRA", "weightlora", "random_select", "better"),
     Claim("c1", "WeightLoRA+ ≥ LoRA", "weightlora_plus", "lora", "noninferior"),
     Claim("c2", "WeightLoRA+ ≥ WeightLoRA", "weightlora_plus", "weightlora", "noninferior"),
+    Claim(
+        "d",
+        "WeightLoRA with an informed selection (projection_start) beats random selection",
+        "weightlora_informed",
+        "random_select",
+        "better",
+    ),
 )
+TEST_NAMES = {
+    "better": "superiority (one-sided Welch, H0: Δ ≤ 0)",
+    "noninferior": "non-inferiority (one-sided Welch, H0: Δ ≤ −δ)",
+    "equivalent": "equivalence (TOST, Welch, H0: |Δ| ≥ δ)",
+}
 
 
 def bootstrap_diff(
@@ -87,13 +127,72 @@ def welch(x: Sequence[float], y: Sequence[float], level: float = LEVEL) -> dict[
     return {"t": float(t), "df": float(df), "p": p, "lo": d - half, "hi": d + half, "se": se}
 
 
-def verdict(lo: float, hi: float, kind: str, margin: float) -> str:
-    """The rule of the module docstring on an interval [lo, hi] of mean(x) − mean(y)."""
+def one_sided(x: Sequence[float], y: Sequence[float], kind: str, margin: float) -> tuple[float, float]:
+    """(p of the claim's test, p of the opposite test), Welch, by statsmodels."""
+    from statsmodels.stats.weightstats import ttest_ind, ttost_ind
+
+    def larger(value: float) -> float:  # H1: d > value
+        return float(ttest_ind(x, y, alternative="larger", usevar="unequal", value=value)[1])
+
+    def smaller(value: float) -> float:  # H1: d < value
+        return float(ttest_ind(x, y, alternative="smaller", usevar="unequal", value=value)[1])
+
     if kind == "better":
-        return "held" if lo > 0 else "contradicted" if hi < 0 else "not shown"
+        return larger(0.0), smaller(0.0)
     if kind == "noninferior":
-        return "held" if lo > -margin else "contradicted" if hi < -margin else "not shown"
+        return larger(-margin), smaller(-margin)
+    if kind == "equivalent":
+        p = float(ttost_ind(x, y, -margin, margin, usevar="unequal")[0])
+        return p, min(1.0, 2 * min(smaller(-margin), larger(margin)))
     raise ValueError(f"unknown claim kind {kind!r}")
+
+
+def holm(pvalues: Sequence[float], alpha: float = ALPHA) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (statsmodels ``multipletests``)."""
+    if not pvalues:
+        return []
+    from statsmodels.stats.multitest import multipletests
+
+    return [float(p) for p in multipletests(list(pvalues), alpha=alpha, method="holm")[1]]
+
+
+def power_numbers(
+    x: Sequence[float], y: Sequence[float], kind: str, margin: float, alpha: float, power: float = POWER
+) -> dict[str, float | None]:
+    """Smallest detectable effect and the seeds per arm needed, at the observed spread.
+
+    ``mde``: the true Δ (superiority: above 0; non-inferiority: above −δ; equivalence: the margin that
+    could be shown when Δ = 0) that a test at ``alpha`` detects with ``power``, with these arm sizes.
+    ``seeds_needed``: equal arm size that reaches ``power`` at the observed Δ (None when the observed Δ
+    is on the wrong side, so no number of seeds would do)."""
+    from statsmodels.stats.power import TTestIndPower
+
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    sd = math.sqrt((xa.var(ddof=1) + ya.var(ddof=1)) / 2)
+    if not sd > 0:
+        return {"mde": None, "seeds_needed": None}
+    solver = TTestIndPower()
+    # equivalence: TOST's two tests at alpha each; at Δ = 0 each must reach (1 + power) / 2
+    pw = (1 + power) / 2 if kind == "equivalent" else power
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the root finder's convergence warnings: NaN is handled below
+        es = solver.solve_power(nobs1=xa.size, ratio=ya.size / xa.size, alpha=alpha, power=pw, alternative="larger")
+    mde = float(es) * sd if np.isfinite(es) else None
+    d = float(xa.mean() - ya.mean())
+    gap = {"better": d, "noninferior": d + margin, "equivalent": margin - abs(d)}[kind]
+    needed = None
+    if gap > 0:  # the smallest equal arm size whose power reaches pw (power is increasing in n)
+        lo, hi = 2, 2
+        while hi < MAX_SEEDS_NEEDED and solver.power(gap / sd, hi, alpha, ratio=1.0, alternative="larger") < pw:
+            lo, hi = hi, hi * 2
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if solver.power(gap / sd, mid, alpha, ratio=1.0, alternative="larger") >= pw:
+                hi = mid
+            else:
+                lo = mid + 1
+        needed = hi if hi < MAX_SEEDS_NEEDED else None
+    return {"mde": mde, "seeds_needed": needed}
 
 
 def compare(
@@ -104,15 +203,17 @@ def compare(
     n_boot: int = N_BOOTSTRAP,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """One comparison: difference, spread, intervals, p and verdict (``not testable`` with < 2 runs a side)."""
-    out: dict[str, Any] = {"n_x": len(x), "n_y": len(y)}
+    """One comparison before correction: difference, spread, intervals, the claim's and the opposite
+    test's p-values. ``insufficient seeds`` (with ``why``) when an arm is too small or has no spread."""
+    out: dict[str, Any] = {"n_x": len(x), "n_y": len(y), "test": TEST_NAMES[kind]}
+    if len(x) < MIN_SEEDS or len(y) < MIN_SEEDS:
+        out.update(verdict=INSUFFICIENT, why=f"needs ≥ {MIN_SEEDS} seed re-runs of both methods")
+    elif np.std(x) == 0 or np.std(y) == 0:
+        out.update(verdict=INSUFFICIENT, why="no spread across seeds on an arm: a test would be meaningless")
     if len(x) < 2 or len(y) < 2:
-        out["verdict"] = "not testable"
-        out["why"] = "needs ≥ 2 seed re-runs of both methods"
         return out
     w = welch(x, y)
     b_lo, b_hi = bootstrap_diff(x, y, n_boot=n_boot, seed=seed)
-    lo, hi = min(b_lo, w["lo"]), max(b_hi, w["hi"])
     out.update(
         diff=float(np.mean(x) - np.mean(y)),
         se=w["se"],
@@ -120,11 +221,9 @@ def compare(
         boot_hi=b_hi,
         welch_lo=w["lo"],
         welch_hi=w["hi"],
-        p=w["p"],
-        lo=lo,
-        hi=hi,
-        verdict=verdict(lo, hi, kind, margin),
     )
+    if out.get("verdict") != INSUFFICIENT:
+        out["p_claim"], out["p_opposite"] = one_sided(x, y, kind, margin)
     return out
 
 
@@ -134,36 +233,55 @@ def evaluate_claims(
     margin: float = MARGIN,
     n_boot: int = N_BOOTSTRAP,
     seed: int = 0,
+    alpha: float = ALPHA,
+    looks: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every claim on every task that has seed re-runs: ``scores[(method, task)]`` = the seeds' dev
-    scores, ``params[(method, task)]`` = the method's # Params. One record per (claim, task)."""
+    """Every claim on every task that has seed re-runs: ``scores[(method, task)]`` = the seeds' scores,
+    ``params[(method, task)]`` = the method's # Params. One record per (claim, task), Holm-corrected over
+    the family of all of them at ``alpha / looks`` (``looks``: the most interim looks of ``--seeds auto``)."""
     params = params or {}
     tasks = sorted({t for _, t in scores})
+    level = alpha / max(int(looks), 1)
     rows = []
     for claim in CLAIMS:
         for task in tasks:
             x, y = list(scores.get((claim.x, task), ())), list(scores.get((claim.y, task), ()))
-            if not x and not y:
+            if not x or not y:
                 continue
             rec: dict[str, Any] = {"claim": claim.key, "text": claim.text, "task": task, "x": claim.x, "y": claim.y}
             rec["kind"] = claim.kind
             rec.update(compare(x, y, claim.kind, margin=margin, n_boot=n_boot, seed=seed))
-            if claim.key == "a":
-                px, py = params.get((claim.x, task)), params.get((claim.y, task))
-                ratio = px / py if px is not None and py else None
-                rec["params_ratio"] = ratio
-                if rec["verdict"] != "not testable":
-                    if ratio is None:
-                        rec["verdict"] = "not shown" if rec["verdict"] == "held" else rec["verdict"]
-                        rec["why"] = "# Params not logged"
-                    elif ratio >= 1:
-                        rec["verdict"] = "contradicted"
-                        rec["why"] = "WeightLoRA does not train fewer parameters than LoRA"
-                    elif ratio > FEWER_PARAMS and rec["verdict"] == "held":
-                        rec["verdict"] = "not shown"
-                        rec["why"] = f"# Params ratio {ratio:.2f} > {FEWER_PARAMS}"
             rows.append(rec)
+    tested = [r for r in rows if "p_claim" in r]
+    for r, p, q in zip(
+        tested, holm([r["p_claim"] for r in tested]), holm([r["p_opposite"] for r in tested]), strict=True
+    ):
+        r["p_holm"], r["p_opposite_holm"], r["alpha"] = p, q, level
+        r["verdict"] = "held" if p < level else "contradicted" if q < level else "not shown"
+    for r in rows:
+        r["family"] = len(tested)
+        if r["n_x"] >= 2 and r["n_y"] >= 2:
+            x, y = scores[(r["x"], r["task"])], scores[(r["y"], r["task"])]
+            r.update(power_numbers(x, y, r["kind"], margin, level / max(len(tested), 1)))
+        if r["claim"] == "a" and r["verdict"] != INSUFFICIENT:
+            px, py = params.get((r["x"], r["task"])), params.get((r["y"], r["task"]))
+            ratio = px / py if px is not None and py else None
+            r["params_ratio"] = ratio
+            if ratio is None:
+                r["verdict"] = "not shown" if r["verdict"] == "held" else r["verdict"]
+                r["why"] = "# Params not logged"
+            elif ratio >= 1:
+                r["verdict"] = "contradicted"
+                r["why"] = "WeightLoRA does not train fewer parameters than LoRA"
+            elif ratio > FEWER_PARAMS and r["verdict"] == "held":
+                r["verdict"] = "not shown"
+                r["why"] = f"# Params ratio {ratio:.2f} > {FEWER_PARAMS}"
     return rows
+
+
+def undecided_arms(rows: Sequence[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(method, task) arms of the claims still open: where more seeds could still give a verdict."""
+    return {(m, r["task"]) for r in rows if r["verdict"] in UNDECIDED for m in (r["x"], r["y"])}
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -188,9 +306,15 @@ def claims_md(
     margin: float = MARGIN,
     n_boot: int = N_BOOTSTRAP,
     seed: int = 0,
+    alpha: float = ALPHA,
+    looks: int = 1,
+    protocol: str | None = None,
 ) -> str:
-    """The claims section: per-task mean ± std, one row per (claim, task), the rule."""
-    lines = ["### Scores of the seed re-runs (mean ± sample std, n seeds)", ""]
+    """The claims section: the protocol, per-task mean ± std, one row per (claim, task), the rules."""
+    lines = []
+    if protocol:
+        lines += [f"Protocol: **{protocol}** ({PROTOCOL_TEXT.get(protocol, protocol)})", ""]
+    lines += ["### Scores of the seed re-runs (mean ± sample std, n seeds)", ""]
     tasks = sorted({t for _, t in scores})
     methods = [m for m in labels if any((m, t) in scores for t in tasks)]
     lines.append("| Method | " + " | ".join(tasks) + " |")
@@ -206,22 +330,31 @@ def claims_md(
                 cells.append(f"{v.mean():.4f} ± {sd:.4f} (n={v.size})")
         lines.append(f"| {labels[m]} | " + " | ".join(cells) + " |")
     lines += ["", "### Verdicts", ""]
-    head = ["Claim", "Task", "Δ = mean(X) − mean(Y)", "SE", "bootstrap 95 %", "Welch 95 %", "Welch p", "Verdict"]
+    head = ["Claim", "Task", "Test", "Δ = mean(X) − mean(Y)", "Welch 95 %", "bootstrap 95 %", "p", "Holm p"]
+    head += ["Detectable Δ", "Seeds needed", "Verdict"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
         name = f"({r['claim']}) {r['text']}"
-        if r["verdict"] == "not testable":
-            lines.append(f"| {name} | {r['task']} | – | – | – | – | – | not testable ({r['why']}) |")
-            continue
         extra = f" ({r['why']})" if r.get("why") else ""
         if r.get("params_ratio") is not None:
             extra += f"; # Params ratio {r['params_ratio']:.3f}"
-        lines.append(
-            f"| {name} | {r['task']} | {_f(r['diff'])} | {_f(r['se'], False)} | "
-            f"[{_f(r['boot_lo'])}, {_f(r['boot_hi'])}] | [{_f(r['welch_lo'])}, {_f(r['welch_hi'])}] | "
-            f"{r['p']:.3g} | **{r['verdict']}**{extra} |"
-        )
+        has = "diff" in r
+        p = r.get("p_claim")
+        cells = [
+            name,
+            r["task"],
+            r["test"],
+            _f(r.get("diff")),
+            f"[{_f(r['welch_lo'])}, {_f(r['welch_hi'])}]" if has else "–",
+            f"[{_f(r['boot_lo'])}, {_f(r['boot_hi'])}]" if has else "–",
+            "–" if p is None else f"{p:.3g}",
+            "–" if r.get("p_holm") is None else f"{r['p_holm']:.3g}",
+            _f(r.get("mde"), False),
+            "–" if r.get("seeds_needed") is None else str(r["seeds_needed"]),
+            f"**{r['verdict']}**{extra}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     summary = summarize(rows)
     if summary:
         lines += ["", "Per claim, tasks by verdict:"]
@@ -229,14 +362,37 @@ def claims_md(
             if claim.key in summary:
                 counts = ", ".join(f"{v}: {n}" for v, n in sorted(summary[claim.key].items()))
                 lines.append(f"- ({claim.key}) {claim.text}: {counts}")
+    family = max((r.get("family", 0) for r in rows), default=0)
+    level = alpha / max(looks, 1)
+    seq = (
+        f"The sweep added seeds while claims were open (`--seeds auto`) with at most {looks} looks at the claims; "
+        f"Bonferroni over the looks: every look, this one included, tests at α / {looks} = {level:.3g}. "
+        if looks > 1
+        else ""
+    )
     lines += [
         "",
-        f"Rule: X = the claim's first method, Y = the second; the interval [lo, hi] is the wider of the seeded "
-        f"percentile bootstrap ({n_boot} resamples, seed {seed}, seeds of each method resampled independently) "
-        f"and Welch's t interval, both 95 %. 'Better' claims (b): held if lo > 0, contradicted if hi < 0. "
-        f"'≈' / '≥' claims (a, c) as non-inferiority with margin δ = {margin:g}: held if lo > −δ, contradicted "
-        f"if hi < −δ. Claim (a) also needs WeightLoRA's # Params ≤ {FEWER_PARAMS:g} × LoRA's to be held. "
-        "Otherwise: not shown.",
+        f"Rules: X = the claim's first method, Y = the second, Δ = mean(X) − mean(Y) over independent seed "
+        f"re-runs. Tests (statsmodels, Welch's unequal variances): superiority H0: Δ ≤ 0; non-inferiority "
+        f"H0: Δ ≤ −δ; equivalence (TOST) H0: |Δ| ≥ δ; margin δ = {margin:g}. The family is the {family} tested "
+        f"(claim, task) pairs of this page; Holm–Bonferroni adjusts their p-values (and, separately, those of "
+        f"the opposite tests). {seq}Held: Holm p < {level:.3g}; contradicted: the opposite test's Holm p < "
+        f"{level:.3g} (superiority: Δ < 0; non-inferiority: Δ < −δ; equivalence: |Δ| > δ); otherwise not shown. "
+        f"Fewer than {MIN_SEEDS} seeds on an arm, or no spread on an arm: insufficient seeds. Claim (a) also "
+        f"needs WeightLoRA's # Params ≤ {FEWER_PARAMS:g} × LoRA's to be held. Detectable Δ: the smallest true "
+        f"effect (above 0, above −δ, or the equivalence margin at Δ = 0) these seeds detect with power "
+        f"{POWER:g} at α / (family size), at the observed spread; seeds needed: per arm, for power {POWER:g} at "
+        f"the observed Δ and spread (– when Δ lies on the wrong side). Intervals are shown for reading, not "
+        f"for the verdict: Welch's 95 % and a seeded percentile bootstrap ({n_boot} resamples, seed {seed}).",
         "",
     ]
     return "\n".join(lines)
+
+
+#: What each ``--protocol`` means, for the tables and claims pages.
+PROTOCOL_TEXT = {
+    "heldout": "every choice — the search, ASHA, the best configuration — scored on a validation split held "
+    "out of the training data; the seed re-runs train on the rest and are reported on dev, which no choice read",
+    "papers": "the papers' protocol: the dev set both chooses the configuration and reports the seed re-runs, "
+    "an optimistic bias that grows with the number of searched knobs",
+}

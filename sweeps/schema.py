@@ -130,6 +130,22 @@ def _cell_rank(tags: dict[str, str]) -> str:
     return tags.get("rank", "")
 
 
+#: The parent's params that say how the seed re-runs were judged (``--protocol``; the most looks of
+#: ``--seeds auto``); sweeps older than the flags read as the papers' protocol with one look.
+PROTOCOL_PARAM, LOOKS_PARAM = "protocol", "seed_looks"
+
+
+def protocol_of(parent) -> str:
+    return parent.data.params.get(PROTOCOL_PARAM) or "papers"
+
+
+def looks_of(parent) -> int:
+    try:
+        return max(1, int(parent.data.params.get(LOOKS_PARAM) or 1))
+    except ValueError:
+        return 1
+
+
 def load_children(client, parent_run_id: str) -> tuple[Any, list[RunInfo]]:
     """The parent run and its direct children (trials and seed re-runs)."""
     parent = client.get_run(parent_run_id)

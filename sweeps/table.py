@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from sweeps.schema import FAILED, SEED_RUN, TRIAL, RunInfo, best_trials, load_children
+from sweeps.claims import PROTOCOL_TEXT
+from sweeps.schema import FAILED, SEED_RUN, TRIAL, RunInfo, best_trials, load_children, protocol_of
 from wlora.data.registry import TASKS as TASK_SPECS
 from wlora.data.registry import normalize_task
 from wlora.registry import METHODS as REGISTRY
@@ -286,13 +287,18 @@ def table_note(cells: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def write_table(children: Sequence[RunInfo], out_dir: Path) -> tuple[str, list[dict[str, Any]]]:
-    """``table.md`` (with its note), ``table.csv`` (the wide table) and ``table_long.csv`` (every cell with
-    its run ids, trial counts and settings) into ``out_dir``. Returns (the markdown, the cells)."""
+def write_table(
+    children: Sequence[RunInfo], out_dir: Path, protocol: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """``table.md`` (with its note and, when given, the protocol), ``table.csv`` (the wide table) and
+    ``table_long.csv`` (every cell with its run ids, trial counts and settings) into ``out_dir``. Returns
+    (the markdown, the cells)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = table_cells(children)
     header, md_rows, csv_rows = build_table(cells)
     text = md_table(header, md_rows) + "\n" + table_note(cells) + "\n"
+    if protocol:
+        text += f"\nProtocol: **{protocol}** ({PROTOCOL_TEXT.get(protocol, protocol)}).\n"
     (out_dir / "table.md").write_text(text)
     write_csv(out_dir / "table.csv", csv_rows)
     write_csv(out_dir / "table_long.csv", cells)
@@ -301,5 +307,5 @@ def write_table(children: Sequence[RunInfo], out_dir: Path) -> tuple[str, list[d
 
 def write_table_from_store(client, parent_run_id: str, out_dir: Path) -> str:
     """:func:`write_table` for the sweep whose MLflow parent run is ``parent_run_id``; returns the markdown."""
-    _, children = load_children(client, parent_run_id)
-    return write_table(children, out_dir)[0]
+    parent, children = load_children(client, parent_run_id)
+    return write_table(children, out_dir, protocol=protocol_of(parent))[0]

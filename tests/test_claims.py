@@ -53,32 +53,102 @@ def test_bootstrap_interval_is_seeded_and_covers_the_true_difference():
     assert claims.bootstrap_diff([2.0, 2.0, 2.0], [1.5, 1.5]) == (0.5, 0.5)
 
 
-@pytest.mark.parametrize(
-    ("lo", "hi", "kind", "want"),
-    [
-        (0.01, 0.05, "better", "held"),
-        (-0.01, 0.05, "better", "not shown"),
-        (-0.05, -0.01, "better", "contradicted"),
-        (-0.005, 0.02, "noninferior", "held"),  # within δ = 0.01
-        (-0.02, 0.02, "noninferior", "not shown"),
-        (-0.05, -0.02, "noninferior", "contradicted"),
-    ],
-)
-def test_verdict_rule(lo, hi, kind, want):
-    assert claims.verdict(lo, hi, kind, margin=0.01) == want
+def _welch_one_sided(x, y, value, side):
+    """Hand computation: Welch's t of mean(x) − mean(y) − value, one-sided p (scipy's t distribution)."""
+    from scipy import stats
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    t = (x.mean() - y.mean() - value) / math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
+    return float(stats.t.sf(t, df) if side == "larger" else stats.t.cdf(t, df))
+
+
+X = [0.812, 0.825, 0.801, 0.834, 0.818]
+Y = [0.805, 0.821, 0.798, 0.811]
+
+
+def test_tost_and_one_sided_tests_match_hand_computation_and_statsmodels():
+    from statsmodels.stats.weightstats import ttost_ind
+
+    d = 0.03
+    p, p_opp = claims.one_sided(X, Y, "equivalent", d)
+    lower, upper = _welch_one_sided(X, Y, -d, "larger"), _welch_one_sided(X, Y, d, "smaller")
+    assert p == pytest.approx(max(lower, upper))  # TOST: both one-sided tests must reject
+    assert p == pytest.approx(ttost_ind(X, Y, -d, d, usevar="unequal")[0])
+    opp = min(1.0, 2 * min(_welch_one_sided(X, Y, -d, "smaller"), _welch_one_sided(X, Y, d, "larger")))
+    assert p_opp == pytest.approx(opp)
+    p, p_opp = claims.one_sided(X, Y, "noninferior", 0.01)
+    assert p == pytest.approx(_welch_one_sided(X, Y, -0.01, "larger"))
+    assert p_opp == pytest.approx(_welch_one_sided(X, Y, -0.01, "smaller"))
+    p, p_opp = claims.one_sided(X, Y, "better", 0.01)
+    assert p == pytest.approx(_welch_one_sided(X, Y, 0.0, "larger")) and p + p_opp == pytest.approx(1.0)
+
+
+def test_equivalence_is_two_sided_a_far_better_method_is_not_equivalent():
+    base = [0.80, 0.81, 0.79, 0.805, 0.795]
+    far_better = [b + 0.10 for b in base]
+    # non-inferiority would hold; equivalence is contradicted (|Δ| > δ shown)
+    assert claims.one_sided(far_better, base, "noninferior", 0.01)[0] < 1e-4
+    p, p_opp = claims.one_sided(far_better, base, "equivalent", 0.01)
+    assert p > 0.99 and p_opp < 1e-4
+    rows = claims.evaluate_claims(
+        {("weightlora", "sst2"): far_better, ("lora", "sst2"): base}, {("weightlora", "sst2"): 1, ("lora", "sst2"): 4}
+    )
+    assert rows[0]["claim"] == "a" and rows[0]["verdict"] == "contradicted"
+
+
+def test_holm_matches_hand_computation_and_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    ps = [0.01, 0.04, 0.03, 0.005]
+    # by hand: sorted 0.005·4, 0.01·3, 0.03·2, 0.04·1, made monotone
+    want = {3: 0.02, 0: 0.03, 2: 0.06, 1: 0.06}
+    got = claims.holm(ps)
+    assert [got[i] for i in range(4)] == pytest.approx([want[i] for i in range(4)])
+    assert got == pytest.approx(list(multipletests(ps, method="holm")[1]))
+    assert claims.holm([]) == []
+
+
+def test_zero_variance_or_too_few_seeds_is_never_held():
+    same = claims.compare([0.7, 0.7, 0.7], [0.6, 0.6, 0.6], "better")
+    assert same["verdict"] == claims.INSUFFICIENT and "p_claim" not in same and "spread" in same["why"]
+    one_flat = claims.compare([0.7, 0.71, 0.72], [0.6, 0.6, 0.6], "better")
+    assert one_flat["verdict"] == claims.INSUFFICIENT
+    two = claims.compare([0.9, 0.91], [0.5, 0.51], "better")  # a huge effect, but two seeds
+    assert two["verdict"] == claims.INSUFFICIENT and "≥ 3" in two["why"]
+    rows = claims.evaluate_claims({("weightlora", "t"): [0.9, 0.9, 0.9], ("random_select", "t"): [0.5, 0.5, 0.5]})
+    assert rows[0]["verdict"] == claims.INSUFFICIENT and rows[0]["family"] == 0
+    assert claims.undecided_arms(rows) == {("weightlora", "t"), ("random_select", "t")}
+
+
+def test_power_numbers_match_statsmodels():
+    from statsmodels.stats.power import TTestIndPower
+
+    out = claims.power_numbers(X, Y, "better", 0.01, 0.05)
+    sd = math.sqrt((np.var(X, ddof=1) + np.var(Y, ddof=1)) / 2)
+    es = TTestIndPower().solve_power(nobs1=5, ratio=4 / 5, alpha=0.05, power=0.8, alternative="larger")
+    assert out["mde"] == pytest.approx(es * sd)
+    d = np.mean(X) - np.mean(Y)
+    n = TTestIndPower().solve_power(effect_size=d / sd, alpha=0.05, power=0.8, alternative="larger")
+    assert out["seeds_needed"] == math.ceil(n) and out["seeds_needed"] > 5
+    # a huge effect: the smallest arm (2) already has the power
+    assert claims.power_numbers([0.9, 0.91, 0.92], [0.5, 0.51, 0.52], "better", 0.01, 0.05)["seeds_needed"] == 2
+    # the observed Δ on the wrong side: no number of seeds would show superiority
+    assert claims.power_numbers(Y, X, "better", 0.01, 0.05)["seeds_needed"] is None
 
 
 def test_evaluate_claims_on_constructed_scores():
     rng = np.random.default_rng(0)
-    noise = lambda: rng.normal(0, 0.002, 4)  # noqa: E731
+    noise = lambda: rng.normal(0, 0.002, 6)  # noqa: E731
     lora = 0.85 + noise()
     scores = {
         ("lora", "sst2"): list(lora),
         ("weightlora", "sst2"): list(0.85 + noise()),  # ≈ LoRA
         ("random_select", "sst2"): list(0.78 + noise()),  # clearly worse than WeightLoRA
         ("weightlora_plus", "sst2"): list(0.70 + noise()),  # clearly worse than both
-        ("lora", "stsb"): [0.80],  # one seed: not testable
-        ("weightlora", "stsb"): [0.80, 0.81],
+        ("lora", "stsb"): [0.80, 0.81],  # two seeds: insufficient
+        ("weightlora", "stsb"): [0.80, 0.81, 0.79],
     }
     params = {("lora", "sst2"): 100.0, ("weightlora", "sst2"): 25.0}
     rows = claims.evaluate_claims(scores, params, margin=0.01, n_boot=2000)
@@ -87,15 +157,21 @@ def test_evaluate_claims_on_constructed_scores():
     assert a["verdict"] == "held" and a["params_ratio"] == 0.25 and abs(a["diff"]) < 0.01
     assert a["diff"] == pytest.approx(np.mean(scores[("weightlora", "sst2")]) - np.mean(lora))
     b = by[("b", "sst2")]
-    assert b["verdict"] == "held" and b["diff"] == pytest.approx(0.07, abs=0.01) and b["p"] < 1e-3
+    assert b["verdict"] == "held" and b["diff"] == pytest.approx(0.07, abs=0.01) and b["p_holm"] < 1e-3
     assert by[("c1", "sst2")]["verdict"] == "contradicted" and by[("c2", "sst2")]["verdict"] == "contradicted"
-    assert by[("a", "stsb")]["verdict"] == "not testable"
+    assert by[("a", "stsb")]["verdict"] == claims.INSUFFICIENT
+    assert ("d", "sst2") not in by  # no informed-selection arm in this sweep
+    # the family: the 4 tested pairs; Holm p ≥ raw p
+    assert all(r["family"] == 4 for r in rows) and all(r["p_holm"] >= r["p_claim"] for r in rows if "p_holm" in r)
+    # Bonferroni over 5 looks: every test at α / 5
+    assert {r["alpha"] for r in claims.evaluate_claims(scores, params, looks=5) if "alpha" in r} == {0.01}
     # the same scores with WeightLoRA training as many parameters as LoRA: (a) is contradicted
     rows = claims.evaluate_claims(scores, {("lora", "sst2"): 100.0, ("weightlora", "sst2"): 100.0}, n_boot=500)
     assert next(r for r in rows if (r["claim"], r["task"]) == ("a", "sst2"))["verdict"] == "contradicted"
-    assert claims.summarize(rows)["b"] == {"held": 1, "not testable": 1}  # STS-B has no random-select runs
-    md = claims.claims_md(rows, scores, report.METHODS, n_boot=500)
-    assert "δ = 0.01" in md and "**held**" in md and "not testable" in md and "(n=4)" in md
+    assert claims.summarize(rows)["b"] == {"held": 1}
+    md = claims.claims_md(rows, scores, report.METHODS, n_boot=500, looks=3, protocol="heldout")
+    assert "δ = 0.01" in md and "**held**" in md and claims.INSUFFICIENT in md and "(n=6)" in md
+    assert "TOST" in md and "Holm" in md and "α / 3" in md and "Protocol: **heldout**" in md
 
 
 # ----- the report's claims and stability sections -----
@@ -187,7 +263,8 @@ def test_report_claims_and_stability_from_seed_runs(tmp_path):
     assert by["a"]["diff"] == pytest.approx(np.mean(want["mains"]["weightlora"]) - np.mean(want["mains"]["lora"]))
     assert by["a"]["params_ratio"] == pytest.approx(12288 / 55296)
     assert by["b"]["verdict"] == "held" and by["b"]["diff"] == pytest.approx(0.05)
-    assert by["c1"]["verdict"] == "not testable"
+    assert by["b"]["test"].startswith("superiority") and by["a"]["test"].startswith("equivalence")
+    assert "c1" not in by  # no WeightLoRA+ runs: the claim is not listed
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## The papers' claims" in text and "## Selection stability across seeds" in text
     assert "stability_sst2_weightlora.png" in text

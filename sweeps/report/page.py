@@ -34,6 +34,8 @@ from sweeps.schema import (
     TRIAL,
     best_trials,
     load_children,
+    looks_of,
+    protocol_of,
 )
 from sweeps.table import (  # the one results table, shared with the report
     METHODS,
@@ -70,7 +72,7 @@ def build_report(
     meta: dict[str, Any] = {"selection": {}, "curves": {}}
 
     # 1) the table (the same one the sweep writes to results/)
-    write_table(children, out)
+    write_table(children, out, protocol=protocol_of(parent))
     table_md = out / "table.md"
     paths.update(table_md=table_md, table_csv=out / "table.csv", table_long_csv=out / "table_long.csv")
 
@@ -151,11 +153,14 @@ def build_report(
         vals = [p for r in runs if (p := method_params_of(r)) is not None]
         if vals:
             params[key] = float(np.mean(vals))
-    claim_rows = claims_mod.evaluate_claims(scores, params, margin=margin, n_boot=n_boot, seed=boot_seed)
+    protocol, looks = protocol_of(parent), looks_of(parent)
+    claim_rows = claims_mod.evaluate_claims(scores, params, margin=margin, n_boot=n_boot, seed=boot_seed, looks=looks)
     if scores:
-        claims_text = claims_mod.claims_md(claim_rows, scores, METHODS, margin=margin, n_boot=n_boot, seed=boot_seed)
+        claims_text = claims_mod.claims_md(
+            claim_rows, scores, METHODS, margin=margin, n_boot=n_boot, seed=boot_seed, looks=looks, protocol=protocol
+        )
     else:
-        claims_text = "No seed re-runs: the claims need `--seeds 2` or more.\n"
+        claims_text = f"No seed re-runs: the claims need `--seeds {claims_mod.MIN_SEEDS}` or more.\n"
     (out / "claims.md").write_text(claims_text)
     (out / "claims.json").write_text(json.dumps(claim_rows, indent=1, default=str))
     paths["claims"] = out / "claims.md"
