@@ -55,7 +55,7 @@ METHOD_FIELDS = ("k_fraction", "t", "lr_w")
 def grid_points(method: str) -> list[dict[str, Any]]:
     """Every point of ``method``'s grid, in a fixed order."""
     dims = GRIDS[method]
-    return [dict(zip(dims, values)) for values in itertools.product(*dims.values())]
+    return [dict(zip(dims, values, strict=True)) for values in itertools.product(*dims.values())]
 
 
 def point_key(method: str, point: dict[str, Any]) -> str:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             "kind": "meta",
             "version": 1,
             "command": "python bench/record_curves.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "commit": _git_commit(),
             "model": os.path.basename(a.model.rstrip("/")),
             "budget": BUDGET,

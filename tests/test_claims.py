@@ -277,3 +277,41 @@ def test_report_cli_rejects_bad_margin(capsys):
     with pytest.raises(SystemExit):
         report.main(["--tracking-uri", "sqlite:///x.db", "--run-id", "r", "--margin", "-1"])
     assert "--margin" in capsys.readouterr().err
+
+
+# ----- selection stability against chance -----
+
+
+def test_jaccard_pvalue_exact_matches_full_enumeration_and_monte_carlo():
+    import itertools
+
+    from wlora.core.stability import jaccard_pvalue
+
+    n, k, m = 5, 2, 3
+    subsets = [set(c) for c in itertools.combinations(range(n), k)]
+    values = [
+        np.mean([jaccard(a, b) for a, b in itertools.combinations(t, 2)])
+        for t in itertools.product(subsets, repeat=m)  # every tuple, the first seed's draw included
+    ]
+    for observed in (0.0, 1 / 3, 0.5, 1.0):
+        want = np.mean([v >= observed - 1e-12 for v in values])
+        got = jaccard_pvalue(n, k, m, observed)
+        assert got["method"] == "exact" and got["p"] == pytest.approx(want)
+        mc = jaccard_pvalue(n, k, m, observed, draws=20_000, exact_limit=0)
+        assert mc["method"] == "monte carlo" and mc["p"] == pytest.approx(want, abs=0.01)
+    # the stability page's case: 3 seeds, K = 4 of 18, mean pairwise Jaccard 0.27 -> p ≈ 0.04
+    p = jaccard_pvalue(18, 4, 3, 0.27)["p"]
+    assert 0.02 < p < 0.07
+    with pytest.raises(ValueError):
+        jaccard_pvalue(18, 0, 3, 0.5)
+
+
+def test_pairwise_interval_covers_the_observed_mean_and_stability_words():
+    from sweeps.report.stability import overlap_words
+    from wlora.core.stability import mean_pairwise_overlap, pairwise_interval
+
+    sets = [{"a", "b"}, {"a", "b"}, {"a", "c"}, {"b", "c"}]
+    lo, hi = pairwise_interval(sets, n_boot=2000)
+    assert lo <= mean_pairwise_overlap(sets) <= hi and lo >= 0 and hi <= 1
+    assert pairwise_interval(sets[:2]) is None
+    assert overlap_words(0.01).startswith("more consistent") and overlap_words(0.2).startswith("not distinguishable")

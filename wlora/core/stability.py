@@ -20,8 +20,11 @@ K of n adapters — what a selection that ignores the data would score.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 #: Change steps kept in a run's summary (the count and the last step are always exact).
 MAX_CHANGE_STEPS = 64
@@ -143,3 +146,68 @@ def chance_jaccard(n: int, k: int) -> float:
         return 1.0
     total = comb(n, k)
     return sum(comb(k, j) * comb(n - k, k - j) / total * j / (2 * k - j) for j in range(0, k + 1))
+
+
+def _mean_pairwise_of_draws(draws: np.ndarray) -> np.ndarray:
+    """Mean pairwise Jaccard of each row of boolean draws (rows × seeds × n)."""
+    m = draws.shape[1]
+    k = draws[0, 0].sum()
+    total = np.zeros(draws.shape[0])
+    for i, j in itertools.combinations(range(m), 2):
+        inter = (draws[:, i] & draws[:, j]).sum(axis=1)
+        total += inter / (2 * k - inter)
+    return total / (m * (m - 1) / 2)
+
+
+def jaccard_pvalue(
+    n: int, k: int, seeds: int, observed: float, draws: int = 20_000, seed: int = 0, exact_limit: int = 200_000
+) -> dict[str, Any]:
+    """P(mean pairwise Jaccard of ``seeds`` independent uniform draws of K of n ≥ ``observed``).
+
+    Exact (enumerating every draw of seeds 2..m against a fixed first draw — the statistic does not
+    depend on which set the first seed drew) when there are at most ``exact_limit`` such tuples, else
+    Monte Carlo with ``draws`` seeded samples and the (1 + hits) / (1 + draws) estimate."""
+    if not (0 < k <= n) or seeds < 2:
+        raise ValueError(f"need 0 < k <= n and >= 2 seeds, got n={n}, k={k}, seeds={seeds}")
+    tol = 1e-12  # the observed value was computed from the same ratios: ties count as "≥"
+    n_sets = math.comb(n, k)
+    if n_sets ** (seeds - 1) <= exact_limit:
+        subsets = [frozenset(c) for c in itertools.combinations(range(n), k)]
+        first = subsets[0]
+        hits = total = 0
+        for rest in itertools.product(subsets, repeat=seeds - 1):
+            sets = (first, *rest)
+            value = sum(len(a & b) / len(a | b) for a, b in itertools.combinations(sets, 2))
+            hits += value / math.comb(seeds, 2) >= observed - tol
+            total += 1
+        return {"p": hits / total, "method": "exact", "draws": total}
+    rng = np.random.default_rng(seed)
+    order = rng.random((draws, seeds, n)).argsort(axis=2)[:, :, :k]
+    mask = np.zeros((draws, seeds, n), dtype=bool)
+    np.put_along_axis(mask, order, True, axis=2)
+    values = _mean_pairwise_of_draws(mask)
+    hits = int((values >= observed - tol).sum())
+    return {"p": (1 + hits) / (1 + draws), "method": "monte carlo", "draws": draws}
+
+
+def pairwise_interval(
+    kept: Sequence[Iterable[str]], level: float = 0.95, n_boot: int = 5_000, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean pairwise Jaccard over the seeds (seeds resampled with
+    replacement; pairs of a seed with its own copy are left out, so a resample never scores its duplicates)."""
+    sets = [frozenset(k) for k in kept]
+    m = len(sets)
+    if m < 3:
+        return None
+    pair = np.array([[jaccard(a, b) for b in sets] for a in sets])
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, m, m)
+        i, j = np.triu_indices(m, 1)
+        keep = idx[i] != idx[j]
+        if keep.any():
+            stats.append(pair[idx[i][keep], idx[j][keep]].mean())
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return float(lo), float(hi)
