@@ -32,9 +32,9 @@ def test_exactly_k_nonzero_gates_after_every_projection(topk_by):
     seen = []
     orig = ctl.sgd.step
 
-    def recording_step(k, lr_scale=1.0):
-        applied = orig(k, lr_scale)
-        seen.append((applied, int((ctl.sgd.values() != 0).sum())))
+    def recording_step(k, lr_scale=1.0, project=True):
+        applied = orig(k, lr_scale, project)
+        seen.append((applied is not None, int((ctl.sgd.values() != 0).sum())))
         return applied
 
     ctl.sgd.step = recording_step

@@ -183,6 +183,7 @@ def run_training(
             examples_per_s=examples / max(sum(step_times), 1e-9),
             peak_mem_mb=_peak_memory_mb(device),
             **tracker.metrics(total),
+            **method.metrics(),
         )
         history.append(metrics)
         losses, step_times, examples = [], [], 0

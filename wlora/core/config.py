@@ -177,11 +177,25 @@ class GateConfig(KSelectionConfig):
         },
     )
 
+    projection_start: int = field(
+        default=0,
+        metadata={
+            "help": "Ablation (not in the paper): ω trains by dense SGD, without the top-K projection, for optimizer "
+            "steps < projection_start, then StoIHT as usual; 0 = the paper's StoIHT from the first step."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         require_valid(
             isinstance(self.t, int) and not isinstance(self.t, bool) and self.t >= 0,
             f"`t` must be an integer >= 0, got {self.t!r}",
+        )
+        require_valid(
+            isinstance(self.projection_start, int)
+            and not isinstance(self.projection_start, bool)
+            and self.projection_start >= 0,
+            f"`projection_start` must be an integer >= 0, got {self.projection_start!r}",
         )
         require_valid(
             isinstance(self.lr_w, int | float) and math.isfinite(self.lr_w) and self.lr_w > 0,

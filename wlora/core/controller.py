@@ -185,6 +185,10 @@ class Controller:
 
     # ----- reporting -----
 
+    def metrics(self) -> dict[str, float]:
+        """Per-run numbers logged at every evaluation (e.g. when and how clearly a selection was decided)."""
+        return {}
+
     def report(self) -> dict[str, Any]:
         """What every method reports: active adapters, per-module ranks, the selection."""
         return {

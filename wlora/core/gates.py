@@ -8,6 +8,8 @@ The step is skipped while the update lr_w · ∇ω is exactly zero (B = 0 at the
 warm-up multiplier of 0): projecting a vector of tied ones would pick adapters by index, not by
 merit. Zeroed gates keep receiving gradient (∂L/∂ω_i does not depend on ω_i) and may re-enter the
 top-K before selection.
+
+``project=False`` is the ``projection_start`` ablation: a dense SGD step on ω, no projection.
 """
 
 from __future__ import annotations
@@ -45,20 +47,22 @@ class GateSGD:
     def values(self) -> torch.Tensor:
         return torch.stack([layer.gate.detach() for layer in self.layers.values()])
 
-    def step(self, k: int, lr_scale: float = 1.0) -> bool:
-        """One SGD step and projection onto ‖ω‖₀ ≤ k. Returns False if skipped (zero update)."""
+    def step(self, k: int, lr_scale: float = 1.0, project: bool = True) -> torch.Tensor | None:
+        """One SGD step, then (``project``) the projection onto ‖ω‖₀ ≤ k. Returns the step's update
+        lr_w · ∇ω (before projection), or None if the step was skipped (zero update)."""
         gates = [layer.gate for layer in self.layers.values()]
         grads = torch.stack([g.grad if g.grad is not None else torch.zeros_like(g) for g in gates])
         for g in gates:
             g.grad = None
         update = (self.lr_w * lr_scale) * grads
         if not bool(update.any()):
-            return False
+            return None
         with torch.no_grad():
             new = self.values() - update
-            keep = torch.zeros_like(new, dtype=torch.bool)
-            keep[topk_indices(new, k, self.topk_by)] = True
-            new = torch.where(keep, new, torch.zeros_like(new))
+            if project:
+                keep = torch.zeros_like(new, dtype=torch.bool)
+                keep[topk_indices(new, k, self.topk_by)] = True
+                new = torch.where(keep, new, torch.zeros_like(new))
             for g, v in zip(gates, new, strict=True):
                 g.copy_(v)
-        return True
+        return update.detach()

@@ -43,6 +43,12 @@ class GatedSelection(Controller):
         self.projections = 0
         #: Per stage: {module name: score of its gate at selection} for every adapter ranked.
         self.selection_scores: list[dict[str, float]] = []
+        #: This stage's gate updates lr_w·∇ω, one row per applied step (the batch-to-batch spread).
+        self.updates: list[list[float]] = []
+        #: This stage's decision so far: the last step whose top-K set changed, and the K-th − (K+1)-th
+        #: score gap right after it; then, per stage, the decision with its margin (see :meth:`decision`).
+        self.pending: dict[str, Any] | None = None
+        self.decisions: list[dict[str, Any]] = []
 
     @property
     def selected(self) -> bool:
@@ -68,7 +74,64 @@ class GatedSelection(Controller):
         if self.selected:
             return
         scale = lr_scale if self.config.lr_w_scheduled else 1.0
-        self.projections += int(self.sgd.step(self.current_k(), scale))
+        project = step >= self.config.projection_start
+        before = self.sgd.values()
+        update = self.sgd.step(self.current_k(), scale, project=project)
+        if update is None:
+            return
+        self.projections += int(project)
+        self.updates.append(update.tolist())
+        self._observe_decision(step, before - update)
+
+    def _observe_decision(self, step: int, candidate: torch.Tensor) -> None:
+        """Track when this stage's top-K set (of the step's candidate ω − lr_w·∇ω, before projection) last
+        changed, and the gap between its K-th and (K+1)-th scores right then."""
+        k = self.current_k()
+        order = topk_indices(candidate, len(candidate), self.config.topk_by).tolist()
+        top = sorted(order[:k])
+        if self.pending is not None and self.pending["top"] == top:
+            return
+        scores = gate_scores(candidate, self.config.topk_by)
+        gap = float(scores[order[k - 1]] - scores[order[k]]) if k < len(order) else None
+        self.pending = {
+            "step": int(step),
+            "top": top,
+            "gap": gap,
+            "pair": [order[k - 1], order[min(k, len(order) - 1)]],
+        }
+
+    def decision(self) -> dict[str, Any] | None:
+        """The last stage's decision: ``step`` (the last optimizer step whose top-K set changed), ``gap``
+        (the K-th minus the (K+1)-th gate score right after it), ``spread`` (the standard deviation over
+        the stage's steps of the difference of those two adapters' updates lr_w·∇ω: how much one batch
+        moves their order) and ``margin`` = gap / spread. A margin below 1 means one batch's noise could
+        have flipped the choice."""
+        return self.decisions[-1] if self.decisions else None
+
+    def _close_decision(self) -> None:
+        pending, self.pending = self.pending, None
+        updates, self.updates = self.updates, []
+        if pending is None:  # no gate ever moved (T = 0, or ∇ω = 0 throughout): selection by adapter order
+            self.decisions.append({"step": 0, "gap": None, "spread": None, "margin": None, "steps": 0})
+            return
+        i, j = pending["pair"]
+        diffs = [u[i] - u[j] for u in updates]
+        spread = float(torch.tensor(diffs).std()) if len(diffs) >= 2 else None
+        gap = pending["gap"]
+        margin = gap / spread if gap is not None and spread else None
+        self.decisions.append(
+            {"step": pending["step"], "gap": gap, "spread": spread, "margin": margin, "steps": len(updates)}
+        )
+
+    def metrics(self) -> dict[str, float]:
+        d = self.decision()
+        if d is None:
+            return {}
+        out = {"selection_decision_step": float(d["step"])}
+        for key in ("margin", "gap", "spread"):
+            if d[key] is not None:
+                out[f"selection_{key}"] = float(d[key])
+        return out
 
     def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         if not self.selected and step >= (self.stage + 1) * self.config.t:
@@ -78,6 +141,7 @@ class GatedSelection(Controller):
         names = list(self.layers)
         values = self.sgd.values()
         keep_idx = topk_indices(values, self.current_k(), self.config.topk_by).tolist()
+        self._close_decision()
         scores = gate_scores(values, self.config.topk_by)
         self.selection_scores.append({n: float(scores[i]) for i, n in enumerate(names)})
         # Survivors ordered by score (most important first): the order growth hands out spare rank.
@@ -96,6 +160,7 @@ class GatedSelection(Controller):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(stage=self.stage, projections=self.projections, selection_scores=self.selection_scores)
+        state.update(updates=self.updates, pending=self.pending, decisions=self.decisions)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -103,6 +168,9 @@ class GatedSelection(Controller):
         self.stage = int(state["stage"])
         self.projections = int(state["projections"])
         self.selection_scores = [dict(s) for s in state["selection_scores"]]
+        self.updates = [list(u) for u in state.get("updates", [])]
+        self.pending = state.get("pending")
+        self.decisions = [dict(d) for d in state.get("decisions", [])]
 
     def report(self) -> dict[str, Any]:
         out = super().report()
@@ -113,6 +181,7 @@ class GatedSelection(Controller):
             projections=self.projections,
             selected_adapters=list(self.layers) if self.selected else [],
             selection_scores=self.selection_scores[-1] if self.selection_scores else {},
+            decision=self.decision(),
         )
         if not self.selected:
             out["gates"] = {n: float(v) for n, v in zip(self.layers, self.sgd.values(), strict=True)}
