@@ -201,6 +201,7 @@ def _seed_store(tmp):
             art = {"method": method, "n_adapters": 18}
             if method == "weightlora":
                 ms.update(selection_changes=1.0 + seed, selection_last_change_step=2.0 + seed)
+                ms.update(selection_decision_step=2.0, selection_margin=[0.5, 0.8, 3.0][seed])
                 art.update(selected_adapters=wl_sets[seed], selection_scores=dict.fromkeys(NAMES, 0.1))
                 art["selection_stability"] = {"changes": 1 + seed, "kept": dict.fromkeys(wl_sets[seed], 8)}
             elif method == "random_select":
@@ -268,6 +269,12 @@ def test_report_claims_and_stability_from_seed_runs(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## The papers' claims" in text and "## Selection stability across seeds" in text
     assert "stability_sst2_weightlora.png" in text
+    # one line per cell: when the selection was decided and whether the margin exceeded the noise
+    dec = out["meta"]["decisions"]
+    assert [(d["method"], d["runs"], d["clear"]) for d in dec] == [("weightlora", 3, 1)]
+    assert dec[0]["decision_step"]["mean"] == 2.0
+    assert "sst2 · WeightLoRA (3 seed re-runs): decided at step 2.0 ± 0.0" in text
+    assert "clear of the noise in 1 of 3 runs" in text
     assert json.loads((tmp_path / "out" / "claims.json").read_text())[0]["claim"] == "a"
     # the seeded table: mean ± std of the seed re-runs
     assert "±" in (tmp_path / "out" / "table.md").read_text()

@@ -29,7 +29,7 @@ from sweeps.report.selection import (
     plot_selection_overview,
     selection_grid,
 )
-from sweeps.report.stability import seed_stability, stability_md
+from sweeps.report.stability import decision_lines, decision_rows, seed_stability, stability_md
 from sweeps.schema import (
     TRIAL,
     best_trials,
@@ -140,8 +140,11 @@ def build_report(
                     paths["stability"].append(p)
             stab_rows.append(row)
     (out / "stability.json").write_text(json.dumps(stab_rows, indent=1, default=str))
+    decisions = decision_rows(children)
+    meta["decisions"] = decisions
     (out / "stability.md").write_text(
-        stability_md(stab_rows) if stab_rows else "No seed re-runs of a selecting method.\n"
+        (stability_md(stab_rows) if stab_rows else "No seed re-runs of a selecting method.\n")
+        + ("\n" + decision_lines(decisions) if decisions else "")
     )
     meta["stability"] = stab_rows
 

@@ -141,6 +141,69 @@ def overlap_words(p: float | None) -> str:
     return f"not distinguishable from chance (p ≥ {CHANCE_ALPHA:g})"
 
 
+#: Per-run numbers of how a selection was decided (wlora.core.selection.GatedSelection.decision).
+DECISION_METRICS = ("selection_decision_step", "selection_margin")
+
+
+def decision_rows(children: Sequence[RunInfo]) -> list[dict[str, Any]]:
+    """Per cell (task, method): when the kept set was decided and by what margin, over its seed re-runs
+    (over its trials when it has none). Cells whose runs logged no decision are left out."""
+    cells: dict[tuple[str, str], dict[str, list[RunInfo]]] = {}
+    for r in children:
+        if r.metrics.get("selection_decision_step") is not None:
+            cells.setdefault((r.task, r.method), {}).setdefault(r.role, []).append(r)
+    rows = []
+    for (task, method), by_role in sorted(cells.items()):
+        runs = by_role.get("seed_run") or [r for rs in by_role.values() for r in rs]
+        step = [r.metrics["selection_decision_step"] for r in runs]
+        margin = [v for r in runs if (v := r.metrics.get("selection_margin")) is not None and math.isfinite(v)]
+        clear = sum(v > 1 for v in margin)
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "runs": len(runs),
+                "of": "seed re-runs" if by_role.get("seed_run") else "trials",
+                "decision_step": mean_sd_of(step),
+                "margin": mean_sd_of(margin),
+                "clear": clear,
+                "with_margin": len(margin),
+            }
+        )
+    return rows
+
+
+def decision_lines(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per cell: when the selection was decided and whether its margin exceeded the noise."""
+    if not rows:
+        return ""
+    lines = ["### When the selection was decided", ""]
+    for r in rows:
+        label = METHODS.get(r["method"], r["method"])
+        step = stab_fmt(r["decision_step"])
+        if r["with_margin"]:
+            verdict = (
+                "clear of the batch-to-batch noise"
+                if r["clear"] == r["with_margin"]
+                else "within the batch-to-batch noise"
+                if r["clear"] == 0
+                else f"clear of the noise in {r['clear']} of {r['with_margin']} runs"
+            )
+            margin = f"margin {stab_fmt(r['margin'], 2)} spreads: {verdict}"
+        else:
+            margin = "no margin (the gates never moved, or one gate step only)"
+        lines.append(f"- {r['task']} · {label} ({r['runs']} {r['of']}): decided at step {step}; {margin}.")
+    lines += [
+        "",
+        "Decided at: the last optimizer step at which the top-K set of the gates changed. Margin: the gap between "
+        "the K-th and the (K+1)-th gate score right after that step, in units of the standard deviation, over the "
+        "gate-training steps, of the difference of those two adapters' updates lr_w·∇ω (one batch's noise). Above "
+        "1: a clear choice; below 1: one batch could have flipped it.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def stability_md(rows: Sequence[dict[str, Any]]) -> str:
     header = [
         "Task",
