@@ -279,6 +279,16 @@ def evaluate_claims(
     return rows
 
 
+def seed_schedule(max_seeds: int, start: int = MIN_SEEDS, looks: int = 4) -> list[int]:
+    """Seeds per arm at each look of ``--seeds auto``: ``start`` (the fewest a test accepts), then even steps
+    up to ``max_seeds``, at most ``looks`` looks (fewer looks = a smaller Bonferroni penalty per look)."""
+    if max_seeds < start:
+        raise ValueError(f"--max-seeds must be >= {start} (the fewest seeds a claim's test accepts), got {max_seeds}")
+    step = max(1, math.ceil((max_seeds - start) / max(looks - 1, 1)))
+    out = list(range(start, max_seeds, step))
+    return [*out, max_seeds] if not out or out[-1] != max_seeds else out
+
+
 def undecided_arms(rows: Sequence[dict[str, Any]]) -> set[tuple[str, str]]:
     """(method, task) arms of the claims still open: where more seeds could still give a verdict."""
     return {(m, r["task"]) for r in rows if r["verdict"] in UNDECIDED for m in (r["x"], r["y"])}

@@ -72,6 +72,13 @@ def describe_plan(plan: Plan) -> str:
     a = plan.args
     lines = [f"sweep {a.name}: {len(plan.cells)} cell(s), {plan.search} search"]
     per = f"{a.num_samples} trial(s) per cell" + (f" + {a.seeds} seed re-run(s)" if a.seeds else "")
+    if getattr(a, "seeds_auto", False):
+        per = (
+            f"{a.num_samples} trial(s) per cell + seeds auto: {' → '.join(map(str, a.seed_schedule))} seed re-runs "
+            f"while a claim on the cell is open ({a.seed_looks} looks at most, each at α / {a.seed_looks})"
+        )
+    if getattr(a, "protocol", "papers") == "heldout":
+        per += f"; protocol heldout ({a.holdout_size:g} of the training data scores every choice; seeds report dev)"
     asha = (
         "no ASHA" if a.no_asha or a.multi_objective else f"ASHA grace {a.grace_period}, factor {a.reduction_factor:g}"
     )

@@ -66,6 +66,15 @@ def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _seeds(text: str) -> int | str:
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes a number or 'auto', got {text!r}") from None
+
+
 def _kv(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -168,7 +177,28 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     g.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before the first cut")
     g.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep 1/factor at each rung")
     g.add_argument("--multi-objective", action="store_true", help="maximise the metric, minimise params %%")
-    g.add_argument("--seeds", type=int, default=0, help="re-run each cell's best config with N seeds")
+    g.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=0,
+        help="re-run each cell's best config with N seeds; 'auto' = add seeds to the cells behind the claims still "
+        "undecided until each has a verdict or --max-seeds (sweeps/claims.py states the sequential rule)",
+    )
+    g.add_argument("--max-seeds", type=int, default=10, help="--seeds auto: the most seed re-runs per cell")
+    g.add_argument(
+        "--protocol",
+        choices=["papers", "heldout"],
+        default="papers",
+        help="heldout: the search, ASHA and the best config are scored on a validation split held out of the "
+        "training data (--holdout-size), the seed re-runs train on the rest and report on dev; papers: dev both "
+        "chooses and reports",
+    )
+    g.add_argument(
+        "--holdout-size",
+        type=float,
+        default=0.1,
+        help="--protocol heldout: share (< 1) or number (>= 1) of training examples held out, stratified by label",
+    )
     g.add_argument("--search-seed", type=int, default=0, help="seed of the searcher (TPE / random)")
     g.add_argument(
         "--preset",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +69,13 @@ class Plan:
     settings: dict[str, Any]
     state: dict[str, Any]
     tune_storage: str = ""
-    memory_per_trial: int = 0
-    """Bytes of memory each trial declares to Ray (:func:`sweeps.resources.trial_memory`, set once Ray is up)."""
     """Where Tune keeps this sweep's experiments and checkpoints: ``run_dir``, or ``<URI>/<name>`` when
     ``--storage-path`` is a cloud/shared URI (s3://, gs://, …) — the driver's own files (state, tables,
     adapters, the default MLflow store) then stay in a local ``runs/<name>`` folder."""
+    memory_per_trial: int = 0
+    """Bytes of memory each trial declares to Ray (:func:`sweeps.resources.trial_memory`, set once Ray is up)."""
+    seed_overrides: dict[str, Any] = field(default_factory=dict)
+    """Fields the seed re-runs change from their cell's best config (``--protocol heldout``: evaluate on dev)."""
 
 
 def _field_value(key: str, value: Any, method: str) -> Any:
@@ -91,6 +93,8 @@ def _for_method(overrides: dict[str, Any], method: str) -> dict[str, Any]:
 #: TrainConfig fields that define the cells rather than a trial: pinning them with ``--set`` would silently
 #: run another experiment than the cell's name says.
 CELL_FLAGS = {"task": "--tasks", "method": "--methods"}
+#: TrainConfig fields --protocol sets (``--set`` of them is refused).
+PROTOCOL_FIELDS = ("holdout", "eval_split")
 #: Flags that belong to one invocation, not to the sweep: ``--resume`` keeps the new command's values.
 RUN_ONLY_FLAGS = (
     "resume",
@@ -215,8 +219,17 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
             ranks.append(int(r))
         else:
             raise ValueError(f"--ranks: {r!r} is not a positive integer or 'search'")
+    if args.seeds == "auto":
+        from sweeps.claims import seed_schedule
+
+        args.seed_schedule = seed_schedule(args.max_seeds)
+        args.seeds, args.seeds_auto, args.seed_looks = args.seed_schedule[0], True, len(args.seed_schedule)
+    elif not getattr(args, "seeds_auto", False):
+        args.seeds_auto, args.seed_schedule, args.seed_looks = False, [], 1
     if args.num_samples < 1 or args.seeds < 0:
         raise ValueError("--num-samples must be >= 1 and --seeds >= 0")
+    if args.protocol == "heldout" and not args.holdout_size > 0:
+        raise ValueError(f"--holdout-size must be > 0 (a share < 1 or a number >= 1), got {args.holdout_size}")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ValueError(
             f"--max-concurrent must be >= 1 (or left out: one trial per free slot), got {args.max_concurrent}"
@@ -255,6 +268,14 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
     train = {name: getattr(args, dest) for dest, name in TRAIN_FLAGS.items()}
     train["data_dir"] = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
     train["seed"] = 0  # explicit, so every child run carries its seed (``--set seed=N`` / ``--seeds`` change it)
+    for key in [*cli_fixed, *(preset.get("set") or {})]:
+        if key.rpartition(".")[2] in PROTOCOL_FIELDS:
+            raise ValueError(f"--set {key}: the sweep sets it from --protocol / --holdout-size; use those flags")
+    seed_overrides: dict[str, Any] = {}
+    if args.protocol == "heldout":
+        # every choice (search, ASHA, best config) reads the held-out split; the seed re-runs report on dev
+        train.update(holdout=args.holdout_size, eval_split="holdout")
+        seed_overrides = {"eval_split": "dev"}
 
     cells: list[Cell] = []
     spaces: dict[str, dict[str, Any]] = {}
@@ -341,6 +362,7 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         state,
         tune_storage,
         memory,
+        seed_overrides,
     )
 
 

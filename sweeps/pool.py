@@ -33,6 +33,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.variant_generator import generate_variants
 
+from sweeps.autoseeds import AutoSeeds
 from sweeps.schema import COMPLETED, FAILED, SEED_RUN, TRIAL, pick_best
 from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY
 from wlora.run_config import OBJECTIVE
@@ -88,6 +89,11 @@ class CellSearch:
     """Trial id → (config, last result, error) of every ended search trial."""
     seed_search: ListSearch | None = None
     seed_live: set[str] = field(default_factory=set)
+    seed_overrides: dict[str, Any] = field(default_factory=dict)
+    """Fields the seed re-runs change from the best config (``--protocol heldout``: evaluate on dev)."""
+    seed_results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Trial id → (score, # Params, error) of every ended seed re-run (what ``--seeds auto`` looks at)."""
+    best: dict[str, Any] | None = None
 
     @property
     def search_done(self) -> bool:
@@ -121,9 +127,10 @@ class PooledSearcher(Searcher):
         cells: one :class:`CellSearch` per cell, in the sweep's order.
     """
 
-    def __init__(self, cells: list[CellSearch]):
+    def __init__(self, cells: list[CellSearch], auto_seeds: AutoSeeds | None = None):
         super().__init__(metric=OBJECTIVE, mode="max")
         self.cells = {c.name: c for c in cells}
+        self.auto_seeds = auto_seeds
         self._owner: dict[str, tuple[str, str]] = {}  # trial id → (cell, role)
         self._configs: dict[str, dict[str, Any]] = {}  # trial id → its config (search trials)
         self._turn = 0
@@ -143,7 +150,12 @@ class PooledSearcher(Searcher):
         return sorted(rotated, key=lambda c: len(c.live) + len(c.seed_live))  # stable: round robin on ties
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        auto = self.auto_seeds
+        if auto is not None and not auto.finished and self._seeds_idle():
+            self._look()
         if not any(c.has_work() for c in self.cells.values()):
+            if auto is not None and not auto.finished:
+                return None  # seed re-runs still running: a look at the claims follows when they end
             return Searcher.FINISHED
         for cell in self._order():
             config = self._suggest_in(cell, trial_id)
@@ -164,8 +176,8 @@ class PooledSearcher(Searcher):
             return {**self._configs[trial_id], CELL_KEY: cell.name, ROLE_KEY: TRIAL}
         if cell.seeds > 0 and cell.search_done:
             if cell.seed_search is None:
-                best = cell.best_config()
-                configs = [] if best is None else [{**best, "seed": s} for s in range(cell.seeds)]
+                best = cell.best = cell.best_config()
+                configs = [] if best is None else [self._seed_config(cell, s) for s in range(cell.seeds)]
                 cell.seed_search = ListSearch(configs)
                 if best is None:
                     logger.warning("%s: no trial completed, so no --seeds re-runs", cell.name)
@@ -176,6 +188,35 @@ class PooledSearcher(Searcher):
             self._owner[trial_id] = (cell.name, SEED_RUN)
             return {**params, CELL_KEY: cell.name, ROLE_KEY: SEED_RUN}
         return None
+
+    def _seed_config(self, cell: CellSearch, seed: int) -> dict[str, Any]:
+        return {**(cell.best or {}), **cell.seed_overrides, "seed": seed}
+
+    # ----- --seeds auto -----
+
+    def _seeds_idle(self) -> bool:
+        """Every cell's search and every seed re-run handed out so far have ended."""
+        return all(
+            c.search_done and c.seed_search is not None and not c.seed_live and not c.has_work()
+            for c in self.cells.values()
+        )
+
+    def _look(self) -> None:
+        """Test the claims on the ended seed re-runs; grow the cells behind the open ones."""
+        assert self.auto_seeds is not None
+        scores, params = {}, {}
+        for c in self.cells.values():
+            ok = [r for r in c.seed_results.values() if not r["error"] and r["score"] is not None]
+            scores[c.name] = [float(r["score"]) for r in ok]
+            params[c.name] = [float(r["params"]) for r in ok if r["params"] is not None]
+        counts = {c.name: len(c.seed_search.configs) for c in self.cells.values() if c.seed_search is not None}
+        for name, target in self.auto_seeds.look(scores, params, counts).items():
+            cell = self.cells[name]
+            if cell.best is None or cell.seed_search is None:
+                continue
+            start = len(cell.seed_search.configs)
+            cell.seed_search.configs += [self._seed_config(cell, s) for s in range(start, target)]
+            cell.seeds = target
 
     # ----- results -----
 
@@ -191,6 +232,12 @@ class PooledSearcher(Searcher):
         cell = self.cells[owner[0]]
         if owner[1] == SEED_RUN:
             cell.seed_live.discard(trial_id)
+            res = result or {}
+            cell.seed_results[trial_id] = {
+                "score": res.get(OBJECTIVE),
+                "params": res.get("method_params"),
+                "error": bool(error),
+            }
             return
         cell.search.on_trial_complete(trial_id, result=result, error=error)
         if trial_id in cell.live:

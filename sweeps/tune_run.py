@@ -7,6 +7,7 @@ import functools
 import logging
 from typing import Any
 
+from sweeps.autoseeds import AutoSeeds
 from sweeps.interrupts import Interrupts, with_interrupts
 from sweeps.pareto import PARAMS_METRIC
 from sweeps.plan import Cell, Plan, save_state
@@ -45,7 +46,17 @@ def cell_search(plan: Plan, cell: Cell) -> CellSearch:
     else:
         configs = variant_configs(space, grid=plan.search == "grid", num_samples=a.num_samples, seed=a.search_seed)
         search, budget = ListSearch(configs), len(configs)
-    return CellSearch(cell.name, dict(plan.fixed[cell.name]), budget, search, seeds=a.seeds)
+    return CellSearch(
+        cell.name, dict(plan.fixed[cell.name]), budget, search, seeds=a.seeds, seed_overrides=dict(plan.seed_overrides)
+    )
+
+
+def auto_seeds(plan: Plan) -> AutoSeeds | None:
+    """``--seeds auto``: the claims compare the methods of one task (and rank)."""
+    if not plan.args.seeds_auto:
+        return None
+    arms = {c.name: (c.method, c.task + (f" r={c.rank}" if c.rank is not None else "")) for c in plan.cells}
+    return AutoSeeds(list(plan.args.seed_schedule), arms)
 
 
 def pooled_scheduler(plan: Plan) -> PooledScheduler:
@@ -103,8 +114,10 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per cell
-    searcher = PooledSearcher([cell_search(plan, cell) for cell in plan.cells])
-    n_trials = sum(c.budget + c.seeds for c in searcher.cells.values())
+    searcher = PooledSearcher([cell_search(plan, cell) for cell in plan.cells], auto_seeds(plan))
+    most_seeds = max(plan.args.seed_schedule) if plan.args.seeds_auto else plan.args.seeds
+    # --seeds auto: one more, so Tune asks the searcher once after the last seed re-run (its last look)
+    n_trials = sum(c.budget + most_seeds for c in searcher.cells.values()) + int(plan.args.seeds_auto)
     ledgers = {cell.name: ledger_of(plan, cell) for cell in plan.cells}
     cb = MlflowTrialCallback(
         plan.tracking_uri,
@@ -154,6 +167,8 @@ def summarize(plan: Plan, results, searcher) -> None:
         if searcher is not None and hasattr(searcher, "optuna_states"):
             summary["optuna_states"] = searcher.optuna_states(cell.name)
         plan.state["cells"][cell.name] = summary
+        if getattr(searcher, "auto_seeds", None) is not None:
+            plan.state["seed_looks"] = searcher.auto_seeds.looks
         if plan.args.seeds > 0 and "best_config" in summary:
             plan.state["seed_cells"][cell.name] = seed_summary(cell.name, grouped.get((cell.name, SEED_RUN), []))
     save_state(plan)

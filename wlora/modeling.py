@@ -52,6 +52,7 @@ def prepare_run(cfg: TrainConfig) -> RunAssets:
         train_subset=cfg.train_subset,
         eval_subset=cfg.eval_subset,
         data_seed=cfg.data_seed,
+        holdout=cfg.holdout,
         cache_dir=cfg.cache_dir,
     )
     assets = RunAssets(model_path=model_path, data=data)

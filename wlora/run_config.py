@@ -47,7 +47,18 @@ class TrainConfig:
         default=None, metadata={"help": "QA / summarisation: read the evaluation split from this file instead."}
     )
     eval_split: str = field(
-        default="dev", metadata={"help": "dev (MNLI: matched; also dev_mismatched), or test for summarisation."}
+        default="dev",
+        metadata={
+            "help": "dev (MNLI: matched; also dev_mismatched), test for summarisation, or holdout: the examples "
+            "`holdout` keeps out of training."
+        },
+    )
+    holdout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Hold this share (< 1) or number (>= 1) of training examples out of training (seeded by data_seed, "
+            "stratified by label); 0 = none. The sweep's --protocol heldout scores its choices on them."
+        },
     )
     method_config: Mapping[str, Any] = field(
         default_factory=dict,
@@ -133,6 +144,8 @@ class TrainConfig:
             (self.num_beams >= 1, "num_beams", ">= 1"),
             (self.train_subset is None or self.train_subset >= 1, "train_subset", ">= 1 or None"),
             (self.eval_subset is None or self.eval_subset >= 1, "eval_subset", ">= 1 or None"),
+            (self.holdout >= 0 and math.isfinite(self.holdout), "holdout", ">= 0 (a share < 1 or a number >= 1)"),
+            (self.eval_split != "holdout" or self.holdout > 0, "holdout", '> 0 when eval_split="holdout"'),
             (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "one of no, bf16, fp16"),
         ]
         for ok, name, want in checks:

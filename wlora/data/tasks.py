@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from wlora.data.glue import get_task, load_glue, read_glue_file
 from wlora.data.layout import LOCAL_COPIES_HINT, locate_task_files, one_line
 from wlora.data.registry import TASKS, list_tasks
@@ -71,6 +73,35 @@ def _subset(items: list, n: int | None, seed: int, what: str) -> list:
     return [items[i] for i in keep]
 
 
+#: ``eval_split`` value that evaluates on the examples held out of the training data (``holdout``).
+HOLDOUT = "holdout"
+
+
+def split_holdout(rows: list, holdout: float, seed: int, kind: str) -> tuple[list, list]:
+    """(rest, held out): ``holdout`` < 1 is a share of ``rows``, ≥ 1 a number of them. Seeded, and stratified
+    by label for classification (by quintile of the score for regression) when every stratum has ≥ 2
+    examples; QA and summarisation rows are drawn uniformly. The rest keeps the file's order."""
+    from sklearn.model_selection import train_test_split
+
+    size: float | int = holdout if holdout < 1 else int(holdout)
+    if isinstance(size, int) and size >= len(rows):
+        raise ValueError(f"`holdout` = {size} leaves no training examples (the training split has {len(rows)})")
+    strata = None
+    if kind == "classification":
+        strata = [r.label for r in rows]
+    elif kind == "regression":
+        labels = np.array([r.label for r in rows], dtype=float)
+        strata = np.searchsorted(np.quantile(labels, [0.2, 0.4, 0.6, 0.8]), labels).tolist()
+    if strata is not None and min(np.unique(strata, return_counts=True)[1]) < 2:
+        strata = None
+    idx = np.arange(len(rows))
+    try:
+        rest, held = train_test_split(idx, test_size=size, random_state=seed, stratify=strata)
+    except ValueError:  # too few held-out examples to hold every stratum: draw uniformly
+        rest, held = train_test_split(idx, test_size=size, random_state=seed)
+    return [rows[i] for i in sorted(rest)], [rows[i] for i in sorted(held)]
+
+
 def _source_id(path: Path | None, hub: str) -> str:
     if path is None:
         return hub
@@ -101,6 +132,7 @@ def prepare_task_data(
     train_subset: int | None = None,
     eval_subset: int | None = None,
     data_seed: int = 0,
+    holdout: float = 0.0,
     cache_dir: str | Path | Literal[False] | None = None,
 ) -> TaskData:
     """Load, subset, tokenize and cache ``task``.
@@ -116,13 +148,21 @@ def prepare_task_data(
         doc_stride: QA window overlap in tokens.
         source_prefix: seq2seq input prefix (e.g. ``"summarize: "`` for T5).
         train_subset, eval_subset: keep this many examples, drawn with ``data_seed``.
+        holdout: hold this share (< 1) or number (≥ 1) of the training examples out of training, before
+            ``train_subset`` draws (:func:`split_holdout`, seeded with ``data_seed``); ``eval_split="holdout"``
+            evaluates on them instead of dev.
         cache_dir: feature cache folder; None = ``$WLORA_CACHE_DIR`` or ``~/.cache/wlora``; False = off.
     """
     kind = task_kind(task)
     if max_length <= 8:
         raise ValueError(f"`max_length` must be > 8, got {max_length}")
     # 1) where the data comes from (identifies the cache entry)
-    files = locate_task_files(task, data_dir, eval_split=eval_split, train_file=train_file, eval_file=eval_file)
+    if eval_split == HOLDOUT and not holdout > 0:
+        raise ValueError('eval_split="holdout" needs `holdout` > 0 (the examples held out of the training data)')
+    if holdout < 0:
+        raise ValueError(f"`holdout` must be >= 0, got {holdout}")
+    file_split = "dev" if eval_split == HOLDOUT else eval_split
+    files = locate_task_files(task, data_dir, eval_split=file_split, train_file=train_file, eval_file=eval_file)
     if kind in ("classification", "regression"):
         hub = f"nyu-mll/glue/{get_task(task).hub_config}"
     elif kind == "qa":
@@ -142,6 +182,7 @@ def prepare_task_data(
         doc_stride=doc_stride,
         prefix=source_prefix,
         subsets=[train_subset, eval_subset, data_seed],
+        **({"holdout": holdout} if holdout else {}),
     )
     fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     cache = None
@@ -169,7 +210,11 @@ def prepare_task_data(
                 f"{task}: could not read {hub} from the hub ({one_line(e)}). {LOCAL_COPIES_HINT}"
             ) from None
 
-    tr, ev_rows = load("train", files[0]), load(eval_split, files[1])
+    tr = load("train", files[0])
+    held: list = []
+    if holdout and tr:
+        tr, held = split_holdout(tr, holdout, data_seed, kind)
+    ev_rows = held if eval_split == HOLDOUT else load(eval_split, files[1])
     if not tr or not ev_rows:
         raise ValueError(f"{task}: empty data ({len(tr)} train / {len(ev_rows)} eval examples) from {source}")
     tr = _subset(tr, train_subset, data_seed, "train_subset")
