@@ -213,7 +213,8 @@ def test_table_shape_values_and_mean_std(built):
     assert "0.8600±0.0200" in wl
     mrpc_cell = next(ln for ln in lines if ln.startswith("| LoRA")).split(" | ")[3]
     assert mrpc_cell == "0.8100/0.8600"  # accuracy / F1, as in the papers' MRPC column
-    assert md.count("**") == 2 * 3  # best of SST-2, MRPC and Avg in bold
+    assert "\n".join(lines).count("**") == 2 * 3  # best of SST-2, MRPC and Avg in bold
+    assert "Protocol: **papers**" in md  # a sweep without --protocol: dev both chooses and reports
     assert "20.0K (0.0881%)" in wl  # besides the head: seed runs on SST-2 (20,000), best trial on MRPC (20,001)
 
 

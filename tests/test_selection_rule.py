@@ -50,7 +50,7 @@ def test_projection_start_ablation_changes_the_kept_set_as_t_grows(minilm_path, 
         faithful = _run(minilm_path, glue_dir, t=t)
         assert faithful.metrics["selection_decision_step"] == 2.0
         kept[("stoiht", t)] = set(faithful.method_report["selected_adapters"])
-        ablation = _run(minilm_path, glue_dir, t=t, projection_start=t + 1)  # dense SGD on ω until selection
+        ablation = _run(minilm_path, glue_dir, method="weightlora_informed", t=t)  # dense SGD on ω until T
         kept[("dense", t)] = set(ablation.method_report["selected_adapters"])
         assert len(kept[("dense", t)]) == 4
     assert kept[("stoiht", 2)] == kept[("stoiht", 16)]
@@ -62,6 +62,7 @@ def test_projection_start_is_validated():
 
     assert make_config("weightlora", {"projection_start": 5}).projection_start == 5
     assert make_config("weightlora_plus", {"projection_start": 0}).projection_start == 0
+    assert make_config("weightlora_informed", {}).projection_start is None  # dense until T
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="projection_start"):
             make_config("weightlora", {"projection_start": bad})

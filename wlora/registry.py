@@ -96,6 +96,15 @@ METHODS: dict[str, MethodSpec] = {
             selection_fields=("selection_scores", "gates"),
         ),
         MethodSpec(
+            "weightlora_informed",
+            *_refs("weightlora_informed", "WeightLoRAInformedConfig", "WeightLoRAInformedController"),
+            "ablation: WeightLoRA whose gates train densely for T steps before the one top-K projection",
+            label="WeightLoRA (informed selection)",
+            table_order=8,
+            keeps_k=True,
+            selection_fields=("selection_scores", "gates"),
+        ),
+        MethodSpec(
             "weightlora_plus",
             *_refs("weightlora_plus", "WeightLoRAPlusConfig", "WeightLoRAPlusController"),
             "WeightLoRA, then grow the K survivors' ranks to LoRA's budget",

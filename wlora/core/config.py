@@ -177,11 +177,12 @@ class GateConfig(KSelectionConfig):
         },
     )
 
-    projection_start: int = field(
+    projection_start: int | None = field(
         default=0,
         metadata={
             "help": "Ablation (not in the paper): ω trains by dense SGD, without the top-K projection, for optimizer "
-            "steps < projection_start, then StoIHT as usual; 0 = the paper's StoIHT from the first step."
+            "steps < projection_start, then StoIHT as usual; 0 = the paper's StoIHT from the first step; None = "
+            "no projection before the selection at T."
         },
     )
 
@@ -192,10 +193,13 @@ class GateConfig(KSelectionConfig):
             f"`t` must be an integer >= 0, got {self.t!r}",
         )
         require_valid(
-            isinstance(self.projection_start, int)
-            and not isinstance(self.projection_start, bool)
-            and self.projection_start >= 0,
-            f"`projection_start` must be an integer >= 0, got {self.projection_start!r}",
+            self.projection_start is None
+            or (
+                isinstance(self.projection_start, int)
+                and not isinstance(self.projection_start, bool)
+                and self.projection_start >= 0
+            ),
+            f"`projection_start` must be an integer >= 0 or None (= T), got {self.projection_start!r}",
         )
         require_valid(
             isinstance(self.lr_w, int | float) and math.isfinite(self.lr_w) and self.lr_w > 0,

@@ -74,7 +74,8 @@ class GatedSelection(Controller):
         if self.selected:
             return
         scale = lr_scale if self.config.lr_w_scheduled else 1.0
-        project = step >= self.config.projection_start
+        start = self.config.projection_start
+        project = start is not None and step >= start
         before = self.sgd.values()
         update = self.sgd.step(self.current_k(), scale, project=project)
         if update is None:
