@@ -228,8 +228,20 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     g.add_argument("--resume", action="store_true", help="continue the sweep --name (default: latest unfinished)")
     g.add_argument("--address", default=None, help="Ray address ('auto' = the running cluster); default local")
     g.add_argument("--num-cpus", type=int, default=None, help="local Ray: CPUs to use (default all)")
+    g.add_argument(
+        "--num-gpus",
+        type=int,
+        default=None,
+        help="local Ray: GPUs to declare (default: those Ray detects); more than the machine has only to test packing",
+    )
     g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial reserves (fractions allowed)")
-    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
+    g.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0.0,
+        help="GPUs each trial reserves; a fraction packs several trials on one GPU (0.25: four per GPU), each "
+        "trial using only the device Ray assigned it",
+    )
     g.add_argument("--max-concurrent", type=int, default=None, help="default: from the cluster's resources")
     g.add_argument("--no-reuse-actors", action="store_true", help="fresh worker process per trial")
     g.add_argument(

@@ -56,6 +56,8 @@ def init_ray(args: argparse.Namespace) -> None:
     else:
         if args.num_cpus:
             kwargs["num_cpus"] = args.num_cpus
+        if getattr(args, "num_gpus", None) is not None:
+            kwargs["num_gpus"] = args.num_gpus
         if args.ray_temp_dir:
             kwargs["_temp_dir"] = str(Path(args.ray_temp_dir).resolve())
     try:

@@ -75,6 +75,10 @@ def _param_str(v: Any) -> str:
     return s[:6000]
 
 
+#: String values of a trial's reports that its MLflow child carries as tags.
+RUNTIME_TAGS = ("device", "gpu_ids", "precision_requested", "precision")
+
+
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The runner's metrics in a Tune result (finite numbers, Tune bookkeeping left out)."""
     out = {}
@@ -226,6 +230,8 @@ class MlflowTrialCallback(Callback):
         step = result.get("step", result.get("training_iteration", 0))
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, int(step)) for k, v in numeric_metrics(result).items()]
+        # where and how the trial computes: device, assigned GPUs, precision requested vs what ran
+        tags = [RunTag(k, str(result[k])) for k in RUNTIME_TAGS if isinstance(result.get(k), str)]
         if tid not in self._runs:
             self._submit_start(trial)  # idempotent: a restored trial whose start hook ran before the restart
 
@@ -233,7 +239,7 @@ class MlflowTrialCallback(Callback):
             run_id = self._run_of(client, tid)
             if run_id is None or step <= self._last_step.get(tid, -1):
                 return  # already logged before an interruption (resume)
-            client.log_batch(run_id, metrics=metrics)
+            client.log_batch(run_id, metrics=metrics, tags=tags)
             self._last_step[tid] = step
 
         self.queue.submit(log, f"metrics of trial {tid} at step {step}")

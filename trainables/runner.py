@@ -11,14 +11,17 @@ after its evaluations were reported, so Tune marks the trial ERROR and the sweep
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+import ray
 from ray import tune
 
 from wlora.train import TrainConfig, run_training
@@ -29,6 +32,9 @@ FINAL_KEY = "final"
 #: trial to its cell's search and ASHA and are not ``TrainConfig`` fields.
 CELL_KEY = "sweep_cell"
 ROLE_KEY = "sweep_role"
+
+
+logger = logging.getLogger(__name__)
 
 
 class TrialFailedError(RuntimeError):
@@ -55,6 +61,29 @@ def _clean(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_warned_no_cuda = False
+
+
+def device_fallback(cfg: TrainConfig, gpu_ids: list[str]) -> TrainConfig:
+    """A trial Ray assigned GPU(s) to trains on them (Ray sets ``CUDA_VISIBLE_DEVICES`` to exactly those, so
+    with fractional GPUs each trial sees only its own device). One that finds no CUDA (declared GPUs on a
+    machine without them, a broken driver) trains on CPU, with one warning per process."""
+    global _warned_no_cuda
+    import torch
+
+    if not gpu_ids or torch.cuda.is_available() or cfg.cpu:
+        return cfg
+    if not _warned_no_cuda:
+        logger.warning(
+            "this trial was assigned GPU %s, but its process finds no CUDA device (CUDA_VISIBLE_DEVICES=%s): "
+            "training on CPU",
+            ",".join(gpu_ids),
+            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        )
+        _warned_no_cuda = True
+    return dataclasses.replace(cfg, cpu=True)
+
+
 def run_trial(config: dict[str, Any], *, assets: Any, method: str) -> None:
     """Train one trial of ``method`` and report every evaluation to Tune (runs inside a trial).
 
@@ -64,6 +93,8 @@ def run_trial(config: dict[str, Any], *, assets: Any, method: str) -> None:
         method: the method slug.
     """
     cfg = trial_config(config, method)
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    cfg = device_fallback(cfg, gpu_ids)
     # One "Checkpoint successfully created" line per evaluation and a "Loading weights" bar per trial would
     # flood the sweep's console (Ray's log deduplication does not fold them all).
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -75,6 +106,7 @@ def run_trial(config: dict[str, Any], *, assets: Any, method: str) -> None:
 
     def report(metrics: Mapping[str, Any], checkpoint_dir: str | None) -> None:
         m = _clean(metrics)
+        m["gpu_ids"] = ",".join(gpu_ids) or "none"
         if checkpoint_dir is None:
             tune.report(m)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import resource
 import shutil
 import tempfile
@@ -23,6 +24,8 @@ from wlora.evaluation import evaluate
 from wlora.modeling import build_resolved_run, build_run, prepare_run
 from wlora.run_config import RunAssets, RunResult, TrainConfig
 from wlora.schedule import micro_batches
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -53,6 +56,26 @@ def _accelerator(cfg: TrainConfig):
     # keeps a process-wide state that refuses to change, so start each run from a clean one.
     AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_warned_precision: set[tuple[str, str]] = set()
+
+
+def actual_precision(accelerator, device: torch.device) -> str:
+    """The precision the run's matmuls actually compute in (measured under its autocast), e.g. "fp32" when
+    fp16 was requested on a CPU, where accelerate runs fp32 without a word."""
+    with accelerator.autocast():
+        out = torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
+    return _DTYPE_NAMES.get(out.dtype, str(out.dtype))
+
+
+def check_precision(requested: str, actual: str, device: torch.device) -> None:
+    """One warning per process when the precision that runs is not the one requested."""
+    want = {"no": "fp32"}.get(requested, requested)
+    if want != actual and (requested, str(device)) not in _warned_precision:
+        _warned_precision.add((requested, str(device)))
+        logger.warning("mixed_precision=%s was requested, but %s computes in %s", requested, device, actual)
 
 
 def _wants_checkpoint(report: Callable) -> bool:
@@ -117,6 +140,8 @@ def run_training(
     steps_per_epoch, total, phase = schedule.steps_per_epoch, schedule.total, schedule.phase
     engine.autocast = accelerator.autocast
     engine.grad_scaler = accelerator.scaler
+    precision = actual_precision(accelerator, device)
+    check_precision(cfg.mixed_precision, precision, device)
     history: list[dict[str, float]] = []
     # Changes of the kept set (adapters / ranks) after every optimizer step; see wlora.core.stability.
     tracker = SelectionTracker()
@@ -182,6 +207,9 @@ def run_training(
             step_time_s=float(np.mean(step_times)),
             examples_per_s=examples / max(sum(step_times), 1e-9),
             peak_mem_mb=_peak_memory_mb(device),
+            device=str(device),
+            precision_requested=cfg.mixed_precision,
+            precision=precision,
             **tracker.metrics(total),
             **method.metrics(),
         )
