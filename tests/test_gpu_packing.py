@@ -62,3 +62,32 @@ def test_quarter_gpus_pack_eight_trials_on_two_fake_gpus(sweep_cmd, tmp_path):
     }
     text = out.stdout + out.stderr
     assert 1 <= text.count("finds no CUDA device") <= 8
+    # the same real sweep's report: what matters in the LoRA cell (8 completed trials, random search)
+    from sweeps import report
+
+    built = report.build_report(state["tracking_uri"], state["parent_run_id"], tmp_path / "report")
+    [row] = built["meta"]["importance"]
+    assert (row["task"], row["method"], row["trials"]) == ("sst2", "lora", 8)
+    assert {"lr", "warmup_steps"} <= set(row["importance"]) and sum(row["importance"].values()) == pytest.approx(1)
+    assert (tmp_path / "report" / "importance_sst2_lora_r8.png").stat().st_size > 1000
+    assert "## What matters" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_importance_finds_the_dimension_that_moves_the_score():
+    """Known answer: the score depends on lr only (warm-up and dropout are noise-free decoys)."""
+    import numpy as np
+
+    from sweeps.report.importance import MIN_TRIALS, cell_importance
+    from sweeps.schema import RunInfo
+
+    rng = np.random.default_rng(0)
+    runs = []
+    for i in range(24):
+        lr, warm, drop = 10 ** rng.uniform(-4, -2), int(rng.integers(0, 100)), str(rng.choice(["0.0", "0.1"]))
+        score = 0.9 - 0.1 * abs(np.log10(lr) + 3)
+        params = {"lr": repr(lr), "warmup_steps": str(warm), "dropout": drop, "seed": "0", "r": "8"}
+        runs.append(RunInfo(f"r{i}", f"t{i}", "trial", "lora", "sst2", "0", "completed", params,
+                            {"eval_main": score}, 0, 1))  # fmt: skip
+    imp = cell_importance(runs)
+    assert set(imp) == {"lr", "warmup_steps", "dropout"} and max(imp, key=imp.get) == "lr" and imp["lr"] > 0.8
+    assert cell_importance(runs[: MIN_TRIALS - 1]) is None

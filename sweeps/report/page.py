@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from sweeps import claims as claims_mod
 from sweeps.report.cost import cost_md, sweep_cost
 from sweeps.report.curves import method_params_of, plot_curves, plot_pareto
+from sweeps.report.importance import importance_md, importance_rows
 from sweeps.report.selection import (
     SELECTION_METHODS,
     download_json,
@@ -169,6 +170,12 @@ def build_report(
     paths["claims"] = out / "claims.md"
     meta["claims"] = claim_rows
 
+    # 3d) what matters: hyperparameter importance per cell
+    imp_rows = importance_rows(children, out)
+    paths["importance"] = [r["plot"] for r in imp_rows]
+    meta["importance"] = [{k: v for k, v in r.items() if k != "plot"} for r in imp_rows]
+    (out / "importance.md").write_text(importance_md(imp_rows))
+
     # 4) learning curves
     for task in _ordered({t for _, t in best}, list(TASKS), key=task_key):
         p = out / f"curves_{task_key(task)}.png"
@@ -205,6 +212,11 @@ def build_report(
         "## The papers' claims (seed re-runs)",
         "",
         claims_text,
+        "## What matters: hyperparameter importance",
+        "",
+        (out / "importance.md").read_text(),
+        *[f"![{p.stem}]({p.name})" for p in paths["importance"]],
+        "",
         "## Selection stability across seeds",
         "",
         (out / "stability.md").read_text(),
