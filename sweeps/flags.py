@@ -262,6 +262,16 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     g.add_argument("--smoke-test", action="store_true", help="tiny settings: finishes in minutes on a laptop")
     g.add_argument("--dry-run", action="store_true", help="check everything and print the resolved plan; start nothing")
     g.add_argument(
+        "--forecast",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="PROFILE",
+        help="print the sweep's expected trials, device-hours and makespan (and the papers' grid's) and start nothing: "
+        "'local' (default) calibrates on this machine; PROFILE = a YAML file or a name in sweeps/profiles/ "
+        "(e.g. a100-cluster)",
+    )
+    g.add_argument(
         "--verbose",
         action="store_true",
         help="also show Ray's, Tune's and MLflow's own output and the trial processes' logs",

@@ -280,6 +280,15 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_console(args.verbose)
     plan = None
+    if args.forecast is not None:
+        from sweeps.forecast import run_forecast
+
+        try:
+            print(run_forecast(args), flush=True)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         plan = plan_sweep(args, defaults)
         if args.dry_run:

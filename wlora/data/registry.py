@@ -66,6 +66,10 @@ class TaskSpec:
     glue: GlueTask | None = None
     squad_version: str | None = None
     summarization: SummarizationTask | None = None
+    train_size: int | None = None
+    """Examples in the public training split (what a forecast assumes when the data is not at hand)."""
+    dev_size: int | None = None
+    """Examples in the split the task reports on (GLUE dev / dev_matched, SQuAD dev, summarisation validation)."""
 
     @property
     def folders(self) -> tuple[str, ...]:
@@ -81,9 +85,19 @@ class TaskSpec:
         return self.glue.labels if self.glue is not None else None
 
 
-def _glue(key: str, header: str, metrics: tuple[str, ...], fmt: GlueTask, aliases: tuple[str, ...] = ()) -> TaskSpec:
+def _glue(
+    key: str,
+    header: str,
+    metrics: tuple[str, ...],
+    fmt: GlueTask,
+    aliases: tuple[str, ...] = (),
+    sizes: tuple[int, int] = (0, 0),
+) -> TaskSpec:
     score = metrics[0] if len(metrics) == 1 else f"mean of {' and '.join(metrics)}"
-    return TaskSpec(key, "glue", header, metrics, score, "nyu-mll/glue", aliases, glue=fmt)
+    train, dev = sizes
+    return TaskSpec(
+        key, "glue", header, metrics, score, "nyu-mll/glue", aliases, glue=fmt, train_size=train, dev_size=dev
+    )
 
 
 _PAIR = ("sentence1", "sentence2")
@@ -110,18 +124,21 @@ TASKS: dict[str, TaskSpec] = {
                 hub_columns=("premise", "hypothesis"),
             ),
             aliases=("mnli_matched", "mnli_mismatched", "mnli-m", "mnli-mm"),
+            sizes=(392702, 9815),
         ),
         _glue(
             "sst2",
             "SST-2 Acc",
             ("accuracy",),
             GlueTask("SST-2", "sentence", None, "label", ("0", "1"), hub_config="sst2"),
+            sizes=(67349, 872),
         ),
         _glue(
             "cola",
             "CoLA Mcc",
             ("matthews_corrcoef",),
             GlueTask("CoLA", 3, None, 1, ("0", "1"), header=False, hub_config="cola"),
+            sizes=(8551, 1043),
         ),
         _glue(
             "qqp",
@@ -136,6 +153,7 @@ TASKS: dict[str, TaskSpec] = {
                 hub_config="qqp",
                 hub_columns=("question1", "question2"),
             ),
+            sizes=(363846, 40430),
         ),
         _glue(
             "qnli",
@@ -150,30 +168,50 @@ TASKS: dict[str, TaskSpec] = {
                 hub_config="qnli",
                 hub_columns=("question", "sentence"),
             ),
+            sizes=(104743, 5463),
         ),
         _glue(
             "rte",
             "RTE Acc",
             ("accuracy",),
             GlueTask("RTE", *_PAIR, "label", ("entailment", "not_entailment"), hub_config="rte", hub_columns=_PAIR),
+            sizes=(2490, 277),
         ),
         _glue(
             "mrpc",
             "MRPC Acc/F1",
             ("accuracy", "f1"),
             GlueTask("MRPC", "#1 String", "#2 String", "Quality", ("0", "1"), hub_config="mrpc", hub_columns=_PAIR),
+            sizes=(3668, 408),
         ),
         _glue(
             "stsb",
             "STS-B Pear/Spear",
             ("pearson", "spearman"),
             GlueTask("STS-B", *_PAIR, "score", None, hub_config="stsb", hub_columns=_PAIR),
+            sizes=(5749, 1500),
         ),
         TaskSpec(
-            "squad", "qa", "SQuAD v1.1 EM/F1", ("exact_match", "f1"), "F1", "rajpurkar/squad", squad_version="1.1"
+            "squad",
+            "qa",
+            "SQuAD v1.1 EM/F1",
+            ("exact_match", "f1"),
+            "F1",
+            "rajpurkar/squad",
+            squad_version="1.1",
+            train_size=87599,
+            dev_size=10570,
         ),
         TaskSpec(
-            "squad_v2", "qa", "SQuAD v2.0 EM/F1", ("exact_match", "f1"), "F1", "rajpurkar/squad_v2", squad_version="2.0"
+            "squad_v2",
+            "qa",
+            "SQuAD v2.0 EM/F1",
+            ("exact_match", "f1"),
+            "F1",
+            "rajpurkar/squad_v2",
+            squad_version="2.0",
+            train_size=130319,
+            dev_size=11873,
         ),
         TaskSpec(
             "xsum",
@@ -183,6 +221,8 @@ TASKS: dict[str, TaskSpec] = {
             "mean of ROUGE-1, ROUGE-2 and ROUGE-L",
             "EdinburghNLP/xsum",
             summarization=SummarizationTask("xsum", "EdinburghNLP/xsum", None, "document", "summary"),
+            train_size=204045,
+            dev_size=11332,
         ),
         TaskSpec(
             "cnn_dailymail",
@@ -193,6 +233,8 @@ TASKS: dict[str, TaskSpec] = {
             "abisee/cnn_dailymail",
             aliases=("cnndm", "cnn-dm"),
             summarization=SummarizationTask("cnn_dailymail", "abisee/cnn_dailymail", "3.0.0", "article", "highlights"),
+            train_size=287113,
+            dev_size=13368,
         ),
     )
 }

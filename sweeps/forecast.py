@@ -1,0 +1,357 @@
+"""``--forecast``: what a sweep will cost before it runs — trial count, device-hours and makespan, for the sweep as
+typed and for the papers' grid on the same cells. Trains nothing.
+
+Seconds per step come from one of two places:
+
+* ``--forecast local`` (the default): a short calibration on this machine — a few optimizer steps and one
+  evaluation batch of the sweep's model at the sweep's batch × length, with the CPU threads (or the GPU) a trial
+  gets — giving training and evaluation tokens per second.
+* ``--forecast PROFILE`` (a YAML file, or the name of one in ``sweeps/profiles/``): achieved TFLOP/s per trial for
+  training and evaluation, a start-up time per trial and the number of devices, which the user edits (e.g. from
+  ``bench/gpu_check.py`` on the real hardware). A step then costs 4·P FLOPs per token for adapter methods (forward
+  + input gradients; no weight gradients for the frozen backbone), 6·P for full fine-tuning, 2·P per evaluated
+  token, with P the backbone's matmul parameters (embeddings left out).
+
+Work per trial: the planned optimizer steps and evaluations (``--max-steps`` or epochs × training examples /
+batch, ``--eval-every``), the evaluation set (``--eval-subset``, the held-out split, or the task's dev size from
+the task registry), and a start-up time. ASHA: a trial reaches rung k (grace · η^k evaluations) with probability
+η^-k, the standard expected cost of successive halving. Seeds: ``--seeds N``, or the range ``--seeds auto``
+can take. Makespan: the trials run first-in-first-out on the slots (search trials of all cells round robin, a
+cell's seed re-runs once its search has ended), each with its expected duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wlora.data.registry import TASKS, normalize_task
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+#: The papers' bash grid per cell (WeightLoRA paper, App. B.1): 10 learning rates × 6 warm-ups, full budget each.
+PAPERS_GRID = 10 * 6
+#: Training FLOPs per token per backbone matmul parameter: adapter methods, full fine-tuning.
+FLOPS_ADAPTER, FLOPS_FULL, FLOPS_EVAL = 4.0, 6.0, 2.0
+
+
+@dataclass(frozen=True)
+class Speed:
+    """What one trial computes per second on the target hardware, and how many trials run at once."""
+
+    name: str
+    slots: int
+    train_tok_s: float  # training tokens per second per trial (adapter methods)
+    eval_tok_s: float
+    startup_s: float
+    full_ft_factor: float = FLOPS_FULL / FLOPS_ADAPTER
+    device_kind: str = "CPU"
+    devices_per_trial: float = 1.0
+
+
+@dataclass(frozen=True)
+class CellWork:
+    name: str
+    steps: int
+    evals: int
+    tokens_per_step: int
+    eval_tokens: int
+    full_ft: bool
+
+
+def asha_expected_evals(max_t: int, grace: int, eta: float) -> float:
+    """Expected evaluations of one trial under ASHA: rung k at grace·η^k (< max_t) is reached with
+    probability η^-k, the last stretch to max_t with probability η^-K (K rungs)."""
+    rungs = []
+    r = grace
+    while r < max_t:
+        rungs.append(r)
+        r = math.ceil(r * eta) if r * eta > r else r + 1
+    points = [*rungs, max_t]
+    total, prev = 0.0, 0
+    for k, point in enumerate(points):
+        total += (point - prev) * eta ** (-k)
+        prev = point
+    return total
+
+
+def makespan(cells: Sequence[tuple[list[float], list[float]]], slots: int) -> float:
+    """FIFO list schedule on ``slots``: search trials of all cells round robin; a cell's seed re-runs join
+    the queue when its last search trial ends. ``cells``: (search durations, seed durations) per cell."""
+    queue: list[tuple[int, int, float]] = []  # (order, cell, duration)
+    order = 0
+    longest = max((len(s) for s, _ in cells), default=0)
+    for i in range(longest):
+        for c, (search, _) in enumerate(cells):
+            if i < len(search):
+                queue.append((order, c, search[i]))
+                order += 1
+    left = [len(s) for s, _ in cells]
+    free = [0.0] * max(slots, 1)
+    heapq.heapify(free)
+    pending: list[tuple[float, int, int, float]] = []  # seed runs: (ready time, order, cell, duration)
+    end = 0.0
+    qi = 0
+    running: list[tuple[float, int]] = []  # (end time, cell) of search trials
+    while qi < len(queue) or pending or running:
+        t = heapq.heappop(free)
+        # search trials that ended by t may release their cell's seed runs
+        while running and running[0][0] <= t:
+            done, c = heapq.heappop(running)
+            left[c] -= 1
+            if left[c] == 0:
+                for d in cells[c][1]:
+                    heapq.heappush(pending, (done, order, c, d))
+                    order += 1
+        if pending and (pending[0][0] <= t or qi >= len(queue)):
+            ready, _, c, d = heapq.heappop(pending)
+            start = max(t, ready)
+            heapq.heappush(free, start + d)
+            end = max(end, start + d)
+        elif qi < len(queue):
+            _, c, d = queue[qi]
+            qi += 1
+            heapq.heappush(free, t + d)
+            heapq.heappush(running, (t + d, c))
+            end = max(end, t + d)
+        elif running:
+            heapq.heappush(free, running[0][0])  # wait for the next search trial to end
+        else:
+            heapq.heappush(free, t)
+            break
+    return end
+
+
+def _n_train(task: str, args: argparse.Namespace) -> int:
+    spec = TASKS[task]
+    n = spec.train_size or 10_000
+    if getattr(args, "protocol", "papers") == "heldout":
+        h = args.holdout_size
+        n -= int(h if h >= 1 else h * n)
+    return min(n, args.train_subset) if args.train_subset else n
+
+
+def _n_eval(task: str, args: argparse.Namespace, search: bool) -> int:
+    if getattr(args, "protocol", "papers") == "heldout" and search:
+        h = args.holdout_size
+        n = int(h if h >= 1 else h * (TASKS[task].train_size or 10_000))
+    else:
+        n = TASKS[task].dev_size or 1_000
+    return min(n, args.eval_subset) if args.eval_subset else n
+
+
+def cell_work(task: str, method: str, args: argparse.Namespace, search: bool = True) -> CellWork:
+    n = _n_train(task, args)
+    per_epoch = math.ceil(n / args.batch_size)
+    steps = args.max_steps or max(1, math.ceil(args.max_epochs * per_epoch))
+    every = args.eval_every or per_epoch
+    evals = math.ceil(steps / every)
+    return CellWork(f"{task}-{method}", steps, evals, args.batch_size * args.max_length,
+                    _n_eval(task, args, search) * args.max_length, method == "full")  # fmt: skip
+
+
+def trial_seconds(w: CellWork, speed: Speed, evals: float | None = None) -> float:
+    """Expected seconds of one trial that runs ``evals`` of its evaluations (all of them by default)."""
+    evals = w.evals if evals is None else evals
+    steps = w.steps * evals / w.evals
+    train = steps * w.tokens_per_step / speed.train_tok_s * (speed.full_ft_factor if w.full_ft else 1.0)
+    return speed.startup_s + train + evals * w.eval_tokens / speed.eval_tok_s
+
+
+def search_trials(args: argparse.Namespace, space_sizes: dict[str, int]) -> int:
+    from sweeps.flags import load_preset
+
+    if (args.search or load_preset(args.preset).get("search") or "optuna") == "grid":
+        return math.prod(space_sizes.values()) if space_sizes else 1
+    return args.num_samples
+
+
+def seed_range(args: argparse.Namespace) -> tuple[int, int]:
+    if args.seeds == "auto" or getattr(args, "seeds_auto", False):
+        from sweeps.claims import seed_schedule
+
+        sched = seed_schedule(args.max_seeds)
+        return sched[0], sched[-1]
+    return int(args.seeds), int(args.seeds)
+
+
+def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int]) -> dict[str, Any]:
+    """The sweep as typed and the papers' grid on the same cells: trials, device-hours, makespan."""
+    tasks = [normalize_task(t) for t in args.tasks]
+    ranks = [r for r in args.ranks]
+    cells = [(t, m, r) for t in tasks for m in args.methods for r in ranks]
+    use_asha = not args.no_asha and not args.multi_objective
+    n_search = search_trials(args, grid_sizes)
+    lo, hi = seed_range(args)
+    out: dict[str, Any] = {"cells": len(cells), "slots": speed.slots, "speed": speed.name}
+    for label, seeds in (("sweep", (lo, hi)), ("papers_grid", (hi, hi))):
+        for which, n_seeds in (("low", seeds[0]), ("high", seeds[1])):
+            plan = []
+            trials = epochs = seconds = 0.0
+            for task, method, _ in cells:
+                w, ws = cell_work(task, method, args), cell_work(task, method, args, search=False)
+                if label == "sweep":
+                    ev = asha_expected_evals(w.evals, args.grace_period, args.reduction_factor) if use_asha else None
+                    s = [trial_seconds(w, speed, ev)] * n_search
+                    frac = (ev or w.evals) / w.evals
+                    epochs += n_search * frac * w.steps * args.batch_size / _n_train(task, args)
+                else:
+                    s = [trial_seconds(w, speed)] * PAPERS_GRID
+                    epochs += PAPERS_GRID * w.steps * args.batch_size / _n_train(task, args)
+                sd = [trial_seconds(ws, speed)] * n_seeds
+                epochs += n_seeds * ws.steps * args.batch_size / _n_train(task, args)
+                plan.append((s, sd))
+                trials += len(s) + len(sd)
+                seconds += sum(s) + sum(sd)
+            out[f"{label}_{which}"] = {
+                "trials": int(trials),
+                "trial_epochs": epochs,
+                "device_hours": seconds * speed.devices_per_trial / 3600,
+                "makespan_s": makespan(plan, speed.slots),
+            }
+    return out
+
+
+def load_profile(value: str) -> dict[str, Any]:
+    path = Path(value)
+    if not path.is_file():
+        path = PROFILE_DIR / (value if value.endswith(".yaml") else f"{value}.yaml")
+    if not path.is_file():
+        names = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"--forecast {value}: no such profile file (named ones: {', '.join(names)})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def backbone_params(model: str, profile: dict[str, Any]) -> float:
+    """Matmul parameters of the model's backbone (embeddings left out), from the profile's ``models`` table or
+    the model's own config (instantiated on the meta device: no weights read)."""
+    known = (profile.get("models") or {}).get(model) or (profile.get("models") or {}).get(Path(model).name)
+    if known:
+        return float(known["backbone_params"])
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from wlora.model_source import resolve_model
+
+    cfg = AutoConfig.from_pretrained(resolve_model(model))
+    with torch.device("meta"):
+        m = AutoModel.from_config(cfg)
+    return float(sum(p.numel() for n, p in m.named_parameters() if "embed" not in n and p.dim() == 2))
+
+
+def profile_speed(args: argparse.Namespace, profile: dict[str, Any]) -> Speed:
+    p = backbone_params(args.model, profile)
+    per_trial = max(args.gpus_per_trial, 1e-9) if profile.get("kind", "gpu") == "gpu" else args.cpus_per_trial
+    packed = max(1, round(1 / per_trial)) if per_trial < 1 else 1
+    slowdown = float((profile.get("packing_slowdown") or {}).get(packed, packed**0.5))
+    slots = int(profile["devices"] * packed) if per_trial < 1 else int(profile["devices"] // per_trial)
+    return Speed(
+        name=f"{profile.get('name', 'profile')} ({slots} slots)",
+        slots=slots,
+        train_tok_s=profile["train_tflops"] * 1e12 / (FLOPS_ADAPTER * p) / slowdown,
+        eval_tok_s=profile["eval_tflops"] * 1e12 / (FLOPS_EVAL * p) / slowdown,
+        startup_s=float(profile.get("startup_s", 30)),
+        device_kind=str(profile.get("kind", "gpu")).upper(),
+        devices_per_trial=min(per_trial, 1.0),
+    )
+
+
+def calibrate(args: argparse.Namespace, steps: int = 2, max_batch: int = 8) -> Speed:
+    """Time a few LoRA steps and one evaluation batch of the sweep's model on this machine, with the threads a
+    trial gets (``--cpus-per-trial``); slots = local CPUs / CPUs per trial. The calibration batch is at most
+    ``max_batch`` sequences of the sweep's length (tokens per second barely change with the batch on a CPU)."""
+    import os
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    import wlora
+    from wlora.engine import Engine
+    from wlora.model_source import resolve_model
+
+    threads = max(1, int(args.cpus_per_trial))
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(args.model), num_labels=2)
+    ctl = wlora.build_method("lora", model, {"r": 8})
+    load_s = time.perf_counter() - t0
+    eng = Engine(model, ctl, lr=1e-3, total_steps=steps + 1)
+    b, n = min(args.batch_size, max_batch), args.max_length
+    batch = {
+        "input_ids": torch.randint(5, model.config.vocab_size, (b, n)),
+        "attention_mask": torch.ones(b, n, dtype=torch.long),
+        "labels": torch.randint(0, 2, (b,)),
+    }
+    eng.train_step(batch)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        eng.train_step(batch)
+    train_s = (time.perf_counter() - t0) / steps
+    model.eval()
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model(**{k: v for k, v in batch.items() if k != "labels"})
+        eval_s = time.perf_counter() - t0
+    cpus = args.num_cpus or os.cpu_count() or 1
+    slots = max(1, int(cpus // args.cpus_per_trial))
+    if args.max_concurrent:
+        slots = min(slots, args.max_concurrent)
+    # trials on more slots than cores share them: each runs at cores / slots of its calibrated speed
+    share = min(1.0, (os.cpu_count() or 1) / (slots * threads))
+    return Speed(
+        name=f"this machine, calibrated ({slots} slots of {threads} thread(s))",
+        slots=slots,
+        train_tok_s=b * n / train_s * share,
+        eval_tok_s=b * n / eval_s * share,
+        startup_s=load_s + float(getattr(args, "startup_overhead_s", 8.0)),
+    )
+
+
+def _hours(s: float) -> str:
+    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min"
+
+
+def forecast_text(out: dict[str, Any], speed: Speed) -> str:
+    def line(label: str, lo: dict[str, Any], hi: dict[str, Any]) -> str:
+        span = lambda a, b, f: f(a) if a == b else f"{f(a)} – {f(b)}"  # noqa: E731
+        return (
+            f"  {label:12} trials {span(lo['trials'], hi['trials'], str):>11}  trial-epochs "
+            f"{span(round(lo['trial_epochs'], 1), round(hi['trial_epochs'], 1), str):>13}  "
+            f"{speed.device_kind}-hours {span(lo['device_hours'], hi['device_hours'], lambda v: f'{v:.1f}'):>11}  "
+            f"makespan {span(lo['makespan_s'], hi['makespan_s'], _hours)}"
+        )
+
+    ratio = out["sweep_high"]["device_hours"] / max(out["papers_grid_high"]["device_hours"], 1e-12)
+    return "\n".join(
+        [
+            f"forecast: {out['cells']} cell(s) on {speed.name}",
+            f"  speed: {speed.train_tok_s:,.0f} training / {speed.eval_tok_s:,.0f} evaluation tokens/s per trial, "
+            f"{speed.startup_s:.0f} s start-up per trial",
+            line("this sweep", out["sweep_low"], out["sweep_high"]),
+            line("papers' grid", out["papers_grid_low"], out["papers_grid_high"]),
+            f"  this sweep costs {ratio:.2f}× the papers' grid ({PAPERS_GRID} configs per cell, full budget each, "
+            "the same seed re-runs)",
+        ]
+    )
+
+
+def grid_sizes(args: argparse.Namespace) -> dict[str, int]:
+    """Grid dimensions of the sweep's space (preset ``space`` and ``--space``) → number of points."""
+    from sweeps.flags import load_preset
+
+    preset = load_preset(args.preset)
+    spec = {**(preset.get("space") or {}), **dict(args.space)}
+    return {k: len(str(v).split(":", 1)[1].split(",")) for k, v in spec.items() if str(v).startswith("grid:")}
+
+
+def run_forecast(args: argparse.Namespace) -> str:
+    value = args.forecast or "local"
+    speed = calibrate(args) if value == "local" else profile_speed(args, load_profile(value))
+    return forecast_text(forecast(args, speed, grid_sizes(args)), speed)
