@@ -211,6 +211,7 @@ def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int])
                 trials += len(s) + len(sd)
                 seconds += sum(s) + sum(sd)
             out[f"{label}_{which}"] = {
+                "plan": plan,
                 "trials": int(trials),
                 "trial_epochs": epochs,
                 "device_hours": seconds * speed.devices_per_trial / 3600,

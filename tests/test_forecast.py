@@ -1,0 +1,84 @@
+"""The forecast's arithmetic on toy plans (known answers), and --forecast from the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeps import forecast as fc
+from sweeps.glue_sweep import parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_asha_expected_evaluations():
+    # rungs at 1 and 2 evaluations of 4: 1 + (2 − 1)/2 + (4 − 2)/4
+    assert fc.asha_expected_evals(4, 1, 2) == pytest.approx(2.0)
+    # no rung below max_t: every trial runs to the end
+    assert fc.asha_expected_evals(1, 1, 2) == pytest.approx(1.0)
+    # rungs 1, 3, 9 of 27 with η = 3: 1 + 2/3 + 6/9 + 18/27
+    assert fc.asha_expected_evals(27, 1, 3) == pytest.approx(1 + 2 / 3 + 6 / 9 + 18 / 27)
+
+
+def test_makespan_of_a_toy_schedule():
+    # 2 slots; search trials 10 s each (3), then the cell's 2 seed re-runs of 5 s once its search has ended
+    assert fc.makespan([([10.0, 10.0, 10.0], [5.0, 5.0])], 2) == pytest.approx(25.0)
+    # one slot: everything in a row
+    assert fc.makespan([([10.0, 10.0, 10.0], [5.0, 5.0])], 1) == pytest.approx(40.0)
+    # two cells, 4 slots: both searches at once, the seeds right after each
+    assert fc.makespan([([4.0], [1.0, 1.0]), ([6.0], [2.0])], 4) == pytest.approx(8.0)
+    # more slots than trials: the longest chain
+    assert fc.makespan([([3.0, 7.0], [2.0])], 16) == pytest.approx(9.0)
+
+
+def _args(*argv):
+    a = parser().parse_args(["--model", "m", *argv])
+    return a
+
+
+def test_forecast_counts_and_hours_on_a_toy_plan():
+    # 1 task × 2 methods × 1 rank; 512 examples / batch 32 = 16 steps per epoch, 2 epochs = 32 steps,
+    # evaluations every 16 steps = 2; 4 random-search trials per cell, ASHA (grace 1, η 2): 1.5 evaluations
+    # expected per trial; 3 seed re-runs.
+    a = _args("--tasks", "sst2", "--methods", "lora,weightlora", "--ranks", "8", "--train-subset", "512",
+              "--max-epochs", "2", "--max-steps", "none", "--eval-every", "16", "--batch-size", "32",
+              "--max-length", "64", "--eval-subset", "100", "--search", "random", "--num-samples", "4",
+              "--seeds", "3")  # fmt: skip
+    speed = fc.Speed("toy", slots=2, train_tok_s=2048.0, eval_tok_s=6400.0, startup_s=10.0)
+    out = fc.forecast(a, speed, {})
+    sweep = out["sweep_high"]
+    assert sweep["trials"] == 2 * (4 + 3)
+    # a full trial: 10 s + 32 steps × 2048 tokens / 2048 + 2 evaluations × 6400 tokens / 6400 = 44 s
+    w = fc.cell_work("sst2", "lora", a)
+    assert (w.steps, w.evals) == (32, 2) and fc.trial_seconds(w, speed) == pytest.approx(44.0)
+    # ASHA trial: 1.5 evaluations → 10 + 24 + 1.5 = 35.5 s
+    search_s, seed_s = 35.5, 44.0
+    assert sweep["device_hours"] == pytest.approx(2 * (4 * search_s + 3 * seed_s) / 3600)
+    assert sweep["trial_epochs"] == pytest.approx(2 * (4 * 0.75 * 2 + 3 * 2))
+    # the papers' grid: 60 full trials per cell + the same seeds
+    grid = out["papers_grid_high"]
+    assert grid["trials"] == 2 * (60 + 3) and grid["trial_epochs"] == pytest.approx(2 * (60 * 2 + 3 * 2))
+    # --seeds auto: a range from the first look's seeds to --max-seeds
+    auto = fc.forecast(_args("--tasks", "sst2", "--seeds", "auto", "--max-seeds", "8"), speed, {})
+    assert auto["sweep_low"]["trials"] < auto["sweep_high"]["trials"]
+
+
+@pytest.mark.subprocess
+def test_forecast_on_a_profile_answers_fast_and_trains_nothing(tmp_path):
+    cmd = [sys.executable, str(ROOT / "sweeps" / "glue_sweep.py"), "--preset", "paper_grid", "--tasks",
+           "mnli,sst2,cola,qqp,qnli,rte,mrpc,stsb", "--methods", "lora,weightlora,weightlora_plus", "--ranks",
+           "1,2,4,8", "--model", "microsoft/deberta-v3-base", "--gpus-per-trial", "1", "--forecast", "a100-cluster",
+           "--storage-path", str(tmp_path / "runs")]  # fmt: skip
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    took = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "96 cell(s)" in out.stdout and "papers' grid" in out.stdout and "GPU-hours" in out.stdout
+    assert not (tmp_path / "runs").exists()  # nothing planned, nothing written
+    assert took < 30  # the README states the measured time; this only guards against a runaway
+    bad = subprocess.run([*cmd[:-2], "--forecast", "no-such-profile"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "no such profile" in bad.stderr
