@@ -147,14 +147,58 @@ def _n_eval(task: str, args: argparse.Namespace, search: bool) -> int:
     return min(n, args.eval_subset) if args.eval_subset else n
 
 
+_LENGTHS: dict[tuple, tuple[float, float]] = {}
+
+
+def padded_lengths(task: str, args: argparse.Namespace, eval_batch: int = 64) -> tuple[float, float]:
+    """Mean padded length of a training batch and of an evaluation batch: batches are padded to their longest
+    sequence, so short-sentence tasks cost far fewer tokens than ``max_length``. Measured on 2,048 seeded
+    training examples tokenized by the sweep's own tokenizer when the data and the model are at hand (GLUE),
+    else ``max_length`` (as a run padded to its maximum length)."""
+    key = (task, args.model, args.data_dir, args.max_length, args.batch_size)
+    if key in _LENGTHS:
+        return _LENGTHS[key]
+    out = (float(args.max_length), float(args.max_length))
+    spec = TASKS[task]
+    if spec.glue is not None and args.data_dir:
+        try:
+            import random
+
+            from transformers import AutoTokenizer
+
+            from wlora.data import read_glue_split
+            from wlora.data.layout import locate_task_files
+            from wlora.model_source import resolve_model
+
+            train_file = locate_task_files(task, args.data_dir)[0]
+            rows = read_glue_split(str(Path(train_file).parent.parent), task, "train")
+            rows = random.Random(0).sample(rows, min(2048, len(rows)))
+            tok = AutoTokenizer.from_pretrained(resolve_model(args.model))
+            b = [r.text_b for r in rows] if rows[0].text_b is not None else None
+            lens = [len(ids) for ids in tok([r.text_a for r in rows], b, truncation=True,
+                                            max_length=args.max_length)["input_ids"]]  # fmt: skip
+
+            def mean_max(size: int) -> float:
+                groups = [lens[i : i + size] for i in range(0, len(lens) - size + 1, size)] or [lens]
+                return sum(max(g) for g in groups) / len(groups)
+
+            out = (mean_max(args.batch_size), mean_max(eval_batch))
+        except (OSError, ValueError, FileNotFoundError):
+            pass  # no local data or tokenizer: assume full-length batches
+    _LENGTHS[key] = out
+    return out
+
+
 def cell_work(task: str, method: str, args: argparse.Namespace, search: bool = True) -> CellWork:
     n = _n_train(task, args)
     per_epoch = math.ceil(n / args.batch_size)
     steps = args.max_steps or max(1, math.ceil(args.max_epochs * per_epoch))
     every = args.eval_every or per_epoch
     evals = math.ceil(steps / every)
-    return CellWork(f"{task}-{method}", steps, evals, args.batch_size * args.max_length,
-                    _n_eval(task, args, search) * args.max_length, method == "full")  # fmt: skip
+    train_len, eval_len = padded_lengths(task, args) if getattr(args, "measure_lengths", True) else (0, 0)
+    train_len, eval_len = train_len or args.max_length, eval_len or args.max_length
+    return CellWork(f"{task}-{method}", steps, evals, round(args.batch_size * train_len),
+                    round(_n_eval(task, args, search) * eval_len), method == "full")  # fmt: skip
 
 
 def trial_seconds(w: CellWork, speed: Speed, evals: float | None = None) -> float:
@@ -264,7 +308,7 @@ def profile_speed(args: argparse.Namespace, profile: dict[str, Any]) -> Speed:
     )
 
 
-def calibrate(args: argparse.Namespace, steps: int = 2, max_batch: int = 8) -> Speed:
+def calibrate(args: argparse.Namespace, steps: int = 3, max_batch: int = 64) -> Speed:
     """Time a few LoRA steps and one evaluation batch of the sweep's model on this machine, with the threads a
     trial gets (``--cpus-per-trial``); slots = local CPUs / CPUs per trial. The calibration batch is at most
     ``max_batch`` sequences of the sweep's length (tokens per second barely change with the batch on a CPU)."""
@@ -284,7 +328,9 @@ def calibrate(args: argparse.Namespace, steps: int = 2, max_batch: int = 8) -> S
     ctl = wlora.build_method("lora", model, {"r": 8})
     load_s = time.perf_counter() - t0
     eng = Engine(model, ctl, lr=1e-3, total_steps=steps + 1)
-    b, n = min(args.batch_size, max_batch), args.max_length
+    # at the length the sweep's batches really have (padded to their longest sequence), not max_length
+    train_len, _ = padded_lengths(normalize_task(args.tasks[0]), args)
+    b, n = min(args.batch_size, max_batch), max(8, round(train_len))
     batch = {
         "input_ids": torch.randint(5, model.config.vocab_size, (b, n)),
         "attention_mask": torch.ones(b, n, dtype=torch.long),
