@@ -37,6 +37,7 @@ def test_makespan_of_a_toy_schedule():
 
 def _args(*argv):
     a = parser().parse_args(["--model", "m", *argv])
+    a.measure_lengths = False  # full-length batches: the toy numbers below assume them
     return a
 
 
@@ -68,6 +69,16 @@ def test_forecast_counts_and_hours_on_a_toy_plan():
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
+def test_padded_lengths_are_measured_on_the_real_data(minilm_path, glue_dir):
+    a = parser().parse_args(["--model", str(minilm_path), "--data-dir", str(glue_dir.parent), "--max-length", "128"])
+    a.batch_size = 32
+    train_len, eval_len = fc.padded_lengths("sst2", a)
+    # SST-2 sentences are short: batches pad to far less than max_length, and bigger batches pad longer
+    assert 20 < train_len < 80 and train_len <= eval_len <= 128
+    assert fc.padded_lengths("stsb", a)[0] > train_len  # sentence pairs are longer
+
+
 def test_forecast_on_a_profile_answers_fast_and_trains_nothing(tmp_path):
     cmd = [sys.executable, str(ROOT / "sweeps" / "glue_sweep.py"), "--preset", "paper_grid", "--tasks",
            "mnli,sst2,cola,qqp,qnli,rte,mrpc,stsb", "--methods", "lora,weightlora,weightlora_plus", "--ranks",
