@@ -78,13 +78,15 @@ def replay_trainable(config: dict[str, Any], *, table: Table, time_scale: float,
     from trainables import FINAL_KEY
 
     run = table.run_for(config, f"{run_seed}:{tune.get_context().get_trial_id()}")
+    started = time.time()  # Tune's own `timestamp` is whole seconds: too coarse at small time scales
     time.sleep(run["startup_s"] * time_scale)
     prev = 0
     last: dict[str, Any] = {}
     for step, score in run["curve"]:
         time.sleep(((step - prev) * run["step_s"] + run["eval_s"]) * time_scale)
         prev = step
-        last = {OBJECTIVE: score, "step": step, "epoch": step / table.steps_per_epoch, "recorded_seed": run["seed"]}
+        last = {OBJECTIVE: score, "step": step, "epoch": step / table.steps_per_epoch, "recorded_seed": run["seed"],
+                "replay_start": started, "replay_wall": time.time()}  # fmt: skip
         tune.report(dict(last))
     tune.report({**last, FINAL_KEY: 1.0})
 
@@ -147,7 +149,7 @@ def run_one(table: Table, strategy: str, slots: int, seed: int, budget: int, tim
         final = bool(df.get("final", 0).fillna(0).max()) if "final" in df else False
         score = float(df[OBJECTIVE].iloc[-1]) if final else None
         n_evals = int(df[OBJECTIVE].notna().sum()) - (1 if final else 0)
-        out.append((float(df["timestamp"].min()) - t0, float(df["timestamp"].max()) - t0, score, n_evals,
+        out.append((float(df["replay_start"].min()) - t0, float(df["replay_wall"].max()) - t0, score, n_evals,
                     float(df["epoch"].max())))  # fmt: skip
     return out
 
@@ -157,7 +159,7 @@ def reach(trials: list[tuple], target: float, time_scale: float) -> dict[str, fl
     done = sorted(trials, key=lambda t: t[1])
     for i, (_, end, score, _, _) in enumerate(done):
         if score is not None and score >= target:
-            spent = sum(t[4] for t in trials if t[0] < end) - sum(
+            spent = sum(t[4] for t in trials if t[0] <= end) - sum(
                 max(0.0, t[4] * (t[1] - end) / max(t[1] - t[0], 1e-9)) for t in trials if t[0] < end < t[1]
             )
             return {"trial_epochs": spent, "makespan_s": end / time_scale, "trials_ended": i + 1}

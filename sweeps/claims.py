@@ -263,10 +263,12 @@ def evaluate_claims(
         if r["n_x"] >= 2 and r["n_y"] >= 2:
             x, y = scores[(r["x"], r["task"])], scores[(r["y"], r["task"])]
             r.update(power_numbers(x, y, r["kind"], margin, level / max(len(tested), 1)))
-        if r["claim"] == "a" and r["verdict"] != INSUFFICIENT:
+        if r["claim"] == "a":
             px, py = params.get((r["x"], r["task"])), params.get((r["y"], r["task"]))
             ratio = px / py if px is not None and py else None
             r["params_ratio"] = ratio
+            if r["verdict"] == INSUFFICIENT:
+                continue
             if ratio is None:
                 r["verdict"] = "not shown" if r["verdict"] == "held" else r["verdict"]
                 r["why"] = "# Params not logged"
