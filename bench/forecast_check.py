@@ -4,7 +4,7 @@ per cell (search trials, seed re-runs) and compare the makespan with its measure
     python bench/forecast_check.py --run-dir runs/NAME [--profile PROFILE]
 
 Speed: calibrated on this machine (as ``--forecast local``; run it on an idle machine) or a profile. ASHA's
-stops are taken as expected (``sweeps.forecast.asha_expected_evals``), not as they happened.
+stops are taken as modelled (``sweeps.forecast.asha_trials``), not as they happened.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def main() -> None:
     for cell in sorted({c for c, _ in counts}):
         task, method = cell.split("-")[0], cell.split("-")[1]
         w, ws = fc.cell_work(task, method, args), fc.cell_work(task, method, args, search=False)
-        ev = fc.asha_expected_evals(w.evals, args.grace_period, args.reduction_factor) if use_asha else None
-        plan.append(([fc.trial_seconds(w, speed, ev)] * counts[(cell, "trial")],
+        runs = fc.search_runs(counts[(cell, "trial")], w.evals, use_asha, args.grace_period, args.reduction_factor)
+        plan.append(([[(q, fc.trial_seconds(w, speed, e)) for q, e in o] for o in runs],
                      [fc.trial_seconds(ws, speed)] * counts[(cell, "seed_run")]))  # fmt: skip
     predicted = fc.makespan(plan, speed.slots)
     start, end = parent.info.start_time, parent.info.end_time or max(r.info.end_time or 0 for r in kids)

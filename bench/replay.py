@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,21 @@ class Table:
         self.dims = sorted(next(iter(self.points.values()))["point"])
         self.budget = self.meta["budget"]
         self.steps_per_epoch = math.ceil(self.budget["train_subset"] / self.budget["batch_size"])
+        first = next(iter(next(iter(self.points.values()))["runs"].values()))
+        self.evals, self.steps = len(first["curve"]), first["curve"][-1][0]
+        self.epochs = self.steps / self.steps_per_epoch  # of one full trial
+
+    def seed_noise(self) -> float:
+        """The benchmark's own seed noise: the pooled standard deviation of one run's final score around its
+        point's mean (points with ≥ 2 recorded seeds)."""
+        sq, dof = 0.0, 0
+        for p in self.points.values():
+            finals = [r["curve"][-1][1] for r in p["runs"].values()]
+            if len(finals) >= 2:
+                mu = statistics.fmean(finals)
+                sq += sum((f - mu) ** 2 for f in finals)
+                dof += len(finals) - 1
+        return math.sqrt(sq / dof) if dof else 0.0
 
     def values(self) -> dict[str, list]:
         return {d: sorted({p["point"][d] for p in self.points.values()}) for d in self.dims}
@@ -85,138 +101,413 @@ def replay_trainable(config: dict[str, Any], *, table: Table, time_scale: float,
     for step, score in run["curve"]:
         time.sleep(((step - prev) * run["step_s"] + run["eval_s"]) * time_scale)
         prev = step
-        last = {OBJECTIVE: score, "step": step, "epoch": step / table.steps_per_epoch, "recorded_seed": run["seed"],
-                "replay_start": started, "replay_wall": time.time()}  # fmt: skip
+        last = {
+            OBJECTIVE: score,
+            "step": step,
+            "epoch": step / table.steps_per_epoch,
+            "recorded_seed": run["seed"],
+            "replay_start": started,
+            "replay_wall": time.time(),
+        }
         tune.report(dict(last))
     tune.report({**last, FINAL_KEY: 1.0})
 
 
-STRATEGIES = {
-    # name: (search, asha, options)
-    "grid": ("grid", False, {}),
-    "random": ("random", False, {}),
-    "tpe": ("tpe", False, {}),
-    "tpe_asha": ("tpe", True, {}),
-    "random_asha": ("random", True, {}),
-    "tpe_asha_eta3": ("tpe", True, {"reduction_factor": 3}),
-    "tpe_asha_grace2": ("tpe", True, {"grace_period": 2}),
+@dataclass(frozen=True)
+class Strategy:
+    """A search and a scheduler, as the sweep would build them (``sweeps.search``)."""
+
+    search: str  # grid | random | tpe
+    asha: bool = False
+    scheduler: dict[str, Any] = field(default_factory=dict)  # make_scheduler options
+    tpe: dict[str, Any] = field(default_factory=dict)  # make_optuna options
+
+
+def default_strategy() -> Strategy:
+    """The sweep's own default (``sweeps.search_defaults``): TPE + ASHA with the default options."""
+    from sweeps.search_defaults import SEARCH_DEFAULTS as d
+
+    return Strategy(
+        "tpe",
+        True,
+        {k: d[k] for k in ("grace_period", "reduction_factor", "brackets")},
+        {k: d[k] for k in ("multivariate", "startup_share")},
+    )
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "grid": Strategy("grid"),
+    "random": Strategy("random"),
+    "tpe": Strategy("tpe"),
+    "random_asha": Strategy("random", True),
+    "tpe_asha": Strategy(
+        "tpe",
+        True,
+        {"grace_period": 1, "reduction_factor": 2, "brackets": 1},
+        {"multivariate": False, "startup_share": 1 / 3},
+    ),
+    "tpe_asha_eta3": Strategy("tpe", True, {"reduction_factor": 3}),
+    "tpe_asha_eta4": Strategy("tpe", True, {"reduction_factor": 4}),
+    "tpe_asha_grace2": Strategy("tpe", True, {"grace_period": 2}),
+    "tpe_asha_brackets2": Strategy("tpe", True, {"brackets": 2}),
+    "tpe_asha_mv": Strategy("tpe", True, {}, {"multivariate": True}),
+    "tpe_asha_nolie": Strategy("tpe", True, {}, {"constant_liar": False}),
+    "tpe_asha_startup10": Strategy("tpe", True, {}, {"startup_share": 0.1}),
+    "tpe_asha_startup50": Strategy("tpe", True, {}, {"startup_share": 0.5}),
+    "tpe_mv_asha_eta3": Strategy("tpe", True, {"reduction_factor": 3}, {"multivariate": True}),
 }
 
 
-def run_one(table: Table, strategy: str, slots: int, seed: int, budget: int, time_scale: float, storage: str):
-    """One replayed sweep; returns its trials' (start, end, final score or None, evaluations, trial id)."""
+def strategy(name: str) -> Strategy:
+    if name == "default":
+        return default_strategy()
+    if name not in STRATEGIES:
+        raise SystemExit(f"unknown strategy {name!r}; known: default, {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def build(table: Table, name: str, seed: int, budget: int):
+    """The replayed cell's PooledSearcher and PooledScheduler, built as the sweep builds a cell's."""
     from ray import tune
 
     from sweeps.pool import CellSearch, ListSearch, PooledScheduler, PooledSearcher, variant_configs
     from sweeps.search import EarlyStopLedger, make_optuna, make_scheduler
 
-    search_kind, asha, opts = STRATEGIES[strategy]
+    st = strategy(name)
     space = {d: tune.choice(v) for d, v in table.values().items()}
-    ledger = EarlyStopLedger(f"replay:{strategy}:{slots}:{seed}")
-    if search_kind == "grid":
+    ledger = EarlyStopLedger(f"replay:{name}:{seed}:{time.monotonic_ns()}")
+    if st.search == "grid":
         grid = {d: tune.grid_search(v) for d, v in table.values().items()}
         search: Any = ListSearch(variant_configs(grid, grid=True, num_samples=1, seed=seed))
         n = len(search.configs)
-    elif search_kind == "random":
+    elif st.search == "random":
         search, n = ListSearch(variant_configs(space, grid=False, num_samples=budget, seed=seed)), budget
     else:
-        search = make_optuna(space, ledger=ledger, seed=seed, metric=OBJECTIVE, mode="max", num_samples=budget)
+        search = make_optuna(
+            space, ledger=ledger, seed=seed, metric=OBJECTIVE, mode="max", num_samples=budget, **st.tpe
+        )
         n = budget
-    cell = CellSearch("replay", {}, n, search)
-    evals = len(next(iter(next(iter(table.points.values()))["runs"].values()))["curve"])
     scheduler = PooledScheduler(
-        {"replay": lambda: make_scheduler(asha, ledger=ledger, metric=OBJECTIVE, mode="max", max_t=evals, **opts)}
+        {
+            "replay": lambda: make_scheduler(
+                st.asha, ledger=ledger, metric=OBJECTIVE, mode="max", max_t=table.evals, **st.scheduler
+            )
+        }
     )
+    return PooledSearcher([CellSearch("replay", {}, n, search)]), scheduler, n
+
+
+def _trial(start: float, end: float, score: float | None, epochs: float, key: str) -> dict[str, Any]:
+    return {"start": start, "end": end, "score": score, "epochs": epochs, "key": key}
+
+
+def simulate(table: Table, name: str, slots: int, seed: int, budget: int) -> list[dict[str, Any]]:
+    """One replayed sweep in virtual time: the same PooledSearcher / PooledScheduler objects Tune drives, called
+    the way Tune's controller calls them (``on_trial_add``; ``on_trial_result`` per evaluation, then the summary;
+    on STOP or the end ``on_trial_complete`` for both), with ``slots`` trials at once and every evaluation arriving
+    at the recorded time. Deterministic, and free of the start-up jitter of real worker processes."""
+    import heapq
+    import types
+
+    import numpy as np
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import Searcher
+
+    from trainables import FINAL_KEY
+
+    np.random.seed(seed)  # ASHA draws each trial's bracket from numpy's global generator
+    searcher, scheduler, n = build(table, name, seed, budget)
+    events: list[tuple[float, int, str, int]] = []  # (time, order, trial id, evaluation index)
+    live: dict[str, dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
+    order = started = 0
+    now = 0.0
+
+    def launch() -> None:
+        nonlocal order, started
+        while len(live) < slots and started < n:
+            tid = f"replay_{started:05d}"
+            config = searcher.suggest(tid)
+            if config is None or config == Searcher.FINISHED:
+                return
+            started += 1
+            run = table.run_for(config, f"{seed}:{tid}")
+            trial = types.SimpleNamespace(trial_id=tid, config=config)
+            scheduler.on_trial_add(None, trial)
+            live[tid] = {"trial": trial, "run": run, "start": now}
+            first = now + run["startup_s"] + run["curve"][0][0] * run["step_s"] + run["eval_s"]
+            heapq.heappush(events, (first, order, tid, 0))
+            order += 1
+
+    def end(tid: str, result: dict[str, Any], final: bool) -> None:
+        t = live.pop(tid)
+        scheduler.on_trial_complete(None, t["trial"], result)
+        searcher.on_trial_complete(tid, result)
+        out.append(_trial(t["start"], now, result[OBJECTIVE] if final else None, result["epoch"], t["run"]["key"]))
+
+    launch()
+    while events:
+        now, _, tid, i = heapq.heappop(events)
+        t = live[tid]
+        step, score = t["run"]["curve"][i]
+        result = {
+            OBJECTIVE: score,
+            "training_iteration": i + 1,
+            "step": step,
+            "trial_id": tid,
+            "epoch": step / table.steps_per_epoch,
+        }
+        action = scheduler.on_trial_result(None, t["trial"], result)
+        if action == TrialScheduler.STOP:
+            end(tid, result, final=False)
+        else:
+            searcher.on_trial_result(tid, result)
+            if i + 1 == len(t["run"]["curve"]):
+                summary = {**result, FINAL_KEY: 1.0, "training_iteration": i + 2}
+                scheduler.on_trial_result(None, t["trial"], summary)
+                searcher.on_trial_result(tid, summary)
+                end(tid, summary, final=True)
+            else:
+                nxt = now + (t["run"]["curve"][i + 1][0] - step) * t["run"]["step_s"] + t["run"]["eval_s"]
+                heapq.heappush(events, (nxt, order, tid, i + 1))
+                order += 1
+        launch()
+    return out
+
+
+def run_tune(table: Table, name: str, slots: int, seed: int, budget: int, time_scale: float, storage: str):
+    """One replayed sweep on Ray Tune: each trial sleeps the recorded time × ``time_scale``; virtual times are the
+    wall times / ``time_scale`` (they include Tune's and Ray's own overheads, scaled up likewise)."""
+    from ray import tune
+
+    searcher, scheduler, n = build(table, name, seed, budget)
     trainable = tune.with_parameters(replay_trainable, table=table, time_scale=time_scale, run_seed=seed)
     t0 = time.time()
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         tune_config=tune.TuneConfig(
-            search_alg=PooledSearcher([cell]),
+            search_alg=searcher,
             scheduler=scheduler,
             num_samples=n,
             max_concurrent_trials=slots,
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(name=f"{strategy}-{slots}-{seed}", storage_path=storage, verbose=0),
+        run_config=tune.RunConfig(name=f"{name}-{slots}-{seed}", storage_path=storage, verbose=0),
     )
-    grid = tuner.fit()
     out = []
-    for res in grid:
+    for res in tuner.fit():
         df = res.metrics_dataframe
         if df is None or df.empty:
             continue
-        final = bool(df.get("final", 0).fillna(0).max()) if "final" in df else False
+        final = bool(df["final"].fillna(0).max()) if "final" in df else False
         score = float(df[OBJECTIVE].iloc[-1]) if final else None
-        n_evals = int(df[OBJECTIVE].notna().sum()) - (1 if final else 0)
-        out.append((float(df["replay_start"].min()) - t0, float(df["replay_wall"].max()) - t0, score, n_evals,
-                    float(df["epoch"].max())))  # fmt: skip
+        key = point_key(table.method, {d: res.config[d] for d in table.dims})
+        out.append(
+            _trial(
+                (float(df["replay_start"].min()) - t0) / time_scale,
+                (float(df["replay_wall"].max()) - t0) / time_scale,
+                score,
+                float(df["epoch"].max()),
+                key,
+            )
+        )
     return out
 
 
-def reach(trials: list[tuple], target: float, time_scale: float) -> dict[str, float] | None:
-    """Trial-epochs and virtual seconds spent until the first full trial scoring ≥ target ended."""
-    done = sorted(trials, key=lambda t: t[1])
-    for i, (_, end, score, _, _) in enumerate(done):
-        if score is not None and score >= target:
-            spent = sum(t[4] for t in trials if t[0] <= end) - sum(
-                max(0.0, t[4] * (t[1] - end) / max(t[1] - t[0], 1e-9)) for t in trials if t[0] < end < t[1]
-            )
-            return {"trial_epochs": spent, "makespan_s": end / time_scale, "trials_ended": i + 1}
+def spent_by(trials: list[dict[str, Any]], when: float) -> float:
+    """Trial-epochs trained by time ``when`` (a running trial counts the share of its run it has done)."""
+    total = 0.0
+    for t in trials:
+        if t["start"] >= when:
+            continue
+        share = 1.0 if t["end"] <= when else (when - t["start"]) / max(t["end"] - t["start"], 1e-12)
+        total += t["epochs"] * share
+    return total
+
+
+def reach(trials: list[dict[str, Any]], table: Table, delta: float) -> dict[str, float] | None:
+    """When the sweep's answer first matches the grid's best: the incumbent (the full-budget trial with the best
+    *observed* score so far, which is what the sweep would report) is a point whose mean over its recorded seeds
+    is within ``delta`` of the best point's mean. Its trial-epochs spent by then, and the virtual seconds."""
+    target = table.grid_best() - delta
+    incumbent = None
+    done = sorted((t for t in trials if t["score"] is not None), key=lambda t: t["end"])
+    for i, t in enumerate(done):
+        if incumbent is None or t["score"] > incumbent["score"]:
+            incumbent = t
+        if table.mean_final(incumbent["key"]) >= target:
+            return {"trial_epochs": spent_by(trials, t["end"]), "makespan_s": t["end"], "full_trials": i + 1}
     return None
+
+
+def summarize(hits: list[dict[str, float] | None], totals: list[float], key: str, rng) -> dict[str, float]:
+    """Median over searcher seeds (a seed that never reached counts as infinite) and a 95 % bootstrap interval of
+    the median (2,000 resamples of the seeds)."""
+    import numpy as np
+
+    vals = np.array([h[key] if h else np.inf for h in hits])
+    boots = np.median(rng.choice(vals, size=(2000, len(vals)), replace=True), axis=1)
+    lo, hi = np.percentile(boots, [2.5, 97.5], method="lower"), np.percentile(boots, [2.5, 97.5], method="higher")
+    return {key: float(np.median(vals)), f"{key}_lo": float(lo[0]), f"{key}_hi": float(hi[1])}
+
+
+def forecast_of(table: Table, st: Strategy, n: int, slots: int) -> dict[str, float]:
+    """What ``--forecast``'s model (``sweeps.forecast``: ASHA's expected evaluations per trial, FIFO makespan) says
+    this replayed sweep costs, at the table's mean recorded speed."""
+    import statistics as stats
+
+    from sweeps import forecast as fc
+    from sweeps.search_defaults import SEARCH_DEFAULTS as d
+
+    recorded = [r for p in table.points.values() for r in p["runs"].values()]
+    step_s, eval_s, startup_s = (stats.fmean(r[k] for r in recorded) for k in ("step_s", "eval_s", "startup_s"))
+    o = {**{k: d[k] for k in ("grace_period", "reduction_factor")}, **st.scheduler}
+    runs = fc.search_runs(n, table.evals, st.asha, o["grace_period"], o["reduction_factor"])
+    seconds = lambda e: startup_s + table.steps * e / table.evals * step_s + e * eval_s  # noqa: E731
+    durations = [[(p, seconds(e)) for p, e in outcomes] for outcomes in runs]
+    return {
+        "trial_epochs": sum(fc.mean_of(o) for o in runs) * table.epochs / table.evals,
+        "makespan_s": fc.makespan([(durations, [])], slots),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", default="bench/recorded/sst2_minilm.jsonl")
-    p.add_argument("--method", default="lora")
+    p.add_argument("--method", default="weightlora")
     p.add_argument("--slots", default="8,32")
-    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--seeds", type=int, default=20, help="searcher seeds per strategy")
+    p.add_argument("--budget", type=int, default=None, help="trials per non-grid search (default: the grid's size)")
+    p.add_argument("--strategies", default="grid,random,tpe,random_asha,tpe_asha,default")
     p.add_argument(
-        "--budget", type=int, default=None, help="trials per non-grid search (default: a quarter of the grid)"
+        "--engine",
+        choices=["sim", "tune"],
+        default="sim",
+        help="sim: virtual time, the pool's objects driven as Tune drives them; tune: real Ray Tune",
     )
-    p.add_argument("--strategies", default="grid,random,tpe,tpe_asha")
-    p.add_argument("--time-scale", type=float, default=0.02)
-    p.add_argument("--delta", type=float, default=0.005)
+    p.add_argument("--time-scale", type=float, default=0.02, help="tune engine: wall seconds per recorded second")
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        help="how close to the grid's best counts (default: the benchmark's seed noise)",
+    )
     p.add_argument("--ray-temp-dir", default=None)
     p.add_argument("--json")
+    p.add_argument("--markdown", help="write the comparison as a Markdown table here")
     a = p.parse_args()
-    import ray
+    import numpy as np
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     table = Table(a.table, a.method)
-    target = table.grid_best() - a.delta
-    budget = a.budget or max(4, len(table.points) // 4)
-    full_epochs = len(table.points) * table.budget["epochs"]
-    print(f"{a.method}: {len(table.points)} recorded points; grid best {table.grid_best():.4f}, target ≥ {target:.4f}; "
-          f"grid = {full_epochs:g} trial-epochs; non-grid budget {budget} trials")  # fmt: skip
-    rows = []
+    delta = table.seed_noise() if a.delta is None else a.delta
+    budget = a.budget or len(table.points)
+    grid_epochs = len(table.points) * table.epochs
+    print(
+        f"{a.method}: {len(table.points)} recorded points × {table.budget['epochs']:g} epochs = {grid_epochs:g} "
+        f"trial-epochs for the grid; grid best {table.grid_best():.4f} (best point's mean over seeds); "
+        f"δ = {delta:.4f} (seed noise: one run's std around its point's mean); non-grid budget {budget} trials; "
+        f"engine {a.engine}"
+    )
+    rows: list[dict[str, Any]] = []
+    rng = np.random.default_rng(0)
     for slots in (int(s) for s in a.slots.split(",")):
-        ray.init(num_cpus=slots, include_dashboard=False, log_to_driver=False, _temp_dir=a.ray_temp_dir)
+        bound = min(slots, len(table.points)) * table.epochs / grid_epochs
+        print(
+            f"slots {slots}: with every slot busy, the first full trial ends after ≈ {bound:.2f}× the grid's "
+            f"trial-epochs (slots × epochs / grid)"
+        )
+        if a.engine == "tune":
+            import ray
+
+            ray.init(num_cpus=slots, include_dashboard=False, log_to_driver=False, _temp_dir=a.ray_temp_dir)
         with tempfile.TemporaryDirectory() as storage:
-            for strategy in a.strategies.split(","):
-                seeds = 1 if strategy == "grid" else a.seeds
-                hits = []
-                for seed in range(seeds):
-                    hit = reach(run_one(table, strategy, slots, seed, budget, a.time_scale, storage), target,
-                                a.time_scale)  # fmt: skip
-                    hits.append(hit)
-                ok = [h for h in hits if h]
-                row = {"slots": slots, "strategy": strategy, "seeds": seeds, "reached": len(ok)}
-                for key in ("trial_epochs", "makespan_s"):
-                    vals = sorted(h[key] for h in ok)
-                    if vals:
-                        row[key] = statistics.median(vals)
-                        cut = int(0.1 * (len(vals) - 1))  # an 80 % percentile interval over searcher seeds
-                        row[f"{key}_lo"], row[f"{key}_hi"] = vals[cut], vals[-1 - cut]
+            for name in a.strategies.split(","):
+                hits, totals, spans = [], [], []
+                for seed in range(a.seeds):
+                    if a.engine == "sim":
+                        trials = simulate(table, name, slots, seed, budget)
+                    else:
+                        trials = run_tune(table, name, slots, seed, budget, a.time_scale, storage)
+                    hits.append(reach(trials, table, delta))
+                    totals.append(sum(t["epochs"] for t in trials))
+                    spans.append(max(t["end"] for t in trials))
+                row: dict[str, Any] = {
+                    "slots": slots,
+                    "strategy": name,
+                    "seeds": a.seeds,
+                    "reached": sum(h is not None for h in hits),
+                    "bound": bound,
+                }
+                row.update(summarize(hits, totals, "trial_epochs", rng))
+                row.update(summarize(hits, totals, "makespan_s", rng))
+                row["ratio"] = row["trial_epochs"] / grid_epochs
+                row["ratio_lo"], row["ratio_hi"] = (
+                    row["trial_epochs_lo"] / grid_epochs,
+                    row["trial_epochs_hi"] / grid_epochs,
+                )
+                row["sweep_trial_epochs"] = float(np.mean(totals))
+                row["sweep_makespan_s"] = float(np.mean(spans))
+                st = strategy(name)
+                if st.search != "grid":
+                    row["forecast"] = forecast_of(table, st, budget, slots)
                 rows.append(row)
-                te = row.get("trial_epochs")
-                spent = "–" if te is None else f"{te:.1f} ({te / full_epochs:.2f}× grid)"
-                span = "–" if te is None else f"{row['makespan_s']:.0f} s"
-                line = f"slots {slots:>2} {strategy:16} reached {len(ok)}/{seeds}  trial-epochs {spent}"
-                print(f"{line}  makespan {span}", flush=True)
-        ray.shutdown()
+                r = row
+                print(
+                    f"slots {slots:>2} {name:20} reached {r['reached']:>2}/{a.seeds}  "
+                    f"trial-epochs {r['trial_epochs']:.1f} [{r['trial_epochs_lo']:.1f}, {r['trial_epochs_hi']:.1f}] "
+                    f"= {r['ratio']:.2f}× grid [{r['ratio_lo']:.2f}, {r['ratio_hi']:.2f}]  "
+                    f"makespan {r['makespan_s']:.0f} s [{r['makespan_s_lo']:.0f}, {r['makespan_s_hi']:.0f}]",
+                    flush=True,
+                )
+                if "forecast" in r:
+                    f = r["forecast"]
+                    te, ms = r["sweep_trial_epochs"], r["sweep_makespan_s"]
+                    print(
+                        f"{'':24}whole sweep {te:.1f} trial-epochs, {ms:.0f} s; --forecast's model "
+                        f"{f['trial_epochs']:.1f} ({f['trial_epochs'] / te:.2f}×), {f['makespan_s']:.0f} s "
+                        f"({f['makespan_s'] / ms:.2f}×)"
+                    )
+        if a.engine == "tune":
+            ray.shutdown()
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
+    if a.markdown:
+        Path(a.markdown).write_text(markdown(rows, table, delta, budget, a))
+
+
+def _cell(v: float, lo: float, hi: float, fmt: str) -> str:
+    show = lambda x: "∞" if math.isinf(x) else format(x, fmt)  # noqa: E731
+    return f"{show(v)} [{show(lo)}, {show(hi)}]"
+
+
+def markdown(rows: list[dict[str, Any]], table: Table, delta: float, budget: int, a: argparse.Namespace) -> str:
+    """The comparison as a Markdown table (what the README shows)."""
+    head = (
+        f"{table.method}, {len(table.points)} recorded points, grid best {table.grid_best():.4f}, δ = {delta:.4f}, "
+        f"non-grid budget {budget} trials, {a.seeds} searcher seeds, engine {a.engine}\n\n"
+        "| slots | strategy | reached | trial-epochs to reach (× grid) | makespan to reach, s | whole sweep: "
+        "trial-epochs / makespan s | forecast's model (× whole sweep) |\n|---|---|---|---|---|---|---|\n"
+    )
+    out = [head]
+    for r in rows:
+        f = r.get("forecast")
+        fc = (
+            ""
+            if f is None
+            else (
+                f"{f['trial_epochs'] / r['sweep_trial_epochs']:.2f}× / {f['makespan_s'] / r['sweep_makespan_s']:.2f}×"
+            )
+        )
+        out.append(
+            f"| {r['slots']} | {r['strategy']} | {r['reached']}/{r['seeds']} | "
+            f"{_cell(r['ratio'], r['ratio_lo'], r['ratio_hi'], '.2f')} | "
+            f"{_cell(r['makespan_s'], r['makespan_s_lo'], r['makespan_s_hi'], '.0f')} | "
+            f"{r['sweep_trial_epochs']:.1f} / {r['sweep_makespan_s']:.0f} | {fc} |\n"
+        )
+    return "".join(out)
 
 
 if __name__ == "__main__":

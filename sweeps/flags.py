@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from sweeps.search_defaults import SEARCH_DEFAULTS
 from wlora.fields import field_infos, flag_converter
 from wlora.registry import METHODS
 from wlora.run_config import TrainConfig
@@ -174,8 +175,18 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     g.add_argument("--num-samples", type=int, default=d.num_samples, help="trials per cell (grid: repeats)")
     g.add_argument("--search", choices=["optuna", "random", "grid"], default=None, help="default optuna")
     g.add_argument("--no-asha", action="store_true", help="run every trial to its full budget")
-    g.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before the first cut")
-    g.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep 1/factor at each rung")
+    g.add_argument(
+        "--grace-period",
+        type=int,
+        default=SEARCH_DEFAULTS["grace_period"],
+        help="ASHA: evaluations before the first cut",
+    )
+    g.add_argument(
+        "--reduction-factor",
+        type=float,
+        default=SEARCH_DEFAULTS["reduction_factor"],
+        help="ASHA: keep 1/factor at each rung",
+    )
     g.add_argument("--multi-objective", action="store_true", help="maximise the metric, minimise params %%")
     g.add_argument(
         "--seeds",

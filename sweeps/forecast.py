@@ -15,9 +15,11 @@ Seconds per step come from one of two places:
 Work per trial: the planned optimizer steps and evaluations (``--max-steps`` or epochs × training examples /
 batch, ``--eval-every``), the evaluation set (``--eval-subset``, the held-out split, or the task's dev size from
 the task registry), and a start-up time. ASHA: a trial reaches rung k (grace · η^k evaluations) with probability
-η^-k, the standard expected cost of successive halving. Seeds: ``--seeds N``, or the range ``--seeds auto``
+η^-k in a large sweep, the expected cost of successive halving; a small one promotes more, as Ray's asynchronous
+rule does when a rung has few results (``asha_trials``). Seeds: ``--seeds N``, or the range ``--seeds auto``
 can take. Makespan: the trials run first-in-first-out on the slots (search trials of all cells round robin, a
-cell's seed re-runs once its search has ended), each with its expected duration.
+cell's seed re-runs once its search has ended), slots freed at mean durations; the makespan is the expected
+latest end over the ASHA outcomes of each trial.
 """
 
 from __future__ import annotations
@@ -67,14 +69,9 @@ class CellWork:
 
 
 def asha_expected_evals(max_t: int, grace: int, eta: float) -> float:
-    """Expected evaluations of one trial under ASHA: rung k at grace·η^k (< max_t) is reached with
-    probability η^-k, the last stretch to max_t with probability η^-K (K rungs)."""
-    rungs = []
-    r = grace
-    while r < max_t:
-        rungs.append(r)
-        r = math.ceil(r * eta) if r * eta > r else r + 1
-    points = [*rungs, max_t]
+    """Expected evaluations of one trial under (synchronous) successive halving: rung k at grace·η^k (< max_t)
+    is reached with probability η^-k, the last stretch to max_t with probability η^-K (K rungs)."""
+    points = _rung_points(max_t, grace, eta)
     total, prev = 0.0, 0
     for k, point in enumerate(points):
         total += (point - prev) * eta ** (-k)
@@ -82,10 +79,80 @@ def asha_expected_evals(max_t: int, grace: int, eta: float) -> float:
     return total
 
 
-def makespan(cells: Sequence[tuple[list[float], list[float]]], slots: int) -> float:
-    """FIFO list schedule on ``slots``: search trials of all cells round robin; a cell's seed re-runs join
-    the queue when its last search trial ends. ``cells``: (search durations, seed durations) per cell."""
-    queue: list[tuple[int, int, float]] = []  # (order, cell, duration)
+def _rung_points(max_t: int, grace: int, eta: float) -> list[int]:
+    points, r = [], grace
+    while r < max_t:
+        points.append(r)
+        r = math.ceil(r * eta) if r * eta > r else r + 1
+    return [*points, max_t]
+
+
+def asha_trials(n: int, max_t: int, grace: int, eta: float) -> list[list[tuple[float, int]]]:
+    """How far each of ``n`` trials in launch order gets under asynchronous successive halving (Ray's ASHA):
+    a list of (probability, evaluations) outcomes per trial.
+
+    A result at a rung continues when it is at least the (1 − 1/η) percentile of the results recorded there
+    before it; against j earlier values in random order that happens with probability (j − (j − 1)(1 − 1/η)) /
+    (j + 1) — 1 for the first, ½ for the second, → 1/η — so a small sweep promotes more than the synchronous
+    1/η shares of :func:`asha_expected_evals` (to which this tends as n grows). j is the expected number of
+    earlier trials recorded at the rung."""
+    points = _rung_points(max_t, grace, eta)
+    q = 1 - 1 / eta
+    counts = [0.0] * len(points)
+    out = []
+    for _ in range(n):
+        p = [1.0]
+        for k in range(1, len(points)):
+            j = counts[k - 1]
+            p.append(p[-1] * (1 - j / 2 if j < 1 else (j - (j - 1) * q) / (j + 1)))
+        for k, pk in enumerate(p):
+            counts[k] += pk
+        out.append([(pk - (p[k + 1] if k + 1 < len(p) else 0.0), points[k]) for k, pk in enumerate(p)])
+    return out
+
+
+def search_runs(n: int, evals: int, asha: bool, grace: int, eta: float) -> list[list[tuple[float, int]]]:
+    """(probability, evaluations) outcomes of each of a cell's ``n`` search trials."""
+    return asha_trials(n, evals, grace, eta) if asha else [[(1.0, evals)]] * n
+
+
+def mean_of(outcomes: list[tuple[float, float]]) -> float:
+    return sum(p * v for p, v in outcomes)
+
+
+#: A job's duration: seconds, or (probability, seconds) outcomes (an ASHA trial).
+Duration = float | list[tuple[float, float]]
+
+
+def _expected_max(placed: list[tuple[float, Duration]]) -> float:
+    """E[max over jobs of start + duration] for independent jobs (exact for discrete outcomes)."""
+    events = []  # (end time, job, probability mass)
+    for i, (start, d) in enumerate(placed):
+        for p, v in [(1.0, d)] if isinstance(d, (int, float)) else d:
+            if p > 0:
+                events.append((start + v, i, p))
+    events.sort()
+    cdf = [0.0] * len(placed)
+    zeros, log_prod, prev_f, total = len(placed), 0.0, 0.0, 0.0
+    for t, i, p in events:
+        if cdf[i] == 0.0:
+            zeros -= 1
+        else:
+            log_prod -= math.log(cdf[i])
+        cdf[i] = min(1.0, cdf[i] + p)
+        log_prod += math.log(cdf[i])
+        f = math.exp(log_prod) if zeros == 0 else 0.0
+        total += t * (f - prev_f)
+        prev_f = f
+    return total
+
+
+def makespan(cells: Sequence[tuple[Sequence[Duration], Sequence[Duration]]], slots: int) -> float:
+    """Expected makespan of a FIFO list schedule on ``slots``: search trials of all cells round robin; a cell's
+    seed re-runs join the queue when its last search trial ends. ``cells``: (search durations, seed durations)
+    per cell. Slots free up at each job's mean duration; the makespan is the expected latest end over the jobs'
+    outcomes (a few long ASHA survivors launched late set it, which means alone would miss)."""
+    queue: list[tuple[int, int, Duration]] = []  # (order, cell, duration)
     order = 0
     longest = max((len(s) for s, _ in cells), default=0)
     for i in range(longest):
@@ -96,8 +163,8 @@ def makespan(cells: Sequence[tuple[list[float], list[float]]], slots: int) -> fl
     left = [len(s) for s, _ in cells]
     free = [0.0] * max(slots, 1)
     heapq.heapify(free)
-    pending: list[tuple[float, int, int, float]] = []  # seed runs: (ready time, order, cell, duration)
-    end = 0.0
+    pending: list[tuple[float, int, int, Duration]] = []  # seed runs: (ready time, order, cell, duration)
+    placed: list[tuple[float, Duration]] = []
     qi = 0
     running: list[tuple[float, int]] = []  # (end time, cell) of search trials
     while qi < len(queue) or pending or running:
@@ -113,20 +180,24 @@ def makespan(cells: Sequence[tuple[list[float], list[float]]], slots: int) -> fl
         if pending and (pending[0][0] <= t or qi >= len(queue)):
             ready, _, c, d = heapq.heappop(pending)
             start = max(t, ready)
-            heapq.heappush(free, start + d)
-            end = max(end, start + d)
+            heapq.heappush(free, start + _mean(d))
+            placed.append((start, d))
         elif qi < len(queue):
             _, c, d = queue[qi]
             qi += 1
-            heapq.heappush(free, t + d)
-            heapq.heappush(running, (t + d, c))
-            end = max(end, t + d)
+            heapq.heappush(free, t + _mean(d))
+            heapq.heappush(running, (t + _mean(d), c))
+            placed.append((t, d))
         elif running:
             heapq.heappush(free, running[0][0])  # wait for the next search trial to end
         else:
             heapq.heappush(free, t)
             break
-    return end
+    return _expected_max(placed)
+
+
+def _mean(d: Duration) -> float:
+    return float(d) if isinstance(d, (int, float)) else mean_of(d)
 
 
 def _n_train(task: str, args: argparse.Namespace) -> int:
@@ -242,9 +313,9 @@ def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int])
             for task, method, _ in cells:
                 w, ws = cell_work(task, method, args), cell_work(task, method, args, search=False)
                 if label == "sweep":
-                    ev = asha_expected_evals(w.evals, args.grace_period, args.reduction_factor) if use_asha else None
-                    s = [trial_seconds(w, speed, ev)] * n_search
-                    frac = (ev or w.evals) / w.evals
+                    runs = search_runs(n_search, w.evals, use_asha, args.grace_period, args.reduction_factor)
+                    s = [[(p, trial_seconds(w, speed, e)) for p, e in outcomes] for outcomes in runs]
+                    frac = sum(mean_of(o) for o in runs) / n_search / w.evals
                     epochs += n_search * frac * w.steps * args.batch_size / _n_train(task, args)
                 else:
                     s = [trial_seconds(w, speed)] * PAPERS_GRID
@@ -253,7 +324,7 @@ def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int])
                 epochs += n_seeds * ws.steps * args.batch_size / _n_train(task, args)
                 plan.append((s, sd))
                 trials += len(s) + len(sd)
-                seconds += sum(s) + sum(sd)
+                seconds += sum(_mean(d) for d in s) + sum(sd)
             out[f"{label}_{which}"] = {
                 "plan": plan,
                 "trials": int(trials),

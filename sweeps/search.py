@@ -14,12 +14,14 @@ the copies Tune pickles (experiment state, ``Tuner.restore``) all resolve to the
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, ClassVar
 
 import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeps.search_defaults import SEARCH_DEFAULTS
 from trainables.runner import FINAL_KEY  # the summary report after training: not a rung result
 
 logger = logging.getLogger(__name__)
@@ -121,18 +123,25 @@ def make_optuna(
     metric: str | list[str],
     mode: str | list[str],
     num_samples: int = 10,
+    multivariate: bool | None = None,
+    startup_share: float | None = None,
+    constant_liar: bool = True,
 ) -> PrunedAwareOptunaSearch:
     """Seeded Optuna TPE over ``space`` (Tune domains) that tells Optuna PRUNED for ASHA-stopped trials.
 
-    TPE starts from ``max(3, num_samples // 3)`` random trials (at most Optuna's default 10), so a
-    small budget still gets model-based suggestions. Constant liar (single objective) keeps concurrent
-    suggestions of one study apart.
+    TPE starts from ``startup_share`` × ``num_samples`` random trials (at least 3, at most Optuna's default 10),
+    so a small budget still gets model-based suggestions. Constant liar (single objective) keeps concurrent
+    suggestions of one study apart. Unset options take :data:`SEARCH_DEFAULTS`.
     """
     multi = isinstance(metric, list)
-    startup = min(10, max(3, num_samples // 3))
-    sampler = optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=startup, constant_liar=not multi, multivariate=False
-    )
+    share = SEARCH_DEFAULTS["startup_share"] if startup_share is None else startup_share
+    startup = min(10, max(3, int(num_samples * share)))
+    mv = SEARCH_DEFAULTS["multivariate"] if multivariate is None else multivariate
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*multivariate.*", category=optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup, constant_liar=constant_liar and not multi, multivariate=mv
+        )
     return PrunedAwareOptunaSearch(
         space=OptunaSearch.convert_search_space(space), metric=metric, mode=mode, sampler=sampler, ledger=ledger
     )
@@ -145,10 +154,15 @@ def make_scheduler(
     metric: str,
     mode: str,
     max_t: int,
-    grace_period: int = 1,
-    reduction_factor: float = 2,
+    grace_period: int | None = None,
+    reduction_factor: float | None = None,
+    brackets: int | None = None,
 ):
-    """ASHA on the task's main dev metric, counted in evaluations (``training_iteration``)."""
+    """ASHA on the task's main dev metric, counted in evaluations (``training_iteration``); unset options take
+    :data:`SEARCH_DEFAULTS`."""
+    grace_period = SEARCH_DEFAULTS["grace_period"] if grace_period is None else grace_period
+    reduction_factor = SEARCH_DEFAULTS["reduction_factor"] if reduction_factor is None else reduction_factor
+    brackets = SEARCH_DEFAULTS["brackets"] if brackets is None else brackets
     if not use_asha:
         return FIFOScheduler()
     return LedgerASHAScheduler(
@@ -159,5 +173,6 @@ def make_scheduler(
         max_t=max(max_t, grace_period),
         grace_period=grace_period,
         reduction_factor=reduction_factor,
+        brackets=brackets,
         stop_last_trials=False,  # the trainable ends itself; a STOP at max_t would drop the summary
     )

@@ -24,6 +24,27 @@ def test_asha_expected_evaluations():
     assert fc.asha_expected_evals(27, 1, 3) == pytest.approx(1 + 2 / 3 + 6 / 9 + 18 / 27)
 
 
+def test_asynchronous_asha_promotes_more_in_small_sweeps():
+    first, second = fc.asha_trials(2, 4, 1, 2)
+    # the first result at every rung always continues: a full run
+    assert first == [(0.0, 1), (0.0, 2), (1.0, 4)]
+    # the second continues with probability ½ at each rung (one earlier value, its median is the cutoff)
+    assert second == [(0.5, 1), (0.25, 2), (0.25, 4)]
+    # a large sweep tends to successive halving's 1/η shares
+    late = fc.asha_trials(4000, 4, 1, 2)[-500:]
+    assert sum(fc.mean_of(o) for o in late) / 500 == pytest.approx(fc.asha_expected_evals(4, 1, 2), rel=0.02)
+    assert all(sum(p for p, _ in o) == pytest.approx(1.0) for o in late)
+    assert fc.search_runs(3, 4, False, 1, 2) == [[(1.0, 4)]] * 3
+
+
+def test_expected_makespan_of_random_durations():
+    coin = [(0.5, 1.0), (0.5, 3.0)]  # 1 s or 3 s with equal odds
+    # two at once: the later end is 1 s only if both are short (¼)
+    assert fc.makespan([([coin, coin], [])], 2) == pytest.approx(0.25 * 1 + 0.75 * 3)
+    # one slot: the second starts at the first's mean (2 s)
+    assert fc.makespan([([coin, coin], [])], 1) == pytest.approx(2 + 2)
+
+
 def test_makespan_of_a_toy_schedule():
     # 2 slots; search trials 10 s each (3), then the cell's 2 seed re-runs of 5 s once its search has ended
     assert fc.makespan([([10.0, 10.0, 10.0], [5.0, 5.0])], 2) == pytest.approx(25.0)
@@ -56,10 +77,11 @@ def test_forecast_counts_and_hours_on_a_toy_plan():
     # a full trial: 10 s + 32 steps × 2048 tokens / 2048 + 2 evaluations × 6400 tokens / 6400 = 44 s
     w = fc.cell_work("sst2", "lora", a)
     assert (w.steps, w.evals) == (32, 2) and fc.trial_seconds(w, speed) == pytest.approx(44.0)
-    # ASHA trial: 1.5 evaluations → 10 + 24 + 1.5 = 35.5 s
-    search_s, seed_s = 35.5, 44.0
-    assert sweep["device_hours"] == pytest.approx(2 * (4 * search_s + 3 * seed_s) / 3600)
-    assert sweep["trial_epochs"] == pytest.approx(2 * (4 * 0.75 * 2 + 3 * 2))
+    # ASHA (one rung, at evaluation 1): a cell's first trial always continues (44 s); each later one with
+    # probability ½ (the median of the earlier results is the cutoff): 1.5 evaluations → 10 + 24 + 1.5 = 35.5 s
+    search_s, seed_s = 44.0 + 3 * 35.5, 44.0
+    assert sweep["device_hours"] == pytest.approx(2 * (search_s + 3 * seed_s) / 3600)
+    assert sweep["trial_epochs"] == pytest.approx(2 * ((2 + 3 * 1.5) / 2 * 2 + 3 * 2))
     # the papers' grid: 60 full trials per cell + the same seeds
     grid = out["papers_grid_high"]
     assert grid["trials"] == 2 * (60 + 3) and grid["trial_epochs"] == pytest.approx(2 * (60 * 2 + 3 * 2))
