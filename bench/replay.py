@@ -1,19 +1,31 @@
 """Replay a recorded benchmark (``bench/record_curves.py``) through the sweep's own pool: the searchers and
-schedulers of a real sweep (``sweeps.pool.PooledSearcher`` / ``PooledScheduler``, Optuna TPE, ASHA) on Ray
-Tune with N virtual slots, where each trial replays a recorded learning curve at the recorded speed (scaled).
+schedulers of a real sweep (``sweeps.pool.PooledSearcher`` / ``PooledScheduler``, Optuna TPE, ASHA, built by the
+same functions as a sweep's cells) with N slots, where each trial replays a recorded learning curve at the recorded
+speed.
 
-    python bench/replay.py --table bench/recorded/sst2_minilm.jsonl --method lora --slots 8,32 --seeds 20 \
-        [--strategies grid,random,tpe,tpe_asha,...] [--time-scale 0.02] [--delta 0.005] [--json out.json]
+    python bench/replay.py --method weightlora --slots 8,32 --seeds 20 \
+        [--strategies grid,random,tpe,tpe_asha,default,...] [--engine sim|tune] [--delta D] [--markdown out.md]
+
+**Two engines.** ``tune`` (real Ray Tune): each trial is a Tune trial that sleeps the recorded seconds ×
+``--time-scale`` between its reports; virtual times are wall times / time scale, so Ray's and Tune's own overheads
+and the start-up of worker processes are in them (scaled up likewise). ``sim`` (the default, used for the
+statistics): the very same searcher and scheduler objects, called as Tune's controller calls them
+(``on_trial_add``; ``on_trial_result`` for each evaluation and then the summary report; ``on_trial_complete`` on
+STOP or at the end), with every evaluation arriving at its recorded time on N slots — deterministic, and
+thousands of sweeps in minutes on 2 cores.
 
 **How searchers choose among recorded points.** The space of a replayed cell is the recorded grid itself:
 one categorical dimension per recorded hyperparameter with exactly the recorded values, so every suggestion
 (TPE, random or grid) is a recorded point. A trial replays one of the point's recorded seeds, drawn from the
 trial id and the searcher seed (so repeated suggestions of one point see seed noise, as real trials would).
 
-**What is reported** per strategy and slot count, over searcher seeds: the trial-epochs and the makespan
-(virtual seconds: wall time / time scale) until the first trial that trained to the end scores within δ of
-the grid's best (the best point's mean over its recorded seeds), with percentile intervals; and the share of
-searcher seeds that reached it at all.
+**What is reported** per strategy and slot count, over searcher seeds: the trial-epochs (and virtual seconds)
+spent until the sweep's answer matches the grid's best — the incumbent (the full-budget trial with the best
+*observed* score so far, what the sweep would report) is a point whose mean over its recorded seeds is within δ of
+the best point's mean; δ defaults to the benchmark's own seed noise. Medians with a 95 % bootstrap interval of the
+median (a seed that never got there counts as infinite), as a share of the grid's trial-epochs (every point run
+once to the end); and, for the whole sweep, its trial-epochs and makespan next to what ``--forecast``'s model
+(``sweeps.forecast``) predicts for the same plan.
 """
 
 from __future__ import annotations

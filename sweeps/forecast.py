@@ -364,7 +364,11 @@ def backbone_params(model: str, profile: dict[str, Any]) -> float:
 
 def profile_speed(args: argparse.Namespace, profile: dict[str, Any]) -> Speed:
     p = backbone_params(args.model, profile)
-    per_trial = max(args.gpus_per_trial, 1e-9) if profile.get("kind", "gpu") == "gpu" else args.cpus_per_trial
+    if profile.get("kind", "gpu") == "gpu":
+        # --gpus-per-trial 0 (the local default) on a GPU profile: one GPU per trial, as cluster.yaml runs
+        per_trial = args.gpus_per_trial if args.gpus_per_trial > 0 else 1.0
+    else:
+        per_trial = args.cpus_per_trial
     packed = max(1, round(1 / per_trial)) if per_trial < 1 else 1
     slowdown = float((profile.get("packing_slowdown") or {}).get(packed, packed**0.5))
     slots = int(profile["devices"] * packed) if per_trial < 1 else int(profile["devices"] // per_trial)

@@ -115,3 +115,17 @@ def test_forecast_on_a_profile_answers_fast_and_trains_nothing(tmp_path):
     assert took < 30  # the README states the measured time; this only guards against a runaway
     bad = subprocess.run([*cmd[:-2], "--forecast", "no-such-profile"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "no such profile" in bad.stderr
+
+
+def test_a_gpu_profile_without_gpus_per_trial_means_one_gpu_each():
+    profile = {
+        "devices": 32,
+        "kind": "gpu",
+        "train_tflops": 100,
+        "eval_tflops": 200,
+        "models": {"m": {"backbone_params": 1e8}},
+    }
+    a = _args("--tasks", "sst2")  # --gpus-per-trial 0: the local default
+    assert fc.profile_speed(a, profile).slots == 32
+    a = _args("--tasks", "sst2", "--gpus-per-trial", "0.25")
+    assert fc.profile_speed(a, profile).slots == 128
