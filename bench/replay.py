@@ -31,6 +31,7 @@ once to the end); and, for the whole sweep, its trial-epochs and makespan next t
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -178,8 +179,9 @@ def strategy(name: str) -> Strategy:
     return STRATEGIES[name]
 
 
-def build(table: Table, name: str, seed: int, budget: int):
-    """The replayed cell's PooledSearcher and PooledScheduler, built as the sweep builds a cell's."""
+def build(table: Table, name: str, seed: int, budget: int, cells: int = 1):
+    """PooledSearcher and PooledScheduler over ``cells`` replayed cells (each its own search of the table, seeded
+    apart, with its own ASHA), built as the sweep builds its cells; returns them and the total trial count."""
     from ray import tune
 
     from sweeps.pool import CellSearch, ListSearch, PooledScheduler, PooledSearcher, variant_configs
@@ -187,37 +189,38 @@ def build(table: Table, name: str, seed: int, budget: int):
 
     st = strategy(name)
     space = {d: tune.choice(v) for d, v in table.values().items()}
-    ledger = EarlyStopLedger(f"replay:{name}:{seed}:{time.monotonic_ns()}")
-    if st.search == "grid":
-        grid = {d: tune.grid_search(v) for d, v in table.values().items()}
-        search: Any = ListSearch(variant_configs(grid, grid=True, num_samples=1, seed=seed))
-        n = len(search.configs)
-    elif st.search == "random":
-        search, n = ListSearch(variant_configs(space, grid=False, num_samples=budget, seed=seed)), budget
-    else:
-        search = make_optuna(
-            space, ledger=ledger, seed=seed, metric=OBJECTIVE, mode="max", num_samples=budget, **st.tpe
-        )
-        n = budget
-    scheduler = PooledScheduler(
-        {
-            "replay": lambda: make_scheduler(
-                st.asha, ledger=ledger, metric=OBJECTIVE, mode="max", max_t=table.evals, **st.scheduler
+    searches, factories = [], {}
+    for c in range(cells):
+        cell_seed = seed * 1000 + c
+        ledger = EarlyStopLedger(f"replay:{name}:{cell_seed}:{time.monotonic_ns()}")
+        if st.search == "grid":
+            grid = {d: tune.grid_search(v) for d, v in table.values().items()}
+            search: Any = ListSearch(variant_configs(grid, grid=True, num_samples=1, seed=cell_seed))
+            n = len(search.configs)
+        elif st.search == "random":
+            search, n = ListSearch(variant_configs(space, grid=False, num_samples=budget, seed=cell_seed)), budget
+        else:
+            search = make_optuna(
+                space, ledger=ledger, seed=cell_seed, metric=OBJECTIVE, mode="max", num_samples=budget, **st.tpe
             )
-        }
-    )
-    return PooledSearcher([CellSearch("replay", {}, n, search)]), scheduler, n
+            n = budget
+        searches.append(CellSearch(f"replay{c}", {}, n, search))
+        factories[f"replay{c}"] = functools.partial(
+            make_scheduler, st.asha, ledger=ledger, metric=OBJECTIVE, mode="max", max_t=table.evals, **st.scheduler
+        )
+    return PooledSearcher(searches), PooledScheduler(factories), sum(c.budget for c in searches)
 
 
-def _trial(start: float, end: float, score: float | None, epochs: float, key: str) -> dict[str, Any]:
-    return {"start": start, "end": end, "score": score, "epochs": epochs, "key": key}
+def _trial(start: float, end: float, score: float | None, epochs: float, key: str, cell: str) -> dict[str, Any]:
+    return {"start": start, "end": end, "score": score, "epochs": epochs, "key": key, "cell": cell}
 
 
-def simulate(table: Table, name: str, slots: int, seed: int, budget: int) -> list[dict[str, Any]]:
+def simulate(table: Table, name: str, slots: int, seed: int, budget: int, cells: int = 1) -> list[dict[str, Any]]:
     """One replayed sweep in virtual time: the same PooledSearcher / PooledScheduler objects Tune drives, called
     the way Tune's controller calls them (``on_trial_add``; ``on_trial_result`` per evaluation, then the summary;
-    on STOP or the end ``on_trial_complete`` for both), with ``slots`` trials at once and every evaluation arriving
-    at the recorded time. Deterministic, and free of the start-up jitter of real worker processes."""
+    on STOP or the end ``on_trial_complete`` for both), with ``slots`` trials at once (shared by ``cells`` cells, as
+    the pool shares them) and every evaluation arriving at the recorded time. Deterministic, and free of the
+    start-up jitter of real worker processes."""
     import heapq
     import types
 
@@ -225,10 +228,10 @@ def simulate(table: Table, name: str, slots: int, seed: int, budget: int) -> lis
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import Searcher
 
-    from trainables import FINAL_KEY
+    from trainables import CELL_KEY, FINAL_KEY
 
     np.random.seed(seed)  # ASHA draws each trial's bracket from numpy's global generator
-    searcher, scheduler, n = build(table, name, seed, budget)
+    searcher, scheduler, n = build(table, name, seed, budget, cells)
     events: list[tuple[float, int, str, int]] = []  # (time, order, trial id, evaluation index)
     live: dict[str, dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
@@ -255,7 +258,8 @@ def simulate(table: Table, name: str, slots: int, seed: int, budget: int) -> lis
         t = live.pop(tid)
         scheduler.on_trial_complete(None, t["trial"], result)
         searcher.on_trial_complete(tid, result)
-        out.append(_trial(t["start"], now, result[OBJECTIVE] if final else None, result["epoch"], t["run"]["key"]))
+        score = result[OBJECTIVE] if final else None
+        out.append(_trial(t["start"], now, score, result["epoch"], t["run"]["key"], t["trial"].config[CELL_KEY]))
 
     launch()
     while events:
@@ -287,12 +291,16 @@ def simulate(table: Table, name: str, slots: int, seed: int, budget: int) -> lis
     return out
 
 
-def run_tune(table: Table, name: str, slots: int, seed: int, budget: int, time_scale: float, storage: str):
+def run_tune(
+    table: Table, name: str, slots: int, seed: int, budget: int, time_scale: float, storage: str, cells: int = 1
+):
     """One replayed sweep on Ray Tune: each trial sleeps the recorded time × ``time_scale``; virtual times are the
     wall times / ``time_scale`` (they include Tune's and Ray's own overheads, scaled up likewise)."""
     from ray import tune
 
-    searcher, scheduler, n = build(table, name, seed, budget)
+    from trainables import CELL_KEY
+
+    searcher, scheduler, n = build(table, name, seed, budget, cells)
     trainable = tune.with_parameters(replay_trainable, table=table, time_scale=time_scale, run_seed=seed)
     t0 = time.time()
     tuner = tune.Tuner(
@@ -321,6 +329,7 @@ def run_tune(table: Table, name: str, slots: int, seed: int, budget: int, time_s
                 score,
                 float(df["epoch"].max()),
                 key,
+                res.config[CELL_KEY],
             )
         )
     return out
@@ -352,7 +361,17 @@ def reach(trials: list[dict[str, Any]], table: Table, delta: float) -> dict[str,
     return None
 
 
-def summarize(hits: list[dict[str, float] | None], totals: list[float], key: str, rng) -> dict[str, float]:
+def final_ok(trials: list[dict[str, Any]], table: Table, delta: float) -> bool:
+    """Whether the sweep's final answer (its best observed full-budget trial) is a point within ``delta`` of the
+    grid's best (by the points' means over recorded seeds)."""
+    done = [t for t in trials if t["score"] is not None]
+    if not done:
+        return False
+    best = max(done, key=lambda t: (t["score"], -t["end"]))
+    return table.mean_final(best["key"]) >= table.grid_best() - delta
+
+
+def summarize(hits: list[dict[str, float] | None], key: str, rng) -> dict[str, float]:
     """Median over searcher seeds (a seed that never reached counts as infinite) and a 95 % bootstrap interval of
     the median (2,000 resamples of the seeds)."""
     import numpy as np
@@ -363,9 +382,9 @@ def summarize(hits: list[dict[str, float] | None], totals: list[float], key: str
     return {key: float(np.median(vals)), f"{key}_lo": float(lo[0]), f"{key}_hi": float(hi[1])}
 
 
-def forecast_of(table: Table, st: Strategy, n: int, slots: int) -> dict[str, float]:
+def forecast_of(table: Table, st: Strategy, n: int, slots: int, cells: int = 1) -> dict[str, float]:
     """What ``--forecast``'s model (``sweeps.forecast``: ASHA's expected evaluations per trial, FIFO makespan) says
-    this replayed sweep costs, at the table's mean recorded speed."""
+    this replayed sweep costs, at the table's mean recorded speed: trial-epochs per cell, makespan of all cells."""
     import statistics as stats
 
     from sweeps import forecast as fc
@@ -379,7 +398,7 @@ def forecast_of(table: Table, st: Strategy, n: int, slots: int) -> dict[str, flo
     durations = [[(p, seconds(e)) for p, e in outcomes] for outcomes in runs]
     return {
         "trial_epochs": sum(fc.mean_of(o) for o in runs) * table.epochs / table.evals,
-        "makespan_s": fc.makespan([(durations, [])], slots),
+        "makespan_s": fc.makespan([(durations, [])] * cells, slots),
     }
 
 
@@ -387,10 +406,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", default="bench/recorded/sst2_minilm.jsonl")
     p.add_argument("--method", default="weightlora")
-    p.add_argument("--slots", default="8,32")
+    p.add_argument(
+        "--slots", default="8,32", help="comma-separated SLOTS or SLOTS:CELLS (CELLS replayed cells share the slots)"
+    )
     p.add_argument("--seeds", type=int, default=20, help="searcher seeds per strategy")
     p.add_argument("--budget", type=int, default=None, help="trials per non-grid search (default: the grid's size)")
-    p.add_argument("--strategies", default="grid,random,tpe,random_asha,tpe_asha,default")
+    p.add_argument(
+        "--strategies",
+        default="grid,random,tpe,random_asha,tpe_asha,default",
+        help="comma-separated NAME or NAME@TRIALS (a per-strategy budget)",
+    )
     p.add_argument(
         "--engine",
         choices=["sim", "tune"],
@@ -399,10 +424,7 @@ def main() -> None:
     )
     p.add_argument("--time-scale", type=float, default=0.02, help="tune engine: wall seconds per recorded second")
     p.add_argument(
-        "--delta",
-        type=float,
-        default=None,
-        help="how close to the grid's best counts (default: the benchmark's seed noise)",
+        "--delta", type=float, default=None, help="how close to the grid's best counts (default: the seed noise)"
     )
     p.add_argument("--ray-temp-dir", default=None)
     p.add_argument("--json")
@@ -412,112 +434,110 @@ def main() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
     table = Table(a.table, a.method)
     delta = table.seed_noise() if a.delta is None else a.delta
-    budget = a.budget or len(table.points)
     grid_epochs = len(table.points) * table.epochs
     print(
-        f"{a.method}: {len(table.points)} recorded points × {table.budget['epochs']:g} epochs = {grid_epochs:g} "
-        f"trial-epochs for the grid; grid best {table.grid_best():.4f} (best point's mean over seeds); "
-        f"δ = {delta:.4f} (seed noise: one run's std around its point's mean); non-grid budget {budget} trials; "
-        f"engine {a.engine}"
+        f"{a.method}: {len(table.points)} recorded points × {table.epochs:g} epochs = {grid_epochs:g} trial-epochs "
+        f"for the grid; grid best {table.grid_best():.4f} (best point's mean over seeds); δ = {delta:.4f} (seed "
+        f"noise: one run's std around its point's mean); engine {a.engine}"
     )
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(0)
-    for slots in (int(s) for s in a.slots.split(",")):
-        bound = min(slots, len(table.points)) * table.epochs / grid_epochs
+    for setup in a.slots.split(","):
+        slots, cells = (int(x) for x in (setup.split(":") if ":" in setup else (setup, 1)))
+        bound = min(slots / cells, len(table.points)) * table.epochs / grid_epochs
         print(
-            f"slots {slots}: with every slot busy, the first full trial ends after ≈ {bound:.2f}× the grid's "
-            f"trial-epochs (slots × epochs / grid)"
+            f"{slots} slots shared by {cells} cell(s): with every slot busy, a cell's first full trial ends after "
+            f"≈ {bound:.2f}× the grid's trial-epochs (slots per cell × epochs / grid)"
         )
         if a.engine == "tune":
             import ray
 
             ray.init(num_cpus=slots, include_dashboard=False, log_to_driver=False, _temp_dir=a.ray_temp_dir)
         with tempfile.TemporaryDirectory() as storage:
-            for name in a.strategies.split(","):
-                hits, totals, spans = [], [], []
+            for entry in a.strategies.split(","):
+                name, _, n = entry.partition("@")
+                st = strategy(name)
+                budget = len(table.points) if st.search == "grid" else int(n or a.budget or len(table.points))
+                hits, finals, totals, spans = [], [], [], []
                 for seed in range(a.seeds):
                     if a.engine == "sim":
-                        trials = simulate(table, name, slots, seed, budget)
+                        trials = simulate(table, name, slots, seed, budget, cells)
                     else:
-                        trials = run_tune(table, name, slots, seed, budget, a.time_scale, storage)
-                    hits.append(reach(trials, table, delta))
-                    totals.append(sum(t["epochs"] for t in trials))
+                        trials = run_tune(table, name, slots, seed, budget, a.time_scale, storage, cells)
                     spans.append(max(t["end"] for t in trials))
-                row: dict[str, Any] = {
-                    "slots": slots,
-                    "strategy": name,
-                    "seeds": a.seeds,
-                    "reached": sum(h is not None for h in hits),
-                    "bound": bound,
-                }
-                row.update(summarize(hits, totals, "trial_epochs", rng))
-                row.update(summarize(hits, totals, "makespan_s", rng))
-                row["ratio"] = row["trial_epochs"] / grid_epochs
-                row["ratio_lo"], row["ratio_hi"] = (
-                    row["trial_epochs_lo"] / grid_epochs,
-                    row["trial_epochs_hi"] / grid_epochs,
-                )
-                row["sweep_trial_epochs"] = float(np.mean(totals))
-                row["sweep_makespan_s"] = float(np.mean(spans))
-                st = strategy(name)
+                    for cell in sorted({t["cell"] for t in trials}):
+                        mine = [t for t in trials if t["cell"] == cell]
+                        hits.append(reach(mine, table, delta))
+                        finals.append(final_ok(mine, table, delta))
+                        totals.append(sum(t["epochs"] for t in mine))
+                row: dict[str, Any] = {"slots": slots, "cells": cells, "strategy": name, "budget": budget,
+                                       "seeds": a.seeds, "runs": len(hits), "bound": bound,
+                                       "reached": sum(h is not None for h in hits), "final_ok": sum(finals),
+                                       "sweep_trial_epochs": float(np.mean(totals)),
+                                       "sweep_ratio": float(np.mean(totals)) / grid_epochs,
+                                       "sweep_makespan_s": float(np.mean(spans))}  # fmt: skip
+                row.update(summarize(hits, "trial_epochs", rng))
+                row.update(summarize(hits, "makespan_s", rng))
+                for k in ("", "_lo", "_hi"):
+                    row[f"ratio{k}"] = row[f"trial_epochs{k}"] / grid_epochs
                 if st.search != "grid":
-                    row["forecast"] = forecast_of(table, st, budget, slots)
+                    row["forecast"] = forecast_of(table, st, budget, slots, cells)
                 rows.append(row)
-                r = row
-                print(
-                    f"slots {slots:>2} {name:20} reached {r['reached']:>2}/{a.seeds}  "
-                    f"trial-epochs {r['trial_epochs']:.1f} [{r['trial_epochs_lo']:.1f}, {r['trial_epochs_hi']:.1f}] "
-                    f"= {r['ratio']:.2f}× grid [{r['ratio_lo']:.2f}, {r['ratio_hi']:.2f}]  "
-                    f"makespan {r['makespan_s']:.0f} s [{r['makespan_s_lo']:.0f}, {r['makespan_s_hi']:.0f}]",
-                    flush=True,
-                )
-                if "forecast" in r:
-                    f = r["forecast"]
-                    te, ms = r["sweep_trial_epochs"], r["sweep_makespan_s"]
-                    print(
-                        f"{'':24}whole sweep {te:.1f} trial-epochs, {ms:.0f} s; --forecast's model "
-                        f"{f['trial_epochs']:.1f} ({f['trial_epochs'] / te:.2f}×), {f['makespan_s']:.0f} s "
-                        f"({f['makespan_s'] / ms:.2f}×)"
-                    )
+                print(line(row), flush=True)
         if a.engine == "tune":
             ray.shutdown()
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     if a.markdown:
-        Path(a.markdown).write_text(markdown(rows, table, delta, budget, a))
+        Path(a.markdown).write_text(markdown(rows, table, delta, a))
 
 
-def _cell(v: float, lo: float, hi: float, fmt: str) -> str:
-    show = lambda x: "∞" if math.isinf(x) else format(x, fmt)  # noqa: E731
-    return f"{show(v)} [{show(lo)}, {show(hi)}]"
+def _show(v: float, fmt: str) -> str:
+    return "∞" if math.isinf(v) else format(v, fmt)
 
 
-def markdown(rows: list[dict[str, Any]], table: Table, delta: float, budget: int, a: argparse.Namespace) -> str:
-    """The comparison as a Markdown table (what the README shows)."""
-    head = (
-        f"{table.method}, {len(table.points)} recorded points, grid best {table.grid_best():.4f}, δ = {delta:.4f}, "
-        f"non-grid budget {budget} trials, {a.seeds} searcher seeds, engine {a.engine}\n\n"
-        "| slots | strategy | reached | trial-epochs to reach (× grid) | makespan to reach, s | whole sweep: "
-        "trial-epochs / makespan s | forecast's model (× whole sweep) |\n|---|---|---|---|---|---|---|\n"
+def line(r: dict[str, Any]) -> str:
+    out = (
+        f"{r['slots']:>2}:{r['cells']:<2} {r['strategy'] + '@' + str(r['budget']):24} "
+        f"final answer within δ {r['final_ok']:>3}/{r['runs']}, whole sweep {r['sweep_ratio']:.2f}× grid, "
+        f"{r['sweep_makespan_s']:.0f} s | first within δ {r['reached']}/{r['runs']} after "
+        f"{_show(r['ratio'], '.2f')}× [{_show(r['ratio_lo'], '.2f')}, {_show(r['ratio_hi'], '.2f')}], "
+        f"{_show(r['makespan_s'], '.0f')} s"
     )
-    out = [head]
+    if "forecast" in r:
+        f = r["forecast"]
+        out += (
+            f" | forecast {f['trial_epochs'] / r['sweep_trial_epochs']:.2f}× trial-epochs, "
+            f"{f['makespan_s'] / r['sweep_makespan_s']:.2f}× makespan"
+        )
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], table: Table, delta: float, a: argparse.Namespace) -> str:
+    """The comparison as a Markdown table (what the README shows)."""
+    out = [
+        f"{table.method}: {len(table.points)} recorded points, grid {len(table.points) * table.epochs:g} "
+        f"trial-epochs, grid best {table.grid_best():.4f}, δ = {delta:.4f}; {a.seeds} searcher seeds per row; "
+        f"engine {a.engine}\n\n"
+        "| slots | strategy @ trials per cell | final answer within δ | whole sweep: trial-epochs (× grid), makespan "
+        "| first within δ: trial-epochs × grid [95 % CI of median], makespan | forecast's model ÷ replay |\n"
+        "|---|---|---|---|---|---|\n"
+    ]
     for r in rows:
         f = r.get("forecast")
         fc = (
             ""
             if f is None
-            else (
-                f"{f['trial_epochs'] / r['sweep_trial_epochs']:.2f}× / {f['makespan_s'] / r['sweep_makespan_s']:.2f}×"
-            )
+            else (f"{f['trial_epochs'] / r['sweep_trial_epochs']:.2f} / {f['makespan_s'] / r['sweep_makespan_s']:.2f}")
         )
+        slots = f"{r['slots']}" + ("" if r["cells"] == 1 else f", {r['cells']} cells")
         out.append(
-            f"| {r['slots']} | {r['strategy']} | {r['reached']}/{r['seeds']} | "
-            f"{_cell(r['ratio'], r['ratio_lo'], r['ratio_hi'], '.2f')} | "
-            f"{_cell(r['makespan_s'], r['makespan_s_lo'], r['makespan_s_hi'], '.0f')} | "
-            f"{r['sweep_trial_epochs']:.1f} / {r['sweep_makespan_s']:.0f} | {fc} |\n"
+            f"| {slots} | {r['strategy']} @ {r['budget']} | {r['final_ok']}/{r['runs']} | "
+            f"{r['sweep_trial_epochs']:.1f} ({r['sweep_ratio']:.2f}×), {r['sweep_makespan_s']:.0f} s | "
+            f"{_show(r['ratio'], '.2f')} [{_show(r['ratio_lo'], '.2f')}, {_show(r['ratio_hi'], '.2f')}], "
+            f"{_show(r['makespan_s'], '.0f')} s | {fc} |\n"
         )
     return "".join(out)
 
