@@ -478,6 +478,9 @@ def main() -> None:
                                        "sweep_trial_epochs": float(np.mean(totals)),
                                        "sweep_ratio": float(np.mean(totals)) / grid_epochs,
                                        "sweep_makespan_s": float(np.mean(spans))}  # fmt: skip
+                from statsmodels.stats.proportion import proportion_confint
+
+                row["final_lo"], row["final_hi"] = proportion_confint(sum(finals), len(finals), method="wilson")
                 row.update(summarize(hits, "trial_epochs", rng))
                 row.update(summarize(hits, "makespan_s", rng))
                 for k in ("", "_lo", "_hi"):
@@ -501,7 +504,8 @@ def _show(v: float, fmt: str) -> str:
 def line(r: dict[str, Any]) -> str:
     out = (
         f"{r['slots']:>2}:{r['cells']:<2} {r['strategy'] + '@' + str(r['budget']):24} "
-        f"final answer within δ {r['final_ok']:>3}/{r['runs']}, whole sweep {r['sweep_ratio']:.2f}× grid, "
+        f"final answer within δ {r['final_ok']:>3}/{r['runs']} [{r['final_lo']:.2f}, {r['final_hi']:.2f}], "
+        f"whole sweep {r['sweep_ratio']:.2f}× grid, "
         f"{r['sweep_makespan_s']:.0f} s | first within δ {r['reached']}/{r['runs']} after "
         f"{_show(r['ratio'], '.2f')}× [{_show(r['ratio_lo'], '.2f')}, {_show(r['ratio_hi'], '.2f')}], "
         f"{_show(r['makespan_s'], '.0f')} s"
@@ -521,8 +525,10 @@ def markdown(rows: list[dict[str, Any]], table: Table, delta: float, a: argparse
         f"{table.method}: {len(table.points)} recorded points, grid {len(table.points) * table.epochs:g} "
         f"trial-epochs, grid best {table.grid_best():.4f}, δ = {delta:.4f}; {a.seeds} searcher seeds per row; "
         f"engine {a.engine}\n\n"
-        "| slots | strategy @ trials per cell | final answer within δ | whole sweep: trial-epochs (× grid), makespan "
-        "| first within δ: trial-epochs × grid [95 % CI of median], makespan | forecast's model ÷ replay |\n"
+        "| slots | strategy @ trials per cell | final answer within δ [95 % Wilson] "
+        "| whole sweep: trial-epochs (× grid), makespan "
+        "| first within δ: trial-epochs × grid [95 % CI of median], makespan "
+        "| forecast's model ÷ replay |\n"
         "|---|---|---|---|---|---|\n"
     ]
     for r in rows:
@@ -534,7 +540,8 @@ def markdown(rows: list[dict[str, Any]], table: Table, delta: float, a: argparse
         )
         slots = f"{r['slots']}" + ("" if r["cells"] == 1 else f", {r['cells']} cells")
         out.append(
-            f"| {slots} | {r['strategy']} @ {r['budget']} | {r['final_ok']}/{r['runs']} | "
+            f"| {slots} | {r['strategy']} @ {r['budget']} | {r['final_ok']}/{r['runs']} "
+            f"[{r['final_lo']:.2f}, {r['final_hi']:.2f}] | "
             f"{r['sweep_trial_epochs']:.1f} ({r['sweep_ratio']:.2f}×), {r['sweep_makespan_s']:.0f} s | "
             f"{_show(r['ratio'], '.2f')} [{_show(r['ratio_lo'], '.2f')}, {_show(r['ratio_hi'], '.2f')}], "
             f"{_show(r['makespan_s'], '.0f')} s | {fc} |\n"
