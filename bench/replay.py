@@ -35,6 +35,7 @@ import functools
 import hashlib
 import json
 import math
+import shlex
 import statistics
 import sys
 import tempfile
@@ -521,7 +522,9 @@ def line(r: dict[str, Any]) -> str:
 
 def markdown(rows: list[dict[str, Any]], table: Table, delta: float, a: argparse.Namespace) -> str:
     """The comparison as a Markdown table (what the README shows)."""
+    command = "python bench/replay.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     out = [
+        f"`{command}`\n\n"
         f"{table.method}: {len(table.points)} recorded points, grid {len(table.points) * table.epochs:g} "
         f"trial-epochs, grid best {table.grid_best():.4f}, δ = {delta:.4f}; {a.seeds} searcher seeds per row; "
         f"engine {a.engine}\n\n"
