@@ -435,7 +435,16 @@ def main() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    table = Table(a.table, a.method)
+    try:
+        table = Table(a.table, a.method)
+        setups = [tuple(int(x) for x in (s.split(":") if ":" in s else (s, 1))) for s in a.slots.split(",")]
+    except ValueError as exc:
+        p.error(str(exc))
+    for entry in a.strategies.split(","):
+        name, _, n = entry.partition("@")
+        strategy(name)
+        if n and not n.isdigit():
+            p.error(f"--strategies {entry}: TRIALS must be a whole number")
     delta = table.seed_noise() if a.delta is None else a.delta
     grid_epochs = len(table.points) * table.epochs
     print(
@@ -445,8 +454,7 @@ def main() -> None:
     )
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(0)
-    for setup in a.slots.split(","):
-        slots, cells = (int(x) for x in (setup.split(":") if ":" in setup else (setup, 1)))
+    for slots, cells in setups:
         bound = min(slots / cells, len(table.points)) * table.epochs / grid_epochs
         print(
             f"{slots} slots shared by {cells} cell(s): with every slot busy, a cell's first full trial ends after "
