@@ -117,12 +117,13 @@ def search_runs(n: int, evals: int, asha: bool, grace: int, eta: float) -> list[
     return asha_trials(n, evals, grace, eta) if asha else [[(1.0, evals)]] * n
 
 
-def mean_of(outcomes: list[tuple[float, float]]) -> float:
-    return sum(p * v for p, v in outcomes)
-
-
 #: A job's duration: seconds, or (probability, seconds) outcomes (an ASHA trial).
 Duration = float | list[tuple[float, float]]
+
+
+def mean_of(d: Duration) -> float:
+    """Expected value of a duration (or of (probability, evaluations) outcomes)."""
+    return float(d) if isinstance(d, (int, float)) else sum(p * v for p, v in d)
 
 
 def _expected_max(placed: list[tuple[float, Duration]]) -> float:
@@ -181,13 +182,13 @@ def makespan(cells: Sequence[tuple[Sequence[Duration], Sequence[Duration]]], slo
         if pending and (pending[0][0] <= t or qi >= len(queue)):
             ready, _, c, d = heapq.heappop(pending)
             start = max(t, ready)
-            heapq.heappush(free, start + _mean(d))
+            heapq.heappush(free, start + mean_of(d))
             placed.append((start, d))
         elif qi < len(queue):
             _, c, d = queue[qi]
             qi += 1
-            heapq.heappush(free, t + _mean(d))
-            heapq.heappush(running, (t + _mean(d), c))
+            heapq.heappush(free, t + mean_of(d))
+            heapq.heappush(running, (t + mean_of(d), c))
             placed.append((t, d))
         elif running:
             heapq.heappush(free, running[0][0])  # wait for the next search trial to end
@@ -195,10 +196,6 @@ def makespan(cells: Sequence[tuple[Sequence[Duration], Sequence[Duration]]], slo
             heapq.heappush(free, t)
             break
     return _expected_max(placed)
-
-
-def _mean(d: Duration) -> float:
-    return float(d) if isinstance(d, (int, float)) else mean_of(d)
 
 
 def _n_train(task: str, args: argparse.Namespace) -> int:
@@ -325,7 +322,7 @@ def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int])
                 epochs += n_seeds * ws.steps * args.batch_size / _n_train(task, args)
                 plan.append((s, sd))
                 trials += len(s) + len(sd)
-                seconds += sum(_mean(d) for d in s) + sum(sd)
+                seconds += sum(mean_of(d) for d in s) + sum(sd)
             out[f"{label}_{which}"] = {
                 "plan": plan,
                 "trials": int(trials),
