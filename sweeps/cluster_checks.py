@@ -34,7 +34,14 @@ BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 
 #: Filesystem types that are the same folder on every node that mounts them.
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "lustre", "glusterfs", "ceph", "cephfs", "beegfs", "gpfs", "9p"}
-NETWORK_FS_PREFIXES = ("fuse.s3fs", "fuse.gcsfuse", "fuse.mountpoint-s3", "fuse.juicefs", "fuse.glusterfs")
+NETWORK_FS_PREFIXES = (
+    "fuse.s3fs",
+    "fuse.gcsfuse",
+    "fuse.mountpoint-s3",
+    "fuse.juicefs",
+    "fuse.glusterfs",
+    "fuse.sshfs",
+)
 
 #: MLflow store schemes that live on one machine's disk.
 LOCAL_TRACKING_SCHEMES = {"", "file", "sqlite"}
