@@ -184,11 +184,14 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         raise ValueError(f"--storage-path {args.storage_path} is a file, not a folder")
     state: dict[str, Any] = {}
     if args.resume:
+        from sweeps.flags import given
+
+        grow_to = args.num_samples if given(args, "num_samples") else None  # before the saved flags replace it
         run_dir = storage / args.name if args.name else latest_resumable(storage)
         if run_dir is None or not run_dir.is_dir():
             raise FileNotFoundError(
                 f"--resume: no running or interrupted sweep in {storage}"
-                + (f" named {args.name!r}" if args.name else " (pass --name to pick one)")
+                + (f" named {args.name!r}" if args.name else " (pass --name to pick one, or to grow a finished one)")
             )
         state = load_state(run_dir)
         _check_resumable(run_dir, state)
@@ -199,6 +202,8 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
                 setattr(args, key, value)
         args.preset = Path(args.preset) if args.preset else None
         args.name = run_dir.name
+        if grow_to is not None:
+            _grow(args, state, run_dir, grow_to)
     else:
         args.name = args.name or f"{defaults.kind}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
         run_dir = storage / args.name
@@ -369,6 +374,37 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
 def save_state(plan: Plan) -> None:
     """Write the plan's ``sweep_state.json`` atomically (:func:`sweeps.state.save_state`)."""
     _save_state(plan.run_dir, plan.state)
+
+
+def _grow(args: argparse.Namespace, state: dict[str, Any], run_dir: Path, num_samples: int) -> None:
+    """``--resume --num-samples N``: every cell's search grows to N trials (a finished sweep runs again).
+
+    The restored experiment keeps every trial already run; each cell's search goes on from its history (an
+    Optuna study from every trial it has seen; random search draws the next configs of its seeded sequence)
+    and each cell's ASHA from its rungs. Refused: fewer trials than before, a grid (it runs each grid point
+    once, whatever N), ``--seeds`` (the seed re-runs already ran the best config of the smaller search)."""
+    before = int(state["args"].get("num_samples") or 0)
+    if num_samples == before:
+        return
+    what = f"--resume --num-samples {num_samples}"
+    if num_samples < before:
+        raise ValueError(f"{what}: the sweep already runs {before} trials per cell; a sweep grows, it never shrinks")
+    if (state["args"].get("search") or "optuna") == "grid":
+        raise ValueError(
+            f"{what}: a grid sweep runs each grid point once, whatever --num-samples, so there is nothing to add; "
+            "start a new sweep (another --name) with a wider grid"
+        )
+    if getattr(args, "seeds_auto", False) or int(args.seeds or 0) > 0:
+        raise ValueError(
+            f"{what}: this sweep re-ran each cell's best config with --seeds; more search trials could change that "
+            "config after its re-runs. Start a new sweep (another --name) with the larger --num-samples"
+        )
+    cloud = "://" in str(state.get("tune_storage", ""))
+    if not cloud and not check_experiment(run_dir / EXPERIMENT):
+        raise StateError(f"{what}: the Tune experiment {run_dir / EXPERIMENT} is missing, so the sweep cannot grow")
+    args.num_samples, args.extend_from = num_samples, before
+    state["args"]["num_samples"] = num_samples
+    state["pooled_done"] = False  # the pool runs again: the new trials, then tables, adapters and report
 
 
 def _check_resumable(run_dir: Path, state: dict[str, Any]) -> None:

@@ -21,7 +21,6 @@ them before building the ``TrainConfig``. ASHA writes early stops into the cell'
 
 from __future__ import annotations
 
-import copy
 import logging
 import pickle
 from collections.abc import Callable, Mapping
@@ -134,6 +133,10 @@ class PooledSearcher(Searcher):
         self._owner: dict[str, tuple[str, str]] = {}  # trial id → (cell, role)
         self._configs: dict[str, dict[str, Any]] = {}  # trial id → its config (search trials)
         self._turn = 0
+        # Driver-local, never in the saved state: the live scheduler whose state travels with this searcher's,
+        # and the cells' larger budgets that a restore applies (``--resume --num-samples N``: see :meth:`grow`).
+        self._scheduler: PooledScheduler | None = None
+        self._grow: dict[str, CellSearch] | None = None
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # every cell's search carries its own space, metric and mode
@@ -267,11 +270,57 @@ class PooledSearcher(Searcher):
         with open(checkpoint_path, "rb") as f:
             self.set_state(pickle.load(f))
 
+    # Tune saves the searcher with every experiment snapshot but never the scheduler (``TuneController.save_to_dir``
+    # writes the trials, the search algorithm and the callbacks; ``Tuner.restore`` rebuilds the scheduler from
+    # ``tuner.pkl`` as it was at the start). So the pooled scheduler's state — every cell's ASHA rungs — travels in
+    # this searcher's state: the same file, written at the same moment as the trials it describes.
+
+    def attach_scheduler(self, scheduler: PooledScheduler) -> None:
+        """Save ``scheduler``'s state with this searcher's and restore it into ``scheduler`` (the live one)."""
+        self._scheduler = scheduler
+
+    def grow(self, cells: list[CellSearch]) -> None:
+        """Extend the sweep: each cell's budget (and random configs) become those of ``cells``, applied when Tune
+        restores this searcher's state (the restored searches keep their history: an Optuna study goes on from
+        every trial it has seen). Budgets never shrink."""
+        self._grow = {c.name: c for c in cells}
+
+    def _apply_grow(self) -> None:
+        for new in (self.__dict__.get("_grow") or {}).values():
+            cell = self.cells.get(new.name)
+            if cell is None:
+                continue
+            before = cell.budget
+            if isinstance(cell.search, ListSearch) and isinstance(new.search, ListSearch):
+                # Seeded draws: the first configs are the ones already handed out; append the rest.
+                done = list(cell.search.configs)
+                cell.search.configs = done + list(new.search.configs[len(done) :])
+                cell.budget = max(cell.budget, len(cell.search.configs))
+            else:
+                cell.budget = max(cell.budget, new.budget)
+            if cell.budget > before:
+                seen = len(getattr(getattr(cell.search, "_ot_study", None), "trials", ()) or cell.results)
+                logger.info("%s: %d → %d trials (its search goes on from %d)", cell.name, before, cell.budget, seen)
+        self._grow = None
+
     def get_state(self) -> dict[str, Any]:
-        return copy.copy(self.__dict__)
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_scheduler", "_grow")}
+        scheduler = self.__dict__.get("_scheduler")
+        if scheduler is not None:
+            state["scheduler_state"] = scheduler.get_state()
+        return state
 
     def set_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        scheduler_state = state.pop("scheduler_state", None)
+        for key in ("_scheduler", "_grow"):
+            state.pop(key, None)
         self.__dict__.update(state)
+        scheduler = self.__dict__.get("_scheduler")
+        if scheduler is not None and scheduler_state is not None:
+            scheduler.set_state(scheduler_state)
+        if self.__dict__.get("_grow"):
+            self._apply_grow()
 
 
 class PooledScheduler(TrialScheduler):
@@ -301,7 +350,12 @@ class PooledScheduler(TrialScheduler):
         return self.cells[name]
 
     def on_trial_add(self, tune_controller, trial) -> None:
-        self._of(trial).on_trial_add(tune_controller, trial)
+        scheduler = self._of(trial)
+        # Tune re-adds every trial of a restored experiment: one the restored state already tracks keeps its
+        # bracket (and its recorded rungs); one that had ended before the snapshot has nothing left to decide.
+        if trial.trial_id in (getattr(scheduler, "_trial_info", None) or {}) or trial.status in ("TERMINATED", "ERROR"):
+            return
+        scheduler.on_trial_add(tune_controller, trial)
 
     def on_trial_error(self, tune_controller, trial) -> None:
         self._of(trial).on_trial_error(tune_controller, trial)
@@ -322,3 +376,13 @@ class PooledScheduler(TrialScheduler):
 
     def debug_string(self) -> str:
         return f"One scheduler per cell ({len(self._factories)} cells)."
+
+    # Saved and restored through the pooled searcher's state (Tune itself never saves a scheduler).
+
+    def get_state(self) -> dict[str, Any]:
+        """Every cell's scheduler as it stands: ASHA's brackets, each rung's recorded results, the trials it
+        tracks, how many it stopped."""
+        return {"cells": dict(self.cells)}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self.cells.update(state.get("cells") or {})

@@ -7,6 +7,8 @@ import functools
 import logging
 from typing import Any
 
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
 from sweeps.autoseeds import AutoSeeds
 from sweeps.interrupts import Interrupts, with_interrupts
 from sweeps.pareto import PARAMS_METRIC
@@ -95,6 +97,38 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+class GrowingSearch(SearchGenerator):
+    """Tune's search generator for a sweep whose cells grow (``--resume --num-samples N``).
+
+    Tune restores the generator's own counters with the experiment: trials created, the most it may create
+    (the first run's ``num_samples``) and whether the searcher said FINISHED — so a finished sweep would end
+    at once. After that restore this one allows ``added`` more trials and asks the pooled searcher again; the
+    pooled searcher says FINISHED once its grown cells are done."""
+
+    def __init__(self, searcher, added: int):
+        super().__init__(searcher)
+        self.added = added
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        if self.added:
+            self._total_samples += self.added
+            self._finished = False
+            self.added = 0
+
+
+def _extend(plan: Plan, tune_config, searcher: PooledSearcher) -> None:
+    """Grow every cell to ``--num-samples`` (applied when Tune restores the searcher's state, so each search
+    goes on from its own history) and let the restored run create the new trials."""
+    grown = [cell_search(plan, cell) for cell in plan.cells]
+    searcher.grow(grown)
+    limit = tune_config.max_concurrent_trials
+    inner = ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
+    tune_config.search_alg = GrowingSearch(inner, added=sum(c.budget for c in grown))
+    tune_config.max_concurrent_trials = None  # the limiter above is the same one Tune built the first time
+    logger.info("extending the sweep from %s to %s trials per cell", plan.args.extend_from, plan.args.num_samples)
+
+
 def run_pool(plan: Plan, exp_id: str, parent_id: str):
     """The sweep's one Tune run (fresh, or restored after a crash); returns (ResultGrid, PooledSearcher)."""
     from ray import tune
@@ -107,9 +141,15 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
         logger.info("resuming the sweep's trials from %s", exp_path)
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
         with_interrupts(tuner)
-        # Tune restores the searcher's state into the searcher it keeps on the internal tuner.
+        # Tune restores the searcher's state into the searcher it keeps on the internal tuner; the scheduler's
+        # state travels in it (PooledSearcher.get_state), restored into the scheduler this tuner runs.
         tune_config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
-        return tuner.fit(), getattr(tune_config, "search_alg", None)
+        searcher = getattr(tune_config, "search_alg", None)
+        if isinstance(searcher, PooledSearcher):
+            searcher.attach_scheduler(tune_config.scheduler)
+            if getattr(a, "extend_from", None):
+                _extend(plan, tune_config, searcher)
+        return tuner.fit(), searcher
 
     import optuna
 
@@ -118,6 +158,8 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
     most_seeds = max(plan.args.seed_schedule) if plan.args.seeds_auto else plan.args.seeds
     # --seeds auto: one more, so Tune asks the searcher once after the last seed re-run (its last look)
     n_trials = sum(c.budget + most_seeds for c in searcher.cells.values()) + int(plan.args.seeds_auto)
+    scheduler = pooled_scheduler(plan)
+    searcher.attach_scheduler(scheduler)  # every experiment snapshot then holds each cell's ASHA rungs
     ledgers = {cell.name: ledger_of(plan, cell) for cell in plan.cells}
     cb = MlflowTrialCallback(
         plan.tracking_uri,
@@ -132,7 +174,7 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
         tune_config=tune.TuneConfig(
             # metric/mode live in each cell's search and scheduler (Tune refuses them twice).
             search_alg=searcher,
-            scheduler=pooled_scheduler(plan),
+            scheduler=scheduler,
             num_samples=n_trials,  # at most; the searcher says when every cell is done
             max_concurrent_trials=pool_slots(a, n_trials),
             reuse_actors=not a.no_reuse_actors,

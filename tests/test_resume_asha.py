@@ -1,0 +1,210 @@
+"""A resumed sweep decides as the uninterrupted one would (every cell's ASHA rungs travel with the experiment),
+and ``--resume --num-samples N`` grows a sweep, finished or not, from the trials it already ran."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from sweeps.search import EarlyStopLedger
+from tests.conftest import TINY
+from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----- in process: the pooled scheduler's state rides in the pooled searcher's -----
+
+
+def _trial(cell: str, tid: str) -> Trial:
+    t = Trial("train_lora", config={"lr": 1e-3, CELL_KEY: cell, ROLE_KEY: "trial"}, stub=True)
+    t.trial_id = tid
+    return t
+
+
+def _pool(tag: str):
+    from sweeps.pool import CellSearch, PooledScheduler, PooledSearcher
+    from sweeps.search import make_optuna, make_scheduler
+
+    ledger = EarlyStopLedger(f"resume-asha-{tag}")
+    kw = dict(metric="eval_main", mode="max", max_t=4, grace_period=1, reduction_factor=2)
+    scheduler = PooledScheduler({"rte": partial(make_scheduler, True, ledger=ledger, **kw)})
+    space = {"lr": tune.loguniform(1e-5, 1e-2)}
+    search = make_optuna(space, ledger=ledger, seed=0, metric="eval_main", mode="max")
+    searcher = PooledSearcher([CellSearch("rte", {"task": "rte"}, 3, search)])
+    return searcher, scheduler
+
+
+def test_restored_searcher_brings_back_each_cells_asha_rungs(tmp_path):
+    """A strong trial records rung 1 and ends; the snapshot is taken; a fresh searcher + scheduler (as
+    ``Tuner.restore`` builds them from ``tuner.pkl``) restore it: a weak trial arriving at rung 1 is stopped.
+    Without the scheduler's state (what Tune alone restores) the same trial goes on."""
+    searcher, scheduler = _pool("a")
+    searcher.attach_scheduler(scheduler)
+    strong = _trial("rte", "strong")
+    scheduler.on_trial_add(None, strong)
+    assert scheduler.on_trial_result(None, strong, {"training_iteration": 1, "eval_main": 0.8}) == "CONTINUE"
+    scheduler.on_trial_result(None, strong, {"training_iteration": 2, "eval_main": 0.85})
+    running = _trial("rte", "running")  # interrupted after its first rung: it keeps its bracket on restore
+    scheduler.on_trial_add(None, running)
+    scheduler.on_trial_result(None, running, {"training_iteration": 1, "eval_main": 0.9})
+    path = tmp_path / "searcher.pkl"
+    searcher.save(str(path))
+
+    again, fresh = _pool("b")
+    again.attach_scheduler(fresh)
+    again.restore(str(path))
+    rungs = {m: dict(r) for m, r in fresh.cells["rte"]._brackets[0]._rungs}
+    assert rungs[1] == {"strong": 0.8, "running": 0.9} and rungs[2] == {"strong": 0.85}
+    strong.status = Trial.TERMINATED
+    for t in (strong, running):  # what Tune's resume does with every restored trial
+        fresh.on_trial_add(None, t)
+    weak = _trial("rte", "weak")
+    fresh.on_trial_add(None, weak)
+    assert fresh.on_trial_result(None, weak, {"training_iteration": 1, "eval_main": 0.5}) == TrialScheduler.STOP
+    assert "weak" in fresh.cells["rte"].ledger
+    # the interrupted trial continues where it was: its rung-1 result is not judged twice
+    assert fresh.on_trial_result(None, running, {"training_iteration": 2, "eval_main": 0.9}) == "CONTINUE"
+
+    # Tune alone: the searcher comes back, the scheduler is the one tuner.pkl held at the start.
+    bare, unsaved = _pool("c")
+    bare.restore(str(path))
+    unsaved.on_trial_add(None, weak)
+    assert unsaved.on_trial_result(None, weak, {"training_iteration": 1, "eval_main": 0.5}) == "CONTINUE"
+
+
+def test_grow_applies_on_restore_and_keeps_the_study(tmp_path):
+    """``grow`` raises each cell's budget when Tune restores the searcher; its Optuna study keeps its trials."""
+    from sweeps.pool import CellSearch
+
+    searcher, _ = _pool("g")
+    for i in range(3):
+        assert searcher.suggest(f"t{i}")[CELL_KEY] == "rte"
+        searcher.on_trial_complete(f"t{i}", {"eval_main": 0.5 + i / 10, FINAL_KEY: True})
+    assert searcher.suggest("t3") == "FINISHED"
+    path = tmp_path / "searcher.pkl"
+    searcher.save(str(path))
+
+    again, _ = _pool("h")
+    again.grow([CellSearch("rte", {"task": "rte"}, 5, again.cells["rte"].search)])
+    again.restore(str(path))
+    assert again.cells["rte"].budget == 5 and again.cells["rte"].ended == 3
+    assert isinstance(again.suggest("t3"), dict) and isinstance(again.suggest("t4"), dict)
+    assert again.suggest("t5") == "FINISHED"  # the grown budget is handed out
+    assert set(again.optuna_states("rte")) == {f"t{i}" for i in range(5)}  # one study: old trials + new
+    assert not again.get_state().get("_grow")
+    assert pickle.loads(pickle.dumps(again.get_state()))["cells"]["rte"].budget == 5
+
+
+# ----- real sweeps (MiniLM + an SST-2 slice, local Ray in a loopback-only namespace) -----
+
+
+def _state(run_dir: Path) -> dict:
+    return json.loads((run_dir / "sweep_state.json").read_text())
+
+
+def _children(state: dict) -> list:
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(state["tracking_uri"]).search_runs(
+        [state["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'", max_results=500
+    )
+    return [r for r in runs if r.data.tags.get("wlora.role") == "trial"]
+
+
+def _curve(state: dict, run_id: str) -> dict[int, float]:
+    """Step → eval_main of one MLflow child."""
+    from mlflow.tracking import MlflowClient
+
+    return {m.step: m.value for m in MlflowClient(state["tracking_uri"]).get_metric_history(run_id, "eval_main")}
+
+
+def _run(argv, env, timeout=420) -> subprocess.CompletedProcess:
+    out = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-4000:]
+    return out
+
+
+def _ended(run_dir: Path, cell: str) -> list[str]:
+    """Tune trial ids of ``cell`` whose final report (after training) is in Tune's own log."""
+    done = []
+    for trial_dir in run_dir.glob("pool/trial_*"):
+        try:
+            if json.loads((trial_dir / "params.json").read_text()).get(CELL_KEY) != cell:
+                continue
+            lines = (trial_dir / "result.json").read_text().splitlines()
+        except (OSError, ValueError):
+            continue
+        if any(ln.strip() and json.loads(ln).get(FINAL_KEY) for ln in lines[-2:]):
+            done.append(trial_dir.name.removeprefix("trial_"))
+    return done
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_interrupted_sweep_resumes_with_its_asha_rungs(sweep_cmd, tmp_path):
+    """Two cells, one slot, a grid whose first trial is strong (lr 5e-3) and second weak (lr 1e-7, the
+    untrained model's score). WeightLoRA's strong trial ends and records rung 1; the sweep is interrupted
+    (SIGINT) while LoRA's first trial runs; ``--resume``: WeightLoRA's weak trial reaches rung 1 below the
+    restored cut and is stopped there (``asha_stopped`` after one evaluation). Without the restored rungs it
+    is alone at every rung and trains to the end."""
+    from tests.test_sweep_faults import _driver
+
+    make, env = sweep_cmd
+    wl = "sst2-weightlora-r8"
+    args = [*TINY, "--methods", "weightlora,lora", "--search", "grid", "--space", "lr=grid:5e-3,1e-7"]
+    args += ["--set", "warmup_steps=0", "--grace-period", "1", "--reduction-factor", "2"]
+    args += ["--max-concurrent", "1", "--num-cpus", "2", "--name", "rungs"]
+    run_dir = tmp_path / "runs" / "rungs"
+    proc = subprocess.Popen(make(*args), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    try:
+        while not _ended(run_dir, wl):
+            assert proc.poll() is None, proc.stdout.read()[-4000:]
+            assert time.time() < deadline, "WeightLoRA's first trial did not end"
+            time.sleep(0.2)
+        os.kill(_driver(proc.pid), signal.SIGINT)  # LoRA's first trial is running now (one slot)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-4000:]
+    state = _state(run_dir)
+    assert state["status"] == "interrupted"
+    first = {c.data.tags["wlora.cell"]: c for c in _children(state)}
+    assert set(first) == {wl, "sst2-lora-r8"}, "WeightLoRA's weak trial must not have started before the interrupt"
+    assert first[wl].data.tags["status"] == "completed" and float(first[wl].data.params["lr"]) == 5e-3
+    assert first["sst2-lora-r8"].data.tags["status"] == "interrupted"
+
+    # The experiment snapshot holds WeightLoRA's ASHA with the strong trial's result at rung 1.
+    with sorted(run_dir.glob("pool/searcher-state-*.pkl"))[-1].open("rb") as f:
+        saved = pickle.load(f)
+    strong_id = first[wl].data.tags["trial_id"]
+    rungs = {m: r for m, r in saved["scheduler_state"]["cells"][wl]._brackets[0]._rungs}
+    cut = rungs[1][strong_id]
+    assert cut == pytest.approx(_curve(state, first[wl].info.run_id)[2]), rungs  # its first evaluation
+
+    _run(make("--resume", "--name", "rungs", "--storage-path", str(tmp_path / "runs")), env)
+    state = _state(run_dir)
+    assert state["status"] == "finished"
+    trials = {(c.data.tags["wlora.cell"], float(c.data.params["lr"])): c for c in _children(state)}
+    assert len(trials) == 4
+    weak = trials[wl, 1e-7]
+    curve = _curve(state, weak.info.run_id)
+    assert weak.data.tags["status"] == "asha_stopped", (weak.data.tags, curve, cut)
+    assert list(curve) == [2] and curve[2] < cut  # stopped at rung 1 (its first evaluation), below the cut
+    assert trials[wl, 5e-3].info.run_id == first[wl].info.run_id  # the strong trial was kept, not re-run
+    lora = trials["sst2-lora-r8", 5e-3]
+    assert lora.info.run_id == first["sst2-lora-r8"].info.run_id and lora.data.tags["status"] == "completed"
+    assert state["cells"][wl]["n_trials"] == 2
