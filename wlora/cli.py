@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import typing
 from collections.abc import Mapping
@@ -19,7 +20,15 @@ from typing import Any
 
 from wlora.data.layout import locate_task_files
 from wlora.data.tasks import list_tasks
-from wlora.fields import field_infos, flag_converter, format_fields, parse_field_value
+from wlora.fields import (
+    NONE_NOTE,
+    OneLineErrorParser,
+    field_infos,
+    flag_converter,
+    format_fields,
+    parse_field_value,
+    shown_default,
+)
 from wlora.model_source import check_model_source
 from wlora.registry import METHODS, get_method
 from wlora.run_config import OBJECTIVE, TrainConfig
@@ -33,10 +42,14 @@ _HELP_EXTRA = {
 _ENV_DEFAULTS = {"model": "WLORA_MODEL", "data_dir": "WLORA_DATA_DIR"}
 
 
+class _Parser(OneLineErrorParser, argparse.ArgumentParser):
+    """One line (and a hint) for a bad flag, not the whole usage."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m wlora.train",
-        description="Train one method on one task and print the result as JSON.",
+        description=f"Train one method on one task and print the result as JSON. {NONE_NOTE}",
         epilog="Method fields are set with repeated --set KEY=VALUE (e.g. --set r=8 --set k=4 "
         "--set target_modules=query,value); --list-method-fields METHOD prints each field's default and help. "
         "--data-dir may hold glue/<TASK>/, the task folders directly (glue_data/RTE/...), or be the task folder.",
@@ -55,9 +68,9 @@ def _parser() -> argparse.ArgumentParser:
         if env:
             text += f" (default: ${_ENV_DEFAULTS[info.name]}={env})"
         elif info.name in _ENV_DEFAULTS:
-            text += f" (default: {default}; ${_ENV_DEFAULTS[info.name]} sets another)"
+            text += f" (default: {shown_default(default)}; ${_ENV_DEFAULTS[info.name]} sets another)"
         else:
-            text += f" (default: {default})"
+            text += f" (default: {shown_default(default)})"
         p.add_argument(flag, type=flag_converter(info.type), default=default, choices=choices, help=text)
     p.add_argument(
         "--set",
@@ -129,6 +142,17 @@ def check_inputs(cfg: TrainConfig) -> None:
     )
 
 
+def _as_flags(message: str) -> str:
+    """A config error as the user typed it: ```eval_split``` → ``--eval-split``, a method field → ``--set k``."""
+    own = set(TrainConfig.field_names())
+
+    def flag(m: re.Match) -> str:
+        name = m.group(1)
+        return f"--{name.replace('_', '-')}" if name in own else f"--set {name}"
+
+    return re.sub(r"`(\w+)`", flag, message)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -140,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         check_resume_from(args.resume_from)
         check_inputs(cfg)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_as_flags(str(e))}", file=sys.stderr)
         return 2
 
     # Only now does a run start: torch, transformers and peft load here.

@@ -167,8 +167,90 @@ def flag_converter(tp: Any):
             try:
                 return base(text)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"expected {base.__name__}, got {text!r}") from None
+                want = "a whole number" if base is int else "a number"
+                raise argparse.ArgumentTypeError(
+                    f"expected {want}{' or none' if optional else ''}, got {text!r}"
+                ) from None
         return text
 
     convert.__name__ = getattr(base, "__name__", "value")
     return convert
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer()
+        )
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if _is_sequence(tp):
+        return isinstance(value, (list, tuple))
+    check = origin or tp
+    return not isinstance(check, type) or isinstance(value, check)
+
+
+def _kind_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if _is_sequence(tp):
+        return "a list"
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text", type(None): "none"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def type_problem(tp: Any, value: Any) -> str | None:
+    """None when ``value`` fits the declared type ``tp``; else what the field takes, in words
+    (``"a number"``, ``"a whole number or none"``), for the message that names the field and value."""
+    members = _members(tp)
+    if value is None:
+        return None if type(None) in members or tp is Any else " or ".join(_kind_name(m) for m in members)
+    if any(_fits(m, value) for m in members if m is not type(None)):
+        return None
+    return " or ".join(_kind_name(m) for m in members)
+
+
+def check_types(cls: type, values: typing.Mapping[str, Any]) -> None:
+    """Raise ``ValueError("`lr` must be a number, got 'bogus'")`` for the first value of ``values`` whose
+    field of the dataclass ``cls`` declares another type; keys ``cls`` does not declare are left alone."""
+    infos = field_infos(cls)
+    for key, value in values.items():
+        info = infos.get(key)
+        want = type_problem(info.type, value) if info is not None else None
+        if want is not None:
+            raise ValueError(f"`{key}` must be {want}, got {value!r}")
+
+
+def shown_default(value: Any) -> str:
+    """A default as a user types it on the command line: ``none``, ``sst2,rte``, ``3``, ``0.1``."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(shown_default(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+#: The sentence every command line's help starts with: how to type "none".
+NONE_NOTE = "A value of `none` sets an optional value to None (e.g. --max-steps none); lists are comma-separated."
+
+
+class OneLineErrorParser:
+    """Mixin for ``argparse.ArgumentParser``: a flag error is one line naming the flag and the value, then a
+    one-line hint, instead of the whole usage (exit status 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        message = re.sub(r"^argument (--[\w-]+)(/[\w-]+)*: ", r"\1: ", message)
+        self.exit(2, f"error: {message}\n  ({self.prog} --help lists every flag)\n")  # type: ignore[attr-defined]

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wlora.data.metrics import MAIN_METRIC
-from wlora.data.registry import DEFAULT_TASK, list_tasks
+from wlora.data.registry import DEFAULT_TASK, get_spec, list_tasks
 from wlora.data.tasks import TaskData, task_kind
+from wlora.fields import check_types
 from wlora.registry import get_method, make_config
 
 #: The metric every task reports as its objective (higher is better for every task).
@@ -78,9 +79,13 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
     eval_batch_size: int = field(default=64, metadata={"help": "Examples per evaluation batch."})
     epochs: float = field(
-        default=3.0, metadata={"help": "Training length in epochs (fractions allowed); ignored when max_steps is set."}
+        default=3.0,
+        metadata={"help": "Training length in epochs (fractions allowed); used only while max_steps is none."},
     )
-    max_steps: int | None = field(default=None, metadata={"help": "Training length in optimizer steps."})
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "Training length in optimizer steps; when set, it wins over epochs (none: train epochs)."},
+    )
     eval_every: int | None = field(
         default=None,
         metadata={
@@ -123,6 +128,14 @@ class TrainConfig:
         object.__setattr__(self, "method_config", dict(self.method_config or {}))
         get_method(self.method)  # raises for an unknown slug
         task_kind(self.task)  # raises for an unknown task
+        # A value of the wrong type (``--set lr=abc``) is one ValueError naming the field, never a TypeError.
+        check_types(TrainConfig, {name: getattr(self, name) for name in self.field_names()})
+        check_types(get_method(self.method).config_cls, self.method_config)
+        splits = eval_splits(self.task)
+        if self.eval_split not in splits:
+            raise ValueError(
+                f"`eval_split` must be one of {', '.join(splits)} for {self.task}, got {self.eval_split!r}"
+            )
         checks = [
             (self.lr > 0 and math.isfinite(self.lr), "lr", "a positive number"),
             (self.warmup_steps >= 0, "warmup_steps", ">= 0"),
@@ -144,7 +157,11 @@ class TrainConfig:
             (self.num_beams >= 1, "num_beams", ">= 1"),
             (self.train_subset is None or self.train_subset >= 1, "train_subset", ">= 1 or None"),
             (self.eval_subset is None or self.eval_subset >= 1, "eval_subset", ">= 1 or None"),
-            (self.holdout >= 0 and math.isfinite(self.holdout), "holdout", ">= 0 (a share < 1 or a number >= 1)"),
+            (
+                self.holdout >= 0 and math.isfinite(self.holdout) and (self.holdout < 1 or self.holdout % 1 == 0),
+                "holdout",
+                "0, a share in (0, 1) or a whole number >= 1",
+            ),
             (self.eval_split != "holdout" or self.holdout > 0, "holdout", '> 0 when eval_split="holdout"'),
             (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "one of no, bf16, fp16"),
         ]
@@ -198,6 +215,17 @@ class TrainConfig:
             if values.get(key) is None and key in (run_info or {}):
                 values[key] = run_info[key]
         return values
+
+
+def eval_splits(task: str) -> tuple[str, ...]:
+    """The ``eval_split`` values ``task`` has: ``dev`` (MNLI also ``dev_mismatched``; summarisation also
+    ``test``) and ``holdout`` (the examples ``holdout`` keeps out of training)."""
+    spec = get_spec(task)
+    if spec.glue is not None and spec.glue.dev_split != "dev":
+        return ("dev", spec.glue.dev_split, spec.glue.dev_split.replace("_matched", "_mismatched"), "holdout")
+    if spec.summarization is not None:
+        return ("dev", "validation", "test", "holdout")
+    return ("dev", "holdout")
 
 
 @dataclass
