@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 import yaml
 
 from sweeps.search_defaults import SEARCH_DEFAULTS
-from wlora.fields import field_infos, flag_converter
+from wlora.data.registry import list_tasks
+from wlora.fields import NONE_NOTE, OneLineErrorParser, field_infos, flag_converter, shown_default
 from wlora.registry import METHODS
 from wlora.run_config import TrainConfig
 
@@ -71,9 +73,31 @@ def _seeds(text: str) -> int | str:
     if str(text).strip().lower() == "auto":
         return "auto"
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes a number or 'auto', got {text!r}") from None
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"takes a whole number >= 0 or 'auto', got {text!r}")
+    return value
+
+
+def holdout_problem(value: Any) -> str | None:
+    """Why ``value`` is no ``--holdout-size`` (a share in (0, 1) or a whole count >= 1), or None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (0 < value < 1 or value >= 1)
+    if ok and (value < 1 or float(value).is_integer()):
+        return None
+    return f"must be a share in (0, 1) or a whole number of examples >= 1, got {value!r}"
+
+
+def _holdout_size(text: str) -> float | int:
+    try:
+        value: float | int = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(holdout_problem(text) or "") from None
+    problem = holdout_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem.replace(repr(value), repr(text)))
+    return int(value) if value >= 1 else value
 
 
 def _kv(text: str) -> tuple[str, str]:
@@ -91,7 +115,7 @@ class _Unset:
 _UNSET = _Unset()
 
 
-class SweepParser(argparse.ArgumentParser):
+class SweepParser(OneLineErrorParser, argparse.ArgumentParser):
     """An ``ArgumentParser`` that records which flags the command line actually gave.
 
     ``args.given_flags`` (sorted dests) is what precedence reads — explicit flag > preset > ``--smoke-test``
@@ -136,8 +160,16 @@ def given(args: argparse.Namespace, dest: str) -> bool:
     return dest in (getattr(args, "given_flags", None) or ())
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in every flag's help, and the epilog's examples kept as written."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's default once, as a user types it (``sst2,rte``, ``none``), unless its help already says
+    what the default is (or it has none: an on/off flag, an empty list); the epilog's examples as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text.lower() or action.nargs == 0 or default in (None, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: {shown_default(default).replace('%', '%%')})"
 
 
 def _epilog(kind: str) -> str:
@@ -163,17 +195,32 @@ def _epilog(kind: str) -> str:
     )
 
 
+#: How ``--space`` is written (``sweeps/spaces``), for the help and for messages.
+SPACE_FORMS = "loguniform:LO:HI, uniform:LO:HI, int:LO:HI, choice:A,B,… or grid:A,B,… (grid needs --search grid)"
+
+
 def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.ArgumentParser:
-    p = SweepParser(description=description, formatter_class=_HelpFormatter, epilog=_epilog(defaults.kind))
+    note = textwrap.fill(NONE_NOTE, 100)
+    p = SweepParser(
+        prog=f"python sweeps/{defaults.kind}_sweep.py",
+        description=f"{description}\n\n{note}" if description else note,
+        formatter_class=_HelpFormatter,
+        epilog=_epilog(defaults.kind),
+    )
     d = defaults
     g = p.add_argument_group("what to sweep")
-    g.add_argument("--tasks", type=_csv, default=list(d.tasks), help="comma-separated tasks")
+    g.add_argument("--tasks", type=_csv, default=list(d.tasks), help=f"comma-separated of {', '.join(list_tasks())}")
     g.add_argument("--methods", type=_csv, default=list(d.methods), help=f"comma-separated of {', '.join(METHODS)}")
     g.add_argument(
         "--ranks", type=_csv, default=[str(r) for r in d.ranks], help="ranks r (one cell each); 'search' = search r"
     )
     g.add_argument("--num-samples", type=int, default=d.num_samples, help="trials per cell (grid: repeats)")
-    g.add_argument("--search", choices=["optuna", "random", "grid"], default=None, help="default optuna")
+    g.add_argument(
+        "--search",
+        choices=["optuna", "random", "grid"],
+        default=None,
+        help="optuna (TPE; the default, or the preset's search:), random, or grid",
+    )
     g.add_argument("--no-asha", action="store_true", help="run every trial to its full budget")
     g.add_argument(
         "--grace-period",
@@ -206,9 +253,10 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
     )
     g.add_argument(
         "--holdout-size",
-        type=float,
         default=0.1,
-        help="--protocol heldout: share (< 1) or number (>= 1) of training examples held out, stratified by label",
+        type=_holdout_size,
+        help="with --protocol heldout only: a share in (0, 1) or a whole number (>= 1) of training examples held "
+        "out, stratified by label",
     )
     g.add_argument("--search-seed", type=int, default=0, help="seed of the searcher (TPE / random)")
     g.add_argument(
@@ -217,8 +265,25 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
         help="a YAML preset file or the name of one in sweeps/presets/ (e.g. paper-table2-small): "
         "search, set, space, methods.<slug>, and cli (defaults for these flags)",
     )
-    g.add_argument("--set", dest="fixed", type=_kv, action="append", default=[], help="pin a config field: KEY=VALUE")
-    g.add_argument("--space", dest="space", type=_kv, action="append", default=[], help="KEY=SPEC (see sweeps.spaces)")
+    g.add_argument(
+        "--set",
+        dest="fixed",
+        type=_kv,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pin a config field (METHOD.KEY: for one method only); `python -m wlora.train --list-method-fields "
+        "METHOD` lists each method's fields",
+    )
+    g.add_argument(
+        "--space",
+        dest="space",
+        type=_kv,
+        action="append",
+        default=[],
+        metavar="KEY=SPEC",
+        help=f"search a config field (METHOD.KEY: for one method only); SPEC is {SPACE_FORMS}".replace("%", "%%"),
+    )
     g = p.add_argument_group("training (each sets the TrainConfig field of the same meaning for every trial)")
     infos = field_infos(TrainConfig)
     for dest, name in TRAIN_FLAGS.items():
@@ -227,18 +292,36 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
         default = d.train.get(name, info.default)
         if env and os.environ.get(env):
             default = os.environ[env]
-        text = info.help.replace("%", "%%")
+        text = info.help
+        if name == "epochs" and d.train.get("max_steps", infos["max_steps"].default) is not None:
+            text = "Training length in epochs (fractions allowed); used only with --max-steps none."
+        elif name == "max_steps":
+            text = "Training length in optimizer steps; wins over --max-epochs (--max-steps none: train --max-epochs)."
+        elif name == "epochs":
+            text = "Training length in epochs (fractions allowed); used only while --max-steps is none."
         if env:
-            text += f" Default: ${env}, else %(default)s."
+            text += f" Default: ${env}, else {shown_default(d.train.get(name, info.default))}."
+        else:
+            text += f" (default: {shown_default(default)})"
+        text = text.replace("%", "%%")
         g.add_argument("--" + dest.replace("_", "-"), type=flag_converter(info.type), default=default, help=text)
     g = p.add_argument_group("where and how")
-    g.add_argument("--name", default=None, help="run folder name (default <kind>-<timestamp>)")
+    g.add_argument("--name", default=None, help=f"run folder name (default: {d.kind}-<timestamp>)")
     g.add_argument("--storage-path", default="runs", help="run folders go here (shared storage on a cluster)")
-    g.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite store in the run folder)")
+    g.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow URI: http(s)://HOST:PORT, sqlite:///PATH, a folder, or a database URI (default: a SQLite "
+        "store in the run folder)",
+    )
     g.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
-    g.add_argument("--resume", action="store_true", help="continue the sweep --name (default: latest unfinished)")
-    g.add_argument("--address", default=None, help="Ray address ('auto' = the running cluster); default local")
-    g.add_argument("--num-cpus", type=int, default=None, help="local Ray: CPUs to use (default all)")
+    g.add_argument(
+        "--resume", action="store_true", help="continue the sweep --name, or without --name the latest unfinished one"
+    )
+    g.add_argument(
+        "--address", default=None, help="Ray address, 'auto' = the running cluster (default: start a local Ray)"
+    )
+    g.add_argument("--num-cpus", type=int, default=None, help="local Ray: CPUs to use (default: all)")
     g.add_argument(
         "--num-gpus",
         type=int,
@@ -253,7 +336,12 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
         help="GPUs each trial reserves; a fraction packs several trials on one GPU (0.25: four per GPU), each "
         "trial using only the device Ray assigned it",
     )
-    g.add_argument("--max-concurrent", type=int, default=None, help="default: from the cluster's resources")
+    g.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="trials at once (default: as many as the cluster's resources hold)",
+    )
     g.add_argument("--no-reuse-actors", action="store_true", help="fresh worker process per trial")
     g.add_argument(
         "--max-failures",
@@ -267,9 +355,14 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
         default=None,
         help="GiB of memory each trial reserves from Ray (default: estimated from the model size, batch and length)",
     )
-    g.add_argument("--ray-temp-dir", default=None, help="local Ray's temp folder")
+    g.add_argument("--ray-temp-dir", default=None, help="local Ray's temp folder (default: Ray's own)")
     g.add_argument("--progress-interval", type=float, default=30.0, help="seconds between progress tables")
-    g.add_argument("--num-nodes", type=int, default=None, help="expected cluster nodes (multi-node checks)")
+    g.add_argument(
+        "--num-nodes",
+        type=int,
+        default=None,
+        help="expected cluster nodes, for the multi-node checks (default: the live nodes and those `ray up` may add)",
+    )
     g.add_argument("--smoke-test", action="store_true", help="tiny settings: finishes in minutes on a laptop")
     g.add_argument("--dry-run", action="store_true", help="check everything and print the resolved plan; start nothing")
     g.add_argument(
@@ -304,8 +397,45 @@ def resolve_preset(value: str | Path | None) -> Path | None:
         candidate = PRESET_DIR / f"{name}.yaml"
         if candidate.is_file():
             return candidate
-    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-    raise FileNotFoundError(f"preset {value!r} is neither a file nor one of {known}")
+    known = sorted(p.stem.replace("_", "-") for p in PRESET_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"--preset {value}: neither a file nor a preset name ({', '.join(known)})")
+
+
+def read_preset(path: Path) -> dict[str, Any]:
+    """A preset file's mapping; one ``ValueError`` naming the file (and line) when it is not valid YAML, or
+    not a mapping of sections (each a mapping, ``search:`` aside)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"preset {path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"preset {path}{where}: not valid YAML ({problem}); fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"preset {path}: the top level is a {_yaml_kind(data)}, but a preset is a mapping of sections "
+            "(search:, set:, space:, methods:, cli:, …)"
+        )
+    for key, value in data.items():
+        if key != "search" and value is not None and not isinstance(value, dict):
+            raise ValueError(f"preset {path}: `{key}:` is a {_yaml_kind(value)}, but it must be a mapping")
+    for slug, section in (data.get("methods") or {}).items():
+        if slug not in METHODS:
+            raise ValueError(f"preset {path}: methods.{slug}: no such method; choose from {', '.join(METHODS)}")
+        for key, value in (section or {}).items() if isinstance(section, dict) else [("", section)]:
+            if key not in ("set", "space") or (value is not None and not isinstance(value, dict)):
+                raise ValueError(f"preset {path}: methods.{slug}: only set: and space: mappings go there")
+    return data
+
+
+def _yaml_kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "value")
 
 
 def apply_preset_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -316,7 +446,7 @@ def apply_preset_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     args.preset_flags = []
     if args.preset is None:
         return
-    cli = (yaml.safe_load(args.preset.read_text()) or {}).get("cli") or {}
+    cli = read_preset(args.preset).get("cli") or {}
     for key, value in cli.items():
         dest = key.replace("-", "_")
         if not hasattr(args, dest) or dest in ("preset", "resume"):
@@ -349,8 +479,118 @@ def load_preset(path: str | Path | None) -> dict[str, Any]:
     path = resolve_preset(path)
     if path is None:
         return {}
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_preset(path)
     unknown = sorted(set(data) - {"search", "set", "space", "methods", "cli"})
     if unknown:
         raise ValueError(f"preset {path}: unknown keys {unknown}; valid: search, set, space, methods, cli")
     return data
+
+
+# ----- what the flags say, checked before anything loads (sweeps.plan calls these) -----
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The flags that need no model, data or cluster, each refused with one ``ValueError`` naming it:
+    ``--seeds``, ``--holdout-size`` (and it without ``--protocol heldout``), ``--gpus-per-trial`` above 1 that
+    is not whole, ``--tracking-uri`` (its scheme, and a server that does not answer)."""
+    seeds = args.seeds
+    if seeds != "auto" and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0):
+        raise ValueError(f"--seeds must be a whole number >= 0 or 'auto', got {seeds!r}")
+    if args.protocol == "heldout":
+        problem = holdout_problem(args.holdout_size)
+        if problem:
+            raise ValueError(f"--holdout-size {problem}")
+    elif given(args, "holdout_size"):
+        raise ValueError(
+            f"--holdout-size {args.holdout_size} applies only with --protocol heldout (the protocol is "
+            f"{args.protocol}): add --protocol heldout, or leave --holdout-size out"
+        )
+    gpus = args.gpus_per_trial
+    if gpus > 1 and not float(gpus).is_integer():
+        raise ValueError(
+            f"--gpus-per-trial {gpus:g}: a trial takes a share of one GPU (< 1, packing several trials on it) or a "
+            "whole number of GPUs"
+        )
+    if args.tracking_uri:
+        from sweeps.store import check_tracking_uri
+
+        check_tracking_uri(args.tracking_uri)
+
+
+def _domain_values(domain: Any) -> list[Any]:
+    """The values a search dimension can take that its field's type must admit: every choice, both bounds."""
+    if isinstance(domain, dict) and "grid_search" in domain:
+        return list(domain["grid_search"])
+    for attr in ("categories",):
+        if hasattr(domain, attr):
+            return list(getattr(domain, attr))
+    if hasattr(domain, "lower") and hasattr(domain, "upper"):
+        return [domain.lower, domain.upper]
+    return [domain]
+
+
+def _overrides(args: argparse.Namespace, preset: Mapping[str, Any]) -> list[tuple[str, str, Any, bool]]:
+    """Every ``--set``/``--space`` and preset pin or dimension: (as the user wrote it, key, value, is a space)."""
+    out = [(f"--set {k}={v}", k, v, False) for k, v in args.fixed]
+    out += [(f"--space {k}={v}", k, v, True) for k, v in args.space]
+    where = f"preset {args.preset}:"
+    for section, is_space in (("set", False), ("space", True)):
+        out += [(f"{where} {section}.{k}", str(k), v, is_space) for k, v in (preset.get(section) or {}).items()]
+        for slug, sec in (preset.get("methods") or {}).items():
+            for k, v in ((sec or {}).get(section) or {}).items():
+                out.append((f"{where} methods.{slug}.{section}.{k}", f"{slug}.{k}", v, is_space))
+    return out
+
+
+def check_overrides(args: argparse.Namespace, preset: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """Every field a ``--set``/``--space`` (or the preset) names exists for the methods it applies to, and every
+    value it gives (each choice, both bounds) has the field's type; one ``ValueError`` naming what was typed.
+
+    ``skip``: fields whose pins other checks answer better (the flag to use instead, the rank)."""
+    import difflib
+
+    from sweeps import spaces as sp
+    from wlora.fields import parse_field_value, type_problem
+
+    train = field_infos(TrainConfig)
+    methods = [m for m in args.methods if m in METHODS]
+    for shown, key, value, is_space in _overrides(args, preset):
+        scope, _, name = key.rpartition(".")
+        if scope and scope not in METHODS:
+            raise ValueError(f"{shown}: {scope!r} is not a method; choose from {', '.join(METHODS)}")
+        if name in skip:
+            continue
+        applies = [scope] if scope else methods
+        if name in train:
+            infos = [train[name]]
+        else:
+            fields = {m: field_infos(METHODS[m].config_cls) for m in applies}
+            lacking = [m for m in applies if name not in fields[m]]
+            if lacking:
+                settable = [f for f in train if f not in skip and f != "method_config"]
+                known = sorted({f for m in applies for f in fields[m]} | set(settable))
+                close = difflib.get_close_matches(name, [k for k in known if k != name], n=1)
+                others = [m for m in METHODS if name in field_infos(METHODS[m].config_cls)]
+                hint = f" Did you mean {close[0]}?" if close else ""
+                if others:
+                    hint += f" ({name} is a field of {', '.join(others)}: write {others[0]}.{name}=… for one method)"
+                lists = "; ".join(f"{m}: {', '.join(fields[m])}" for m in lacking)
+                raise ValueError(
+                    f"{shown}: {name} is not a config field of {' or '.join(lacking)}.{hint} Fields of {lists}; "
+                    f"training: {', '.join(settable)}"
+                )
+            infos = [fields[m][name] for m in applies]
+        if is_space and sp.is_domain_spec(value):
+            try:
+                values = _domain_values(sp.parse_domain(value))
+            except ValueError as e:
+                raise ValueError(f"{shown}: {e}; SPEC is {SPACE_FORMS}") from None
+        else:
+            method = applies[0] if applies and name not in train else None
+            values = [parse_field_value(name, value, method) if isinstance(value, str) else value]
+        for info in infos:
+            for v in values:
+                want = type_problem(info.type, v)
+                if want is not None:
+                    hint = f"; a search dimension is {SPACE_FORMS}" if is_space and not sp.is_domain_spec(value) else ""
+                    raise ValueError(f"{shown}: {name} must be {want}, got {v!r}{hint}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import spaces as sp
-from sweeps.flags import TRAIN_FLAGS, SweepDefaults, flag_of, load_preset
+from sweeps.flags import TRAIN_FLAGS, SweepDefaults, check_args, check_overrides, flag_of, load_preset
 from sweeps.state import (
     EXPERIMENT,
     FINISHED,
@@ -231,10 +231,9 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         args.seeds, args.seeds_auto, args.seed_looks = args.seed_schedule[0], True, len(args.seed_schedule)
     elif not getattr(args, "seeds_auto", False):
         args.seeds_auto, args.seed_schedule, args.seed_looks = False, [], 1
-    if args.num_samples < 1 or args.seeds < 0:
-        raise ValueError("--num-samples must be >= 1 and --seeds >= 0")
-    if args.protocol == "heldout" and not args.holdout_size > 0:
-        raise ValueError(f"--holdout-size must be > 0 (a share < 1 or a number >= 1), got {args.holdout_size}")
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    check_args(args)  # --seeds, --holdout-size, --gpus-per-trial, --tracking-uri (sweeps.flags)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ValueError(
             f"--max-concurrent must be >= 1 (or left out: one trial per free slot), got {args.max_concurrent}"
@@ -276,6 +275,8 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
     for key in [*cli_fixed, *(preset.get("set") or {})]:
         if key.rpartition(".")[2] in PROTOCOL_FIELDS:
             raise ValueError(f"--set {key}: the sweep sets it from --protocol / --holdout-size; use those flags")
+    rank_keys = tuple(k for k in map(sp.rank_key, args.methods) if k)  # a bad rank pin: _method_ranks says it
+    check_overrides(args, preset, skip=(*CELL_FLAGS, *TRAIN_FLAGS.values(), *PROTOCOL_FIELDS, *rank_keys))
     seed_overrides: dict[str, Any] = {}
     if args.protocol == "heldout":
         # every choice (search, ASHA, best config) reads the held-out split; the seed re-runs report on dev

@@ -71,6 +71,22 @@ def _autoscaler_node_types() -> list[dict[str, float]]:
     return [dict(t.get("resources") or {}) for t in (cfg.get("available_node_types") or {}).values()]
 
 
+def planned_nodes(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """The nodes a sweep on local Ray will have, known before Ray starts: this machine as Ray will declare it
+    (``--num-cpus`` / ``--num-gpus``, else what Ray detects; its memory less the object store), plus the node
+    types ``ray up``'s config may add. None with ``--address``: only the running cluster knows its nodes."""
+    if getattr(args, "address", None):
+        return None
+    try:
+        from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+
+        spec = ResourceAndLabelSpec(num_cpus=args.num_cpus or None, num_gpus=getattr(args, "num_gpus", None))
+        node = dict(spec.resolve(is_head=True, node_ip_address="127.0.0.1").to_resource_dict())
+    except (ImportError, AttributeError, TypeError):  # another Ray: what the machine has
+        node = {"CPU": float(args.num_cpus or os.cpu_count() or 1), "GPU": float(getattr(args, "num_gpus", 0) or 0)}
+    return [node, *_autoscaler_node_types()]
+
+
 def check_resources(args: argparse.Namespace, memory_bytes: int, nodes: list[dict[str, Any]] | None = None) -> None:
     """Raise ``ValueError`` (one line) when no node of the cluster — alive now, or a type the autoscaler may
     add — offers a trial's CPUs, GPUs and memory together."""

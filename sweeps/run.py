@@ -27,7 +27,7 @@ from sweeps.console import QUIET, command_line, describe_plan, final_summary, qu
 from sweeps.flags import SweepDefaults, apply_preset_cli, apply_smoke, build_parser
 from sweeps.interrupts import EXIT_INTERRUPTED, Interrupts, stop_now
 from sweeps.plan import InputError, Plan, is_uri, plan_sweep, save_state
-from sweeps.resources import check_resources
+from sweeps.resources import check_resources, planned_nodes
 from sweeps.results import publish, write_report
 from sweeps.schema import ROLE_TAG, SWEEP, SWEEP_NAME_TAG
 from sweeps.state import EXPERIMENT, FAILED, FINISHED, INTERRUPTED, PLANNED, RUNNING, status_of
@@ -95,6 +95,29 @@ def check_cluster(plan: Plan) -> None:
             checks.check_cluster_storage(where, plan.tracking_uri, plan.args.num_nodes)
         except ValueError as e:
             raise InputError(str(e)) from e
+
+
+def preflight(plan: Plan, connect: bool = False) -> None:
+    """What the run checks once Ray is up, checked before it starts: a trial's CPUs, GPUs and memory against
+    the nodes (local Ray's as Ray will declare them, and the node types ``ray up`` may add) and the multi-node
+    storage rules. With ``--address`` only the running cluster knows its nodes: ``connect`` (``--dry-run``)
+    joins it for the check and leaves again; without it, the run checks once it has joined."""
+    nodes = planned_nodes(plan.args)
+    try:
+        if nodes is not None:
+            check_cluster(plan)
+            check_resources(plan.args, plan.memory_per_trial, nodes)
+        elif connect:
+            import ray
+
+            init_ray(plan.args)
+            try:
+                check_cluster(plan)
+                check_resources(plan.args, plan.memory_per_trial)
+            finally:
+                ray.shutdown()
+    except ValueError as e:
+        raise InputError(str(e)) from e
 
 
 def setup_parent(plan: Plan):
@@ -205,6 +228,7 @@ def execute(plan: Plan) -> dict[str, Any]:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     quiet_console(plan.args.verbose)
     t0 = time.time()
+    preflight(plan)  # what needs no Ray, before Ray starts
     init_ray(plan.args)
     try:
         check_cluster(plan)
@@ -258,6 +282,13 @@ def execute(plan: Plan) -> dict[str, Any]:
     return {**out, **plan.state}
 
 
+def _remove_empty(*folders: Path | None) -> None:
+    """Remove each folder that exists and is empty (the run folder, then the storage folder made for it)."""
+    for folder in folders:
+        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def main(
     defaults: SweepDefaults,
     argv: Sequence[str] | None = None,
@@ -280,6 +311,8 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_console(args.verbose)
     plan = None
+    storage = None if is_uri(args.storage_path) else Path(args.storage_path).expanduser().resolve()
+    new_storage = storage is not None and not storage.exists()
     if args.forecast is not None:
         from sweeps.forecast import run_forecast
 
@@ -292,15 +325,15 @@ def main(
     try:
         plan = plan_sweep(args, defaults)
         if args.dry_run:
+            preflight(plan, connect=True)
             print(describe_plan(plan), flush=True)
-            if plan.run_dir.is_dir() and not any(plan.run_dir.iterdir()):
-                plan.run_dir.rmdir()
+            _remove_empty(plan.run_dir, storage if new_storage else None)
             return 0
         out = execute(plan)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        if plan is not None and plan.run_dir.is_dir() and not any(plan.run_dir.iterdir()):
-            plan.run_dir.rmdir()  # refused before anything was written: leave no empty run folder behind
+        # refused before anything was written: leave no empty run folder (nor a storage folder made for it)
+        _remove_empty(plan.run_dir if plan is not None else None, storage if new_storage else None)
         return 2
     except KeyboardInterrupt:
         if plan is not None and plan.state.get("parent_run_id") and status_of(plan.state) != FINISHED:

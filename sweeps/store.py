@@ -19,8 +19,29 @@ def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
 
 
+#: Store schemes MLflow knows without plugins (the registry below adds any a plugin brings).
+KNOWN_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+
+
+def tracking_schemes() -> list[str]:
+    """The URI schemes MLflow can open a tracking store for (a plain path has none)."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        found = [s for s in _tracking_store_registry._registry if s]
+    except (ImportError, AttributeError):
+        found = []
+    return sorted(set(found) | set(KNOWN_SCHEMES))
+
+
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast (one ValueError) if ``uri`` cannot be used; MLflow itself retries for minutes."""
+    scheme = uri.partition("://")[0].partition("+")[0].lower() if "://" in uri else ""
+    if scheme and scheme not in tracking_schemes():
+        raise ValueError(
+            f"--tracking-uri {uri}: MLflow has no store for {scheme}://; use http(s)://HOST:PORT (a tracking "
+            "server), sqlite:///PATH/mlflow.db, a folder, or a database URI (postgresql://, mysql://, mssql://)"
+        )
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:
@@ -31,7 +52,10 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             if e.code >= 500:
                 raise ValueError(f"MLflow tracking server {uri} is unhealthy ({url}: HTTP {e.code})") from None
         except (OSError, ValueError) as e:
-            raise ValueError(f"MLflow tracking URI {uri} is unreachable ({url}: {e})") from None
+            raise ValueError(
+                f"--tracking-uri {uri}: the MLflow server is unreachable ({url}: {e}); start it, or pass another "
+                "--tracking-uri (or none: a SQLite store in the run folder)"
+            ) from None
     elif uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :])
         if not db.parent.is_dir():

@@ -41,34 +41,38 @@ What is written to ``out_dir`` and logged under the parent run's ``report/`` art
 * ``report.md`` — all of the above on one page.
 
 The package, one module per part: :mod:`~sweeps.report.selection`, :mod:`~sweeps.report.stability`,
-:mod:`~sweeps.report.curves` (Pareto and learning curves), :mod:`~sweeps.report.cost`, and
-:mod:`~sweeps.report.page` (the page and the command line). The table is :mod:`sweeps.table`, the claims
+:mod:`~sweeps.report.curves` (Pareto and learning curves), :mod:`~sweeps.report.cost`, :mod:`~sweeps.report.page`
+(the page) and :mod:`~sweeps.report.cli` (the command line). The table is :mod:`sweeps.table`, the claims
 :mod:`sweeps.claims`.
 """
 
 from __future__ import annotations
 
-from sweeps.pareto import pareto_front
-from sweeps.report.cost import sweep_cost
-from sweeps.report.curves import plot_curves, plot_pareto
-from sweeps.report.page import build_report, main
-from sweeps.report.selection import selection_grid, split_module
-from sweeps.report.stability import kept_of, seed_stability, stability_md
-from sweeps.schema import RunInfo
-from sweeps.table import METHODS
+import importlib
+from typing import Any
 
-__all__ = [
-    "METHODS",
-    "RunInfo",
-    "build_report",
-    "kept_of",
-    "main",
-    "pareto_front",
-    "plot_curves",
-    "plot_pareto",
-    "seed_stability",
-    "selection_grid",
-    "split_module",
-    "stability_md",
-    "sweep_cost",
-]
+#: Where each public name lives: imported on first use, so ``python -m sweeps.report --help`` (and its checks of
+#: the store and the run id) answer before matplotlib and the plots load.
+_HOMES = {
+    "pareto_front": "sweeps.pareto",
+    "sweep_cost": "sweeps.report.cost",
+    "plot_curves": "sweeps.report.curves",
+    "plot_pareto": "sweeps.report.curves",
+    "build_report": "sweeps.report.page",
+    "main": "sweeps.report.cli",
+    "selection_grid": "sweeps.report.selection",
+    "split_module": "sweeps.report.selection",
+    "kept_of": "sweeps.report.stability",
+    "seed_stability": "sweeps.report.stability",
+    "stability_md": "sweeps.report.stability",
+    "RunInfo": "sweeps.schema",
+    "METHODS": "sweeps.table",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
