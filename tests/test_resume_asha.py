@@ -208,3 +208,60 @@ def test_interrupted_sweep_resumes_with_its_asha_rungs(sweep_cmd, tmp_path):
     lora = trials["sst2-lora-r8", 5e-3]
     assert lora.info.run_id == first["sst2-lora-r8"].info.run_id and lora.data.tags["status"] == "completed"
     assert state["cells"][wl]["n_trials"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_finished_sweep_grows_with_resume_num_samples(sweep_cmd, tmp_path):
+    """A finished sweep of 2 Optuna trials per cell, then ``--resume --num-samples 3``: one more trial per cell in
+    the same Tune experiment and under the same MLflow parent, each cell's Optuna study going on from its two
+    earlier trials; the tables and report are rebuilt over 3 trials per cell. Shrinking, a grid and a sweep with
+    seed re-runs are refused with one line before anything runs."""
+    import csv
+
+    from sweeps.glue_sweep import DEFAULTS, parser
+    from sweeps.plan import InputError, plan_sweep
+
+    make, env = sweep_cmd
+    runs = tmp_path / "runs"
+    run_dir = runs / "grow"
+    args = [*TINY, "--methods", "lora,weightlora", "--num-samples", "2", "--max-concurrent", "2", "--num-cpus", "2"]
+    _run(make(*args, "--name", "grow"), env)
+    state = _state(run_dir)
+    assert state["status"] == "finished"
+    before = {c.data.tags["trial_id"]: (c.info.run_id, c.data.tags["wlora.cell"]) for c in _children(state)}
+    assert len(before) == 4
+    report = run_dir / "report" / "report.md"
+    report_before = report.stat().st_mtime
+
+    def resume(*extra: str):
+        argv = ["--resume", "--name", "grow", "--storage-path", str(runs), *extra]
+        return plan_sweep(parser().parse_args(argv), DEFAULTS)
+
+    with pytest.raises(InputError, match="already runs 2 trials per cell; a sweep grows, it never shrinks"):
+        resume("--num-samples", "1")
+    saved = (run_dir / "sweep_state.json").read_text()
+    for change, expect in [({"search": "grid"}, "a grid sweep runs each grid point once"), ({"seeds": 2}, "--seeds")]:
+        (run_dir / "sweep_state.json").write_text(json.dumps({**state, "args": {**state["args"], **change}}))
+        with pytest.raises(InputError, match=expect):
+            resume("--num-samples", "3")
+        (run_dir / "sweep_state.json").write_text(saved)
+
+    _run(make("--resume", "--name", "grow", "--storage-path", str(runs), "--num-samples", "3"), env)
+    state = _state(run_dir)
+    assert state["status"] == "finished" and state["args"]["num_samples"] == 3
+    assert state["parent_run_id"] == json.loads(saved)["parent_run_id"]
+    children = _children(state)  # children of the one parent
+    assert len(children) == 6
+    after = {c.data.tags["trial_id"]: (c.info.run_id, c.data.tags["wlora.cell"]) for c in children}
+    assert {t: after[t] for t in before} == before  # the earlier trials kept, none re-run
+    assert all(c.data.tags["status"] in ("completed", "asha_stopped") for c in children)
+    assert len(list(run_dir.glob("pool/trial_*"))) == 6  # the same Tune experiment
+    for name, cell in state["cells"].items():
+        assert cell["n_trials"] == 3, (name, cell)
+        earlier = {t for t, (_, c) in before.items() if c == name}
+        # One Optuna study per cell, continued: it holds the two earlier trials and the new one.
+        assert len(cell["optuna_states"]) == 3 and earlier < set(cell["optuna_states"]), cell["optuna_states"]
+    long = list(csv.DictReader((run_dir / "results" / "table_long.csv").open()))
+    assert sorted(r["n_trials"] for r in long) == ["3", "3"]
+    assert report.stat().st_mtime > report_before
