@@ -265,3 +265,23 @@ def test_finished_sweep_grows_with_resume_num_samples(sweep_cmd, tmp_path):
     long = list(csv.DictReader((run_dir / "results" / "table_long.csv").open()))
     assert sorted(r["n_trials"] for r in long) == ["3", "3"]
     assert report.stat().st_mtime > report_before
+
+
+def test_random_search_grows_by_the_next_draws_of_its_seeded_sequence(tmp_path):
+    """Random search: the grown cell hands out the draws a larger ``--num-samples`` would have made after the
+    ones already run (seeded), never the earlier ones again."""
+    from sweeps.pool import CellSearch, ListSearch, PooledSearcher, variant_configs
+
+    space = {"lr": tune.loguniform(1e-5, 1e-2), "warmup_steps": tune.choice([0, 5])}
+    first = variant_configs(space, grid=False, num_samples=2, seed=3)
+    more = variant_configs(space, grid=False, num_samples=4, seed=3)
+    assert more[:2] == first and more[2] != more[0]
+    searcher = PooledSearcher([CellSearch("rte", {"task": "rte"}, 2, ListSearch(first))])
+    ran = [searcher.suggest(f"t{i}")["lr"] for i in range(2)]
+    searcher.save(str(tmp_path / "s.pkl"))
+    again = PooledSearcher([CellSearch("rte", {"task": "rte"}, 2, ListSearch(first))])
+    again.grow([CellSearch("rte", {"task": "rte"}, 4, ListSearch(more))])
+    again.restore(str(tmp_path / "s.pkl"))
+    new = [again.suggest(f"t{i}")["lr"] for i in range(2, 4)]
+    assert new == [c["lr"] for c in more[2:]] and not set(new) & set(ran)
+    assert again.suggest("t4") == "FINISHED"
