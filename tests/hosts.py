@@ -79,7 +79,8 @@ def _mount_script(name: str, workdir: Path, hosts_file: Path) -> str:
     lines += ["mount --bind /mnt/disk/tmp /tmp", f"mount --bind /mnt/disk/home {home}"]
     for i, path in enumerate(keep):
         lines += [f"mkdir -p {shlex.quote(path)}", f"mount --bind /mnt/keep/{i} {shlex.quote(path)}"]
-    lines += ["chmod 1777 /tmp", "echo ready", "exec sleep infinity"]
+    # bash stays the namespace's first process: it reaps what daemons leave behind
+    lines += ["chmod 1777 /tmp", "echo ready", "sleep infinity & wait"]
     return "\n".join(lines)
 
 
@@ -118,8 +119,9 @@ class Hosts:
             pid = proc.pid
             while _children(pid):
                 pid = _children(pid)[0]
-            if Path(f"/proc/{pid}/exe").resolve().name == "sleep":
-                return pid
+            if Path(f"/proc/{pid}/exe").resolve().name == "sleep":  # its parent: the namespace's bash
+                status = Path(f"/proc/{pid}/status").read_text()
+                return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
             time.sleep(0.05)
         raise RuntimeError(f"host {name}: could not find its first process under {proc.pid}")
 
