@@ -4,8 +4,14 @@ The pooled searcher (``sweeps.pool``) hands out each cell's first ``schedule[0]`
 ends. When every cell's seed re-runs have ended, it calls :meth:`AutoSeeds.look`: the claims
 (``sweeps.claims``) are tested on the scores so far, at α / L for L = ``len(schedule)`` looks at most
 (Bonferroni over the looks), and each cell that is an arm of a claim still open ("not shown" or
-"insufficient seeds") grows to the schedule's next seed count, all of them in parallel. The sweep stops
-adding seeds when every claim has a verdict or the cells reach ``--max-seeds``.
+"insufficient seeds") grows to the schedule's next seed count, all of them in parallel. A claim whose
+conditional power at ``--max-seeds`` is below :data:`sweeps.claims.FUTILITY_FLOOR` stops for futility: its arms
+get no more seeds for it (non-binding: stopping adds no false verdict, so the stated error rate holds). The
+sweep stops adding seeds when every claim has a verdict, stopped for futility, or the cells reach
+``--max-seeds``.
+
+Seeds are added on dev scores; that chooses no configuration (every seed re-run of a cell trains the one
+config its search chose on held-out scores), so the dev split stays out of every choice of configuration.
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ class AutoSeeds:
 
     schedule: list[int]
     arms: dict[str, tuple[str, str]]
-    margin: float = claims.MARGIN
+    margin: float | dict[str, float] = claims.MARGIN
     looks: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
+    futile: list[str] = field(default_factory=list)
+    """``(claim) group`` of the claims that stopped for futility, in the order they stopped."""
 
     @property
     def max_looks(self) -> int:
@@ -57,7 +65,12 @@ class AutoSeeds:
             if cell in self.arms and values:
                 params_of[self.arms[cell]] = sum(values) / len(values)
         rows = claims.evaluate_claims(by_arm, params_of, margin=self.margin, n_boot=200, looks=self.max_looks)
-        open_arms = claims.undecided_arms(rows)
+        cap = self.schedule[-1]
+        for claim, group in sorted(claims.futile_claims(rows, by_arm, cap)):
+            if f"({claim}) {group}" not in self.futile:
+                self.futile.append(f"({claim}) {group}")
+        open_rows = [r for r in rows if f"({r['claim']}) {r['task']}" not in self.futile]
+        open_arms = claims.undecided_arms(open_rows)
         more = {}
         for cell, arm in self.arms.items():
             target = self.next_count(counts.get(cell, 0))
@@ -68,6 +81,10 @@ class AutoSeeds:
                 "look": len(self.looks) + 1,
                 "seeds": dict(counts),
                 "verdicts": {f"({r['claim']}) {r['task']}": r["verdict"] for r in rows},
+                "conditional_power": {
+                    f"({r['claim']}) {r['task']}": r["conditional_power"] for r in rows if "conditional_power" in r
+                },
+                "futile": list(self.futile),
                 "more": dict(more),
             }
         )

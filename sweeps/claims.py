@@ -227,21 +227,34 @@ def compare(
     return out
 
 
+def margin_for(margin: float | Mapping[str, float], group: str) -> float:
+    """δ of a comparison group (a task, or ``task r=8`` when a sweep has ranks): per task when ``margin`` is a
+    mapping (a task it lacks gets :data:`MARGIN`)."""
+    if isinstance(margin, Mapping):
+        return float(margin.get(group, margin.get(group.split(" ")[0], MARGIN)))
+    return float(margin)
+
+
 def evaluate_claims(
     scores: Mapping[tuple[str, str], Sequence[float]],
     params: Mapping[tuple[str, str], float | None] | None = None,
-    margin: float = MARGIN,
+    margin: float | Mapping[str, float] = MARGIN,
     n_boot: int = N_BOOTSTRAP,
     seed: int = 0,
     alpha: float = ALPHA,
     looks: int = 1,
 ) -> list[dict[str, Any]]:
     """Every claim on every task that has seed re-runs: ``scores[(method, task)]`` = the seeds' scores,
-    ``params[(method, task)]`` = the method's # Params. One record per (claim, task), Holm-corrected over
-    the family of all of them at ``alpha / looks`` (``looks``: the most interim looks of ``--seeds auto``)."""
+    ``params[(method, task)]`` = the method's # Params, ``margin`` = δ (one for all, or per task). One record
+    per (claim, task); both directions of every tested pair (held / contradicted) form one Holm family at
+    ``alpha / looks`` (``looks``: the most interim looks of ``--seeds auto``)."""
     params = params or {}
     tasks = sorted({t for _, t in scores})
     level = alpha / max(int(looks), 1)
+
+    def margin_of(task: str) -> float:
+        return margin_for(margin, task)
+
     rows = []
     for claim in CLAIMS:
         for task in tasks:
@@ -250,19 +263,25 @@ def evaluate_claims(
                 continue
             rec: dict[str, Any] = {"claim": claim.key, "text": claim.text, "task": task, "x": claim.x, "y": claim.y}
             rec["kind"] = claim.kind
-            rec.update(compare(x, y, claim.kind, margin=margin, n_boot=n_boot, seed=seed))
+            rec["margin"] = margin_of(task)
+            rec.update(compare(x, y, claim.kind, margin=rec["margin"], n_boot=n_boot, seed=seed))
             rows.append(rec)
     tested = [r for r in rows if "p_claim" in r]
-    for r, p, q in zip(
-        tested, holm([r["p_claim"] for r in tested]), holm([r["p_opposite"] for r in tested]), strict=True
-    ):
+    # One Holm family holds both directions of every tested pair (the claim's test and its opposite), so the
+    # chance of any wrong verdict — a false "held" or a false "contradicted" — is at most the stated level.
+    adjusted = holm([r["p_claim"] for r in tested] + [r["p_opposite"] for r in tested])
+    for i, r in enumerate(tested):
+        p, q = adjusted[i], adjusted[len(tested) + i]
         r["p_holm"], r["p_opposite_holm"], r["alpha"] = p, q, level
         r["verdict"] = "held" if p < level else "contradicted" if q < level else "not shown"
+    hypotheses = 2 * len(tested)
     for r in rows:
         r["family"] = len(tested)
+        r["hypotheses"] = hypotheses
         if r["n_x"] >= 2 and r["n_y"] >= 2:
             x, y = scores[(r["x"], r["task"])], scores[(r["y"], r["task"])]
-            r.update(power_numbers(x, y, r["kind"], margin, level / max(len(tested), 1)))
+            r["power_alpha"] = level / max(hypotheses, 1)
+            r.update(power_numbers(x, y, r["kind"], margin_of(r["task"]), r["power_alpha"]))
         if r["claim"] == "a":
             px, py = params.get((r["x"], r["task"])), params.get((r["y"], r["task"]))
             ratio = px / py if px is not None and py else None
@@ -311,18 +330,26 @@ def _f(v: float | None, signed: bool = True) -> str:
     return f"{v:+.4f}" if signed else f"{v:.4f}"
 
 
+def _p_text(p: float | None) -> str:
+    return "–" if p is None else f"{p:.3g}"
+
+
 def claims_md(
     rows: Sequence[dict[str, Any]],
     scores: Mapping[tuple[str, str], Sequence[float]],
     labels: Mapping[str, str],
-    margin: float = MARGIN,
+    margin: float | Mapping[str, float] = MARGIN,
     n_boot: int = N_BOOTSTRAP,
     seed: int = 0,
     alpha: float = ALPHA,
     looks: int = 1,
     protocol: str | None = None,
+    margin_why: Mapping[str, str] | None = None,
+    futile: Sequence[str] = (),
+    splits: Mapping[str, str] | None = None,
 ) -> str:
-    """The claims section: the protocol, per-task mean ± std, one row per (claim, task), the rules."""
+    """The claims section: the protocol, per-task mean ± std (and what the seed re-runs scored), δ per task and
+    its meaning, one row per (claim, task), which claims stopped for futility, and the rules."""
     lines = []
     if protocol:
         lines += [f"Protocol: **{protocol}** ({PROTOCOL_TEXT.get(protocol, protocol)})", ""]
@@ -341,27 +368,37 @@ def claims_md(
                 sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
                 cells.append(f"{v.mean():.4f} ± {sd:.4f} (n={v.size})")
         lines.append(f"| {labels[m]} | " + " | ".join(cells) + " |")
+    if splits:
+        lines += ["", "Scored: " + "; ".join(f"{t}: {splits[t]}" for t in tasks if t in splits) + "."]
+    lines += ["", "### Margins", ""]
+    for t in tasks:
+        why = (margin_why or {}).get(t) or (margin_why or {}).get(t.split(" ")[0]) or ""
+        lines.append(f"- {t}: δ = {margin_for(margin, t):g}" + (f" — {why}" if why else ""))
     lines += ["", "### Verdicts", ""]
-    head = ["Claim", "Task", "Test", "Δ = mean(X) − mean(Y)", "Welch 95 %", "bootstrap 95 %", "p", "Holm p"]
-    head += ["Detectable Δ", "Seeds needed", "Verdict"]
+    head = ["Claim", "Task", "Test", "δ", "Δ = mean(X) − mean(Y)", "Welch 95 %", "bootstrap 95 %", "p", "Holm p"]
+    head += ["Opposite Holm p", "Detectable Δ", "Seeds needed", "Verdict"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
+    futile_set = set(futile)
     for r in rows:
         name = f"({r['claim']}) {r['text']}"
         extra = f" ({r['why']})" if r.get("why") else ""
         if r.get("params_ratio") is not None:
             extra += f"; # Params ratio {r['params_ratio']:.3f}"
+        if f"({r['claim']}) {r['task']}" in futile_set and r["verdict"] in UNDECIDED:
+            extra += "; stopped for futility"
         has = "diff" in r
-        p = r.get("p_claim")
         cells = [
             name,
             r["task"],
             r["test"],
+            f"{r.get('margin', margin_for(margin, r['task'])):g}",
             _f(r.get("diff")),
             f"[{_f(r['welch_lo'])}, {_f(r['welch_hi'])}]" if has else "–",
             f"[{_f(r['boot_lo'])}, {_f(r['boot_hi'])}]" if has else "–",
-            "–" if p is None else f"{p:.3g}",
-            "–" if r.get("p_holm") is None else f"{r['p_holm']:.3g}",
+            _p_text(r.get("p_claim")),
+            _p_text(r.get("p_holm")),
+            _p_text(r.get("p_opposite_holm")),
             _f(r.get("mde"), False),
             "–" if r.get("seeds_needed") is None else str(r["seeds_needed"]),
             f"**{r['verdict']}**{extra}",
@@ -374,11 +411,19 @@ def claims_md(
             if claim.key in summary:
                 counts = ", ".join(f"{v}: {n}" for v, n in sorted(summary[claim.key].items()))
                 lines.append(f"- ({claim.key}) {claim.text}: {counts}")
+    if futile_set:
+        lines += [
+            "",
+            "Stopped for futility (`--seeds auto` added no more seeds for them: their conditional power at the "
+            f"seed cap was below {FUTILITY_FLOOR:g}): " + ", ".join(sorted(futile_set)) + ".",
+        ]
     family = max((r.get("family", 0) for r in rows), default=0)
     level = alpha / max(looks, 1)
     seq = (
         f"The sweep added seeds while claims were open (`--seeds auto`) with at most {looks} looks at the claims; "
-        f"Bonferroni over the looks: every look, this one included, tests at α / {looks} = {level:.3g}. "
+        f"Bonferroni over the looks: every look, this one included, tests at α / {looks} = {level:.3g}. A claim "
+        f"whose conditional power at the seed cap fell below {FUTILITY_FLOOR:g} got no more seeds (non-binding "
+        f"futility: stopping never adds a false verdict). "
         if looks > 1
         else ""
     )
@@ -386,16 +431,18 @@ def claims_md(
         "",
         f"Rules: X = the claim's first method, Y = the second, Δ = mean(X) − mean(Y) over independent seed "
         f"re-runs. Tests (statsmodels, Welch's unequal variances): superiority H0: Δ ≤ 0; non-inferiority "
-        f"H0: Δ ≤ −δ; equivalence (TOST) H0: |Δ| ≥ δ; margin δ = {margin:g}. The family is the {family} tested "
-        f"(claim, task) pairs of this page; Holm–Bonferroni adjusts their p-values (and, separately, those of "
-        f"the opposite tests). {seq}Held: Holm p < {level:.3g}; contradicted: the opposite test's Holm p < "
-        f"{level:.3g} (superiority: Δ < 0; non-inferiority: Δ < −δ; equivalence: |Δ| > δ); otherwise not shown. "
-        f"Fewer than {MIN_SEEDS} seeds on an arm, or no spread on an arm: insufficient seeds. Claim (a) also "
-        f"needs WeightLoRA's # Params ≤ {FEWER_PARAMS:g} × LoRA's to be held. Detectable Δ: the smallest true "
-        f"effect (above 0, above −δ, or the equivalence margin at Δ = 0) these seeds detect with power "
-        f"{POWER:g} at α / (family size), at the observed spread; seeds needed: per arm, for power {POWER:g} at "
-        f"the observed Δ and spread (– when Δ lies on the wrong side). Intervals are shown for reading, not "
-        f"for the verdict: Welch's 95 % and a seeded percentile bootstrap ({n_boot} resamples, seed {seed}).",
+        f"H0: Δ ≤ −δ; equivalence (TOST) H0: |Δ| ≥ δ; δ per task as listed above. Each of the {family} tested "
+        f"(claim, task) pairs has two tests, the claim's and its opposite (superiority: Δ < 0; non-inferiority: "
+        f"Δ < −δ; equivalence: |Δ| > δ), and all {2 * family} form ONE Holm–Bonferroni family, so the chance of "
+        f"any wrong verdict, held or contradicted, is at most α = {alpha:g}. {seq}Held: Holm p < {level:.3g}; "
+        f"contradicted: the opposite test's Holm p < {level:.3g}; otherwise not shown. Fewer than {MIN_SEEDS} "
+        f"seeds on an arm, or no spread on an arm: insufficient seeds. Claim (a) also needs WeightLoRA's # Params "
+        f"≤ {FEWER_PARAMS:g} × LoRA's to be held. Detectable Δ: the smallest true effect (above 0, above −δ, or "
+        f"the equivalence margin at Δ = 0) these seeds detect with power {POWER:g} at α / ({looks} looks × "
+        f"{2 * family} tests) = {level / max(2 * family, 1):.3g} (the level Holm's first step uses), at the "
+        f"observed spread; seeds needed: per arm, for power {POWER:g} at the observed Δ and spread at that level "
+        f"(– when Δ lies on the wrong side). Intervals are shown for reading, not for the verdict: Welch's 95 % "
+        f"and a seeded percentile bootstrap ({n_boot} resamples, seed {seed}).",
         "",
     ]
     return "\n".join(lines)
@@ -408,3 +455,221 @@ PROTOCOL_TEXT = {
     "papers": "the papers' protocol: the dev set both chooses the configuration and reports the seed re-runs, "
     "an optimistic bias that grows with the number of searched knobs",
 }
+
+
+# ----- before launch: margins, decidability; during --seeds auto: futility -----
+
+#: ``--seeds auto`` stops adding seeds to a claim whose conditional power at the cap is below this floor
+#: (non-binding futility: stopping early never adds a false verdict, so the error rate holds).
+FUTILITY_FLOOR = 0.10
+
+
+def claim_settings(
+    section: Mapping[str, Any] | None, tasks: Sequence[str]
+) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """A preset's ``claims:`` section → (δ per task, the stated prior per task).
+
+    ``claims.<task>`` holds ``delta`` (the margin, in task-score units), ``why`` (what δ means on that task's
+    metric) and optionally ``prior_sd`` (the seed-to-seed standard deviation expected of one arm) with
+    ``prior_from`` (where that number comes from). A task without an entry gets :data:`MARGIN` and no prior."""
+    from wlora.data.registry import normalize_task
+
+    section = dict(section or {})
+    given = {normalize_task(t): v for t, v in section.items()}
+    margins: dict[str, float] = {}
+    priors: dict[str, dict[str, Any]] = {}
+    for task, entry in given.items():
+        if not isinstance(entry, Mapping) or "delta" not in entry:
+            raise ValueError(f"preset claims.{task}: give `delta` (and `why`), e.g. {{delta: 0.01, why: ...}}")
+        unknown = set(entry) - {"delta", "why", "prior_sd", "prior_from"}
+        if unknown:
+            raise ValueError(
+                f"preset claims.{task}: unknown keys {sorted(unknown)}; valid: delta, why, prior_sd, prior_from"
+            )
+        delta = entry["delta"]
+        if isinstance(delta, bool) or not isinstance(delta, int | float) or not delta > 0:
+            raise ValueError(f"preset claims.{task}.delta must be a positive number, got {delta!r}")
+        sd = entry.get("prior_sd")
+        if sd is not None and (isinstance(sd, bool) or not isinstance(sd, int | float) or not sd > 0):
+            raise ValueError(f"preset claims.{task}.prior_sd must be a positive number, got {sd!r}")
+    for task in tasks:
+        entry = given.get(task) or {}
+        margins[task] = float(entry.get("delta", MARGIN))
+        priors[task] = {
+            "why": entry.get("why") or f"default δ = {MARGIN:g} of the task score",
+            "prior_sd": float(entry["prior_sd"]) if entry.get("prior_sd") is not None else None,
+            "prior_from": entry.get("prior_from") or "",
+        }
+    return margins, priors
+
+
+def _power_gap(kind: str, margin: float) -> float:
+    """The distance from the null that the planned power is computed at: superiority at a true Δ = δ (the
+    smallest effect worth claiming); non-inferiority and equivalence at a true Δ = 0."""
+    return margin
+
+
+def seeds_for_power(kind: str, margin: float, sd: float, alpha: float, power: float = POWER) -> int | None:
+    """Equal seeds per arm for ``power`` at ``alpha`` (one-sided Welch ≈ t-test, statsmodels), at the planned
+    effect (:func:`_power_gap`) and a seed spread ``sd`` per arm; None above :data:`MAX_SEEDS_NEEDED`."""
+    from statsmodels.stats.power import TTestIndPower
+
+    solver = TTestIndPower()
+    es = _power_gap(kind, margin) / sd
+    pw = (1 + power) / 2 if kind == "equivalent" else power
+    n = 2
+    while n < MAX_SEEDS_NEEDED and solver.power(es, n, alpha, ratio=1.0, alternative="larger") < pw:
+        n = n * 2 if n < 64 else n + 64
+    if n >= MAX_SEEDS_NEEDED:
+        return None
+    lo = max(2, n // 2)
+    while lo < n:
+        mid = (lo + n) // 2
+        if solver.power(es, mid, alpha, ratio=1.0, alternative="larger") >= pw:
+            n = mid
+        else:
+            lo = mid + 1
+    return n
+
+
+def testable_claims(methods: Sequence[str]) -> list[Claim]:
+    """The claims a sweep over ``methods`` can test (both of the claim's methods are arms)."""
+    return [c for c in CLAIMS if c.x in methods and c.y in methods]
+
+
+def decidability(
+    methods: Sequence[str],
+    tasks: Sequence[str],
+    margins: Mapping[str, float],
+    priors: Mapping[str, Mapping[str, Any]],
+    max_seeds: int,
+    looks: int,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> list[dict[str, Any]]:
+    """Before launch, per (claim, task): the seeds per arm needed for ``power`` at δ under the stated prior
+    spread, at the level the final test uses at worst (α / looks / hypotheses: Bonferroni's share of the
+    Holm family of both directions), and whether ``max_seeds`` reaches it."""
+    claims = testable_claims(methods)
+    hypotheses = 2 * len(claims) * len(tasks)
+    level = alpha / max(looks, 1) / max(hypotheses, 1)
+    rows = []
+    for task in tasks:
+        prior = priors.get(task) or {}
+        sd = prior.get("prior_sd")
+        for c in claims:
+            need = seeds_for_power(c.kind, margins[task], sd, level, power) if sd else None
+            rows.append(
+                {
+                    "claim": c.key,
+                    "task": task,
+                    "kind": c.kind,
+                    "delta": margins[task],
+                    "why": prior.get("why", ""),
+                    "prior_sd": sd,
+                    "prior_from": prior.get("prior_from", ""),
+                    "alpha": level,
+                    "seeds_needed": need,
+                    "reachable": None if sd is None else (need is not None and need <= max_seeds),
+                }
+            )
+    return rows
+
+
+def decidability_lines(rows: Sequence[Mapping[str, Any]], max_seeds: int) -> list[str]:
+    """The plan's lines, one per (claim, task)."""
+    out = []
+    for r in rows:
+        head = f"  claim ({r['claim']}) {r['task']}: δ = {r['delta']:g} ({r['why']})"
+        if r["prior_sd"] is None:
+            out.append(f"{head}; no prior spread stated: seeds needed unknown before the first look")
+            continue
+        need = "more than 100000" if r["seeds_needed"] is None else str(r["seeds_needed"])
+        verdict = "reachable" if r["reachable"] else "NOT reachable"
+        src = f" from {r['prior_from']}" if r["prior_from"] else ""
+        out.append(
+            f"{head}; prior seed sd {r['prior_sd']:g}{src}: {need} seeds per arm for {POWER:.0%} power at "
+            f"α = {r['alpha']:.2g} — {verdict} with --max-seeds {max_seeds}"
+        )
+    return out
+
+
+def conditional_power(
+    x: Sequence[float], y: Sequence[float], kind: str, margin: float, alpha: float, n_final: int
+) -> float:
+    """Conditional power at the cap under the current trend (Lan & Wittes' B-value, normal approximation):
+    the chance that the claim's one-sided test at ``alpha`` rejects once each arm has ``n_final`` seeds, if
+    the effect stays what it is now. Equivalence needs both TOST sides: the smaller of the two (an upper
+    bound on the chance of both, so futility stops no claim that could still pass)."""
+    from scipy import stats
+
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    n_now = min(xa.size, ya.size)
+    if n_now < 2:
+        return 1.0
+    se = math.sqrt(xa.var(ddof=1) / xa.size + ya.var(ddof=1) / ya.size)
+    if not se > 0:
+        return 1.0
+    d = float(xa.mean() - ya.mean())
+    t = min(1.0, n_now / max(n_final, 1))
+    z_crit = float(stats.norm.isf(alpha))
+
+    def cp(z_now: float) -> float:
+        if t >= 1:
+            return float(z_now > z_crit)
+        return float(stats.norm.sf((z_crit - z_now / math.sqrt(t)) / math.sqrt(1 - t)))
+
+    if kind == "better":
+        return cp(d / se)
+    if kind == "noninferior":
+        return cp((d + margin) / se)
+    return min(cp((d + margin) / se), cp((margin - d) / se))
+
+
+def futile_claims(
+    rows: Sequence[dict[str, Any]],
+    scores: Mapping[tuple[str, str], Sequence[float]],
+    n_final: int,
+    floor: float = FUTILITY_FLOOR,
+) -> set[tuple[str, str]]:
+    """(claim, task) pairs still open whose conditional power at ``n_final`` seeds per arm is below
+    ``floor``, at the most lenient level the final look can use (its α / looks: Holm's last step)."""
+    out = set()
+    for r in rows:
+        if r["verdict"] not in UNDECIDED or "p_claim" not in r:
+            continue
+        x, y = scores[(r["x"], r["task"])], scores[(r["y"], r["task"])]
+        r["conditional_power"] = conditional_power(x, y, r["kind"], r["margin"], r["alpha"], n_final)
+        if r["conditional_power"] < floor:
+            out.add((r["claim"], r["task"]))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sweeps.claims --recompute DIR``: rebuild a report's verdict pages from its files alone."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(
+        prog="python -m sweeps.claims",
+        description="Rebuild claims.md / claims.json / stability.md / stability.json of a report folder from its "
+        "seeds.csv and verdict_inputs.json alone (no MLflow store).",
+    )
+    ap.add_argument("--recompute", required=True, metavar="DIR", help="a report folder (e.g. docs/results)")
+    ap.add_argument("--out", default=None, metavar="DIR", help="write the pages here instead of into DIR")
+    args = ap.parse_args(argv)
+    from sweeps.verdicts import recompute
+
+    try:
+        out = recompute(args.recompute, args.out)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    dest = args.out or args.recompute
+    held = sum(r["verdict"] == "held" for r in out["claims"])
+    print(f"{dest}: claims.md ({len(out['claims'])} rows, {held} held), stability.md ({len(out['stability'])} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

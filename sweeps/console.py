@@ -83,6 +83,7 @@ def describe_plan(plan: Plan) -> str:
         "no ASHA" if a.no_asha or a.multi_objective else f"ASHA grace {a.grace_period}, factor {a.reduction_factor:g}"
     )
     lines.append(f"  {per}; {asha}; search seed {a.search_seed}")
+    lines += claim_lines(plan)
     mem = plan.memory_per_trial / 2**30
     lines.append(
         f"  per trial: {a.cpus_per_trial:g} CPU, {a.gpus_per_trial:g} GPU, {mem:.1f} GiB memory; "
@@ -98,6 +99,24 @@ def describe_plan(plan: Plan) -> str:
         space = plan.spaces[cell.name]
         lines.append("    searched: " + (", ".join(f"{k}={_domain_str(v)}" for k, v in space.items()) or "nothing"))
     return "\n".join(lines)
+
+
+def claim_lines(plan: Plan) -> list[str]:
+    """Under ``--seeds auto``: per claim and task, δ and its meaning, the seeds per arm needed for 80 % power
+    under the preset's prior spread, and whether ``--max-seeds`` reaches it (:func:`sweeps.claims.decidability`)."""
+    a = plan.args
+    if not getattr(a, "seeds_auto", False):
+        return []
+    from sweeps import claims
+
+    tasks = list(dict.fromkeys(c.task for c in plan.cells))
+    rows = claims.decidability(a.methods, tasks, a.claim_margins, a.claim_prior_sd, a.max_seeds, a.seed_looks)
+    head = (
+        f"  claims (both directions of {2 * len(rows)} tests in one Holm family, α = {claims.ALPHA:g}; futility: "
+        f"a claim stops getting seeds when its conditional power at {a.max_seeds} seeds is < "
+        f"{claims.FUTILITY_FLOOR:g}):"
+    )
+    return [head, *claims.decidability_lines(rows, a.max_seeds)]
 
 
 def _domain_str(dom: Any) -> str:

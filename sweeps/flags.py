@@ -475,14 +475,19 @@ def apply_smoke(args: argparse.Namespace, defaults: SweepDefaults, parser: argpa
             setattr(args, key, copy.copy(value))
 
 
+#: Top-level keys of a preset: ``tasks.<task>.set`` pins fields for one task's cells (e.g. QNLI's
+#: ``train_from_dev``); ``claims.<task>`` declares that task's claim margin δ, its reason and a prior seed spread.
+PRESET_KEYS = ("search", "set", "space", "methods", "tasks", "claims", "cli")
+
+
 def load_preset(path: str | Path | None) -> dict[str, Any]:
     path = resolve_preset(path)
     if path is None:
         return {}
     data = read_preset(path)
-    unknown = sorted(set(data) - {"search", "set", "space", "methods", "cli"})
+    unknown = sorted(set(data) - set(PRESET_KEYS))
     if unknown:
-        raise ValueError(f"preset {path}: unknown keys {unknown}; valid: search, set, space, methods, cli")
+        raise ValueError(f"preset {path}: unknown keys {unknown}; valid: {', '.join(PRESET_KEYS)}")
     return data
 
 

@@ -76,6 +76,8 @@ class Plan:
     """Bytes of memory each trial declares to Ray (:func:`sweeps.resources.trial_memory`, set once Ray is up)."""
     seed_overrides: dict[str, Any] = field(default_factory=dict)
     """Fields the seed re-runs change from their cell's best config (``--protocol heldout``: evaluate on dev)."""
+    cell_seed_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per cell: ``seed_overrides`` plus ``eval_every`` = the run's total steps (one dev evaluation, at the end)."""
 
 
 def _field_value(key: str, value: Any, method: str) -> Any:
@@ -283,7 +285,21 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         train.update(holdout=args.holdout_size, eval_split="holdout")
         seed_overrides = {"eval_split": "dev"}
 
+    task_presets = {normalize_task(t): v for t, v in (preset.get("tasks") or {}).items()}
+    for t, v in task_presets.items():
+        if not isinstance(v, dict) or set(v) - {"set"}:
+            raise ValueError(f"preset tasks.{t}: only `set:` is allowed there, got {v!r}")
+    from sweeps.claims import claim_settings, testable_claims
+
+    args.claim_margins, args.claim_prior_sd = claim_settings(preset.get("claims"), tasks)
+    if getattr(args, "seeds_auto", False) and not testable_claims(args.methods):
+        raise ValueError(
+            f"--seeds auto adds seeds while a claim between two methods is open, but no claim compares two of "
+            f"--methods {','.join(args.methods)} (the claims: sweeps/claims.py); give a number, e.g. --seeds 3"
+        )
+
     cells: list[Cell] = []
+    cell_seed: dict[str, dict[str, Any]] = {}
     spaces: dict[str, dict[str, Any]] = {}
     fixed: dict[str, dict[str, Any]] = {}
     assets: dict[str, Any] = {}
@@ -292,7 +308,13 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         for method in args.methods:
             rkey = sp.rank_key(method)
             mpre = (preset.get("methods") or {}).get(method, {})
-            pins0 = {**(preset.get("set") or {}), **(mpre.get("set") or {}), **_for_method(cli_fixed, method)}
+            tpre = task_presets.get(task) or {}
+            pins0 = {
+                **(preset.get("set") or {}),
+                **(tpre.get("set") or {}),
+                **(mpre.get("set") or {}),
+                **_for_method(cli_fixed, method),
+            }
             pins0 = {k: _field_value(k, v, method) for k, v in pins0.items()}
             method_ranks = _method_ranks(args, ranks, rkey, pins0, _for_method(cli_fixed, method), method)
             for rank in method_ranks if rkey is not None else [None]:
@@ -338,6 +360,23 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
                             raise ValueError(f"{cell.name}: {e} (model {args.model})") from None
                     # ASHA's max_t: the runner's own count of evaluations (the longest config of the space).
                     evals = max(evals, planned_evaluations(cfg, len(assets[task].data.train)))
+                from trainables import assets_key
+
+                if seed_overrides and assets_key(task, seed_overrides["eval_split"]) not in assets:
+                    # The seed re-runs evaluate another split: data of their own, prepared from their own
+                    # config, so what they score is that split (checked again by the runner).
+                    from wlora.modeling import prepare_run
+
+                    seed_cfg = TrainConfig.from_flat({**base, **_representatives(space)[0], **seed_overrides})
+                    assets[assets_key(task, seed_overrides["eval_split"])] = prepare_run(seed_cfg)
+                if seed_overrides:
+                    # A seed re-run's score is its final evaluation: it evaluates dev once, at its last step
+                    # (evaluations change nothing in training: batches are a function of seed and step).
+                    from wlora.schedule import schedule_for
+
+                    seed_cfg = TrainConfig.from_flat({**base, **_representatives(space)[0], **seed_overrides})
+                    n_seed = len(assets[assets_key(task, seed_overrides["eval_split"])].data.train)
+                    cell_seed[cell.name] = {**seed_overrides, "eval_every": schedule_for(seed_cfg, n_seed).total}
                 planned[cell.name] = evals
                 cells.append(cell)
                 spaces[cell.name] = space
@@ -369,6 +408,7 @@ def _plan_sweep(args: argparse.Namespace, defaults: SweepDefaults) -> Plan:
         tune_storage,
         memory,
         seed_overrides,
+        cell_seed,
     )
 
 

@@ -115,8 +115,22 @@ class CellSearch:
             status=lambda r: FAILED if r["error"] else (COMPLETED if r["result"].get(FINAL_KEY) else "partial"),
             value=lambda r: r["result"].get(OBJECTIVE),
             completed_only=True,
+            # what each candidate scored, as its run reported it: under --protocol heldout only held-out scores
+            split=lambda r: r["result"].get("eval_split"),
+            choice_split=self.choice_split,
         )
         return None if best is None else best["config"]
+
+    @property
+    def choice_split(self) -> str | None:
+        """The split the best config may be chosen on: ``holdout`` when the seed re-runs report another split."""
+        return "holdout" if self.seed_overrides.get("eval_split", "holdout") != "holdout" else None
+
+    def seed_values(self, count: int) -> list[int]:
+        """The seeds of the first ``count`` seed re-runs: 0, 1, 2, … without the search trials' own seed, so
+        no seed re-run repeats the training of the search trial that won (its score chose the config)."""
+        own = (self.best or self.fixed).get("seed", 0)
+        return [s for s in range(count + 1) if s != own][:count]
 
 
 class PooledSearcher(Searcher):
@@ -192,8 +206,9 @@ class PooledSearcher(Searcher):
             return {**params, CELL_KEY: cell.name, ROLE_KEY: SEED_RUN}
         return None
 
-    def _seed_config(self, cell: CellSearch, seed: int) -> dict[str, Any]:
-        return {**(cell.best or {}), **cell.seed_overrides, "seed": seed}
+    def _seed_config(self, cell: CellSearch, index: int) -> dict[str, Any]:
+        """The ``index``-th seed re-run of ``cell``'s best config (its seed: :meth:`CellSearch.seed_values`)."""
+        return {**(cell.best or {}), **cell.seed_overrides, "seed": cell.seed_values(index + 1)[index]}
 
     # ----- --seeds auto -----
 

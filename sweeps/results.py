@@ -56,6 +56,8 @@ def trial_rows(
                 "status": status,
                 "config": config,
                 OBJECTIVE: m.get(OBJECTIVE),
+                "eval_split": m.get("eval_split"),
+                "eval_examples": m.get("eval_examples"),
                 PARAMS_METRIC: m.get(PARAMS_METRIC),
                 "trainable_params": m.get("trainable_params"),
                 "train_loss": m.get("train_loss"),
@@ -69,7 +71,9 @@ def trial_rows(
     return grouped
 
 
-def cell_summary(cell, rows: list[dict[str, Any]], *, multi_objective: bool, export=None) -> dict[str, Any]:
+def cell_summary(
+    cell, rows: list[dict[str, Any]], *, multi_objective: bool, export=None, choice_split: str | None = None
+) -> dict[str, Any]:
     """One cell's summary (the state file's ``cells.<name>``): counts, trials, best config and metric.
 
     Args:
@@ -77,9 +81,17 @@ def cell_summary(cell, rows: list[dict[str, Any]], *, multi_objective: bool, exp
         rows: the cell's search trials (:func:`trial_rows`).
         multi_objective: add the cell's Pareto front.
         export: ``export(best_row) -> adapter folder`` (None: no export).
+        choice_split: the split the best config may be chosen on (``holdout`` under ``--protocol heldout``).
     """
     done = [r for r in rows if r["status"] == COMPLETED and r[OBJECTIVE] is not None]
-    best = pick_best(rows, status=lambda r: r["status"], value=lambda r: r[OBJECTIVE], completed_only=True)
+    best = pick_best(
+        rows,
+        status=lambda r: r["status"],
+        value=lambda r: r[OBJECTIVE],
+        completed_only=True,
+        split=lambda r: r.get("eval_split"),
+        choice_split=choice_split,
+    )
     summary: dict[str, Any] = {
         **dataclasses.asdict(cell),
         "cell": cell.name,

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import hashlib
 import importlib
+import json
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from sweeps.store import artifact_root, close_open_children, get_experiment_id, 
 from sweeps.tracking import live_callbacks, log_params
 from sweeps.tracking_queue import flush_all
 from sweeps.tune_run import multi_objective, run_pool, summarize, tune_trials
+from sweeps.verdicts import SEED_LOOKS_ARTIFACT
 
 logger = logging.getLogger("sweeps")
 
@@ -272,6 +274,9 @@ def execute(plan: Plan) -> dict[str, Any]:
         plan.state["pooled_done"] = True
         save_state(plan)
 
+    if plan.state.get("seed_looks"):
+        # what --seeds auto decided at each look (futility included): read by the report's verdict pages
+        client.log_text(parent_id, json.dumps(plan.state["seed_looks"], indent=1, default=str), SEED_LOOKS_ARTIFACT)
     table_md = publish(plan.state, plan.run_dir, client, parent_id, multi_objective=multi_objective(plan))
     plan.state["wall_s"] = round(plan.state.get("wall_s", 0) + time.time() - t0, 1)
     _set_status(plan, FINISHED)

@@ -51,21 +51,44 @@ def trial_outcome(*, failed: bool, stopped_early: bool) -> str:
     return ASHA_STOPPED if stopped_early else COMPLETED
 
 
+class SelectionLeak(RuntimeError):
+    """A choice of configuration (the best config, the rank a table reports) was about to read a score of a
+    split other than the one choices may read, e.g. a dev score under ``--protocol heldout``."""
+
+
+def check_choice_split(split: str | None, choice_split: str | None, what: str = "a configuration choice") -> None:
+    """Raise :class:`SelectionLeak` unless a score evaluated on ``split`` may decide ``what``. ``choice_split``
+    None: the protocol lets choices read any split (the papers' protocol: dev chooses and reports)."""
+    if choice_split is not None and split != choice_split:
+        raise SelectionLeak(
+            f"{what} read a score of the {split or 'unknown'} split; under this protocol choices read only "
+            f"{choice_split} scores (the {split or 'unknown'} split is what the report reads)"
+        )
+
+
 def pick_best(
     items: Iterable[T],
     *,
     status: Callable[[T], str],
     value: Callable[[T], float | None],
     completed_only: bool = False,
+    split: Callable[[T], str | None] | None = None,
+    choice_split: str | None = None,
 ) -> T | None:
     """The best-trial rule: the highest objective among completed trials; without one, among the
     ASHA-stopped / still-running ones (unless ``completed_only``: the seed re-runs and the exported adapter need
-    a full-budget config). Failed trials and trials without a value never count."""
+    a full-budget config). Failed trials and trials without a value never count.
+
+    With ``choice_split`` (``holdout`` under ``--protocol heldout``), every candidate's score must have been
+    evaluated on that split, as ``split(item)`` reports it (the split the run scored, not its config's label):
+    a candidate scored on another split raises :class:`SelectionLeak`."""
     best, best_key = None, None
     for item in items:
         s, v = status(item), value(item)
         if v is None or not math.isfinite(v) or s not in STATUS_OK or (completed_only and s != COMPLETED):
             continue
+        if choice_split is not None:
+            check_choice_split(split(item) if split is not None else None, choice_split)
         key = (s == COMPLETED, v)
         if best_key is None or key > best_key:
             best, best_key = item, key
@@ -90,6 +113,11 @@ class RunInfo:
     artifacts: list[str] = field(default_factory=list)
     #: The rank ``--ranks`` fixed for the run's cell ("" when the cell searched it or the method has none).
     rank: str = ""
+    #: The split the run scored, as the run reported it (``eval_split`` tag), not its config's label.
+    split: str | None = None
+    #: How many examples it scored (``eval_examples``), and their fingerprint (``eval_fingerprint`` tag).
+    examples: int | None = None
+    fingerprint: str | None = None
 
     def final(self, key: str) -> float | None:
         """A metric's value at the end of the run: ``final_<key>`` (logged once when the trial ends)
@@ -170,21 +198,36 @@ def load_children(client, parent_run_id: str) -> tuple[Any, list[RunInfo]]:
                 start_ms=r.info.start_time,
                 end_ms=r.info.end_time,
                 rank=_cell_rank(t),
+                split=t.get("eval_split"),
+                examples=int(r.data.metrics["eval_examples"]) if "eval_examples" in r.data.metrics else None,
+                fingerprint=t.get("eval_fingerprint"),
             )
         )
     out.sort(key=lambda x: (x.start_ms or 0, x.name))
     return parent, out
 
 
-def best_trials(trials: Sequence[RunInfo], *, by_rank: bool = False) -> dict[tuple[str, ...], RunInfo]:
+def choice_split_of(trials: Sequence[RunInfo], protocol: str | None) -> str | None:
+    """The split configuration choices may read: ``holdout`` under ``--protocol heldout``; None otherwise."""
+    return "holdout" if protocol == "heldout" else None
+
+
+def best_trials(
+    trials: Sequence[RunInfo], *, by_rank: bool = False, choice_split: str | None = None
+) -> dict[tuple[str, ...], RunInfo]:
     """Best trial per (method, task) — per (method, rank, task) with ``by_rank`` — by ``eval_main``;
     completed trials first, ASHA-stopped/running ones only when no trial of that cell completed. Failed
-    trials never count."""
+    trials never count. With ``choice_split``, a candidate scored on another split raises SelectionLeak."""
     groups: dict[tuple[str, ...], list[RunInfo]] = {}
     for t in trials:
         if t.role == TRIAL:
             groups.setdefault((t.method, t.rank, t.task) if by_rank else (t.method, t.task), []).append(t)
-    best = {key: pick_best(runs, status=lambda r: r.status, value=lambda r: r.main) for key, runs in groups.items()}
+    best = {
+        key: pick_best(
+            runs, status=lambda r: r.status, value=lambda r: r.main, split=lambda r: r.split, choice_split=choice_split
+        )
+        for key, runs in groups.items()
+    }
     return {key: run for key, run in best.items() if run is not None}
 
 

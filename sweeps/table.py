@@ -27,7 +27,16 @@ from typing import Any
 import numpy as np
 
 from sweeps.claims import PROTOCOL_TEXT
-from sweeps.schema import FAILED, SEED_RUN, TRIAL, RunInfo, best_trials, load_children, protocol_of
+from sweeps.schema import (
+    FAILED,
+    SEED_RUN,
+    TRIAL,
+    RunInfo,
+    best_trials,
+    choice_split_of,
+    load_children,
+    protocol_of,
+)
 from wlora.data.registry import TASKS as TASK_SPECS
 from wlora.data.registry import normalize_task
 from wlora.registry import METHODS as REGISTRY
@@ -76,17 +85,23 @@ def seed_runs_by_cell(children: Sequence[RunInfo]) -> dict[tuple[str, str, str],
     return dict(groups)
 
 
-def seed_runs_by_method(children: Sequence[RunInfo]) -> dict[tuple[str, str], list[RunInfo]]:
+def seed_runs_by_method(
+    children: Sequence[RunInfo], protocol: str | None = None
+) -> dict[tuple[str, str], list[RunInfo]]:
     """The seed re-runs of each (method, task), for the claims and the stability analysis: with several
-    ranks, those of the rank whose re-runs scored best on average (the claims compare methods at their
-    best setting, as the papers tune each method)."""
+    ranks, those of the rank whose best search trial scored best (the claims compare methods at their best
+    setting, as the papers tune each method). The rank is a configuration choice, so it reads the search
+    trials' scores, never the seed re-runs' (under ``--protocol heldout``: held-out scores only; a dev score
+    raises :class:`sweeps.schema.SelectionLeak`)."""
+    by_cell = seed_runs_by_cell(children)
+    best = best_trials(children, by_rank=True, choice_split=choice_split_of(children, protocol))
     out: dict[tuple[str, str], list[RunInfo]] = {}
     score: dict[tuple[str, str], float] = {}
-    for (method, _rank, task), runs in seed_runs_by_cell(children).items():
-        vals = [r.main for r in runs if r.main is not None]
-        mean = float(np.mean(vals)) if vals else float("-inf")
-        if (method, task) not in out or mean > score[(method, task)]:
-            out[(method, task)], score[(method, task)] = runs, mean
+    for (method, rank, task), runs in by_cell.items():
+        trial = best.get((method, rank, task))
+        value = trial.main if trial is not None and trial.main is not None else float("-inf")
+        if (method, task) not in out or value > score[(method, task)]:
+            out[(method, task)], score[(method, task)] = runs, value
     return out
 
 
@@ -107,11 +122,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
-def table_cells(children: Sequence[RunInfo]) -> list[dict[str, Any]]:
+def table_cells(children: Sequence[RunInfo], protocol: str | None = None) -> list[dict[str, Any]]:
     """One record per (method, rank, task): main metric mean/std over seed re-runs (if any), else the best
     trial's value (n = 1); the task's reported metrics likewise; the parameters of those runs; and the
     cell's trial counts."""
-    best = best_trials(children, by_rank=True)
+    best = best_trials(children, by_rank=True, choice_split=choice_split_of(children, protocol))
     seeds = {k: [r for r in v if r.main is not None] for k, v in seed_runs_by_cell(children).items()}
     seeds = {k: v for k, v in seeds.items() if v}
     counts: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -294,7 +309,7 @@ def write_table(
     ``table_long.csv`` (every cell with its run ids, trial counts and settings) into ``out_dir``. Returns
     (the markdown, the cells)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cells = table_cells(children)
+    cells = table_cells(children, protocol)
     header, md_rows, csv_rows = build_table(cells)
     text = md_table(header, md_rows) + "\n" + table_note(cells) + "\n"
     if protocol:

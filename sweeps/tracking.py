@@ -75,8 +75,9 @@ def _param_str(v: Any) -> str:
     return s[:6000]
 
 
-#: String values of a trial's reports that its MLflow child carries as tags.
-RUNTIME_TAGS = ("device", "gpu_ids", "precision_requested", "precision")
+#: String values of a trial's reports that its MLflow child carries as tags (``hostname``: the host the trial
+#: last reported from; Tune adds it to every result).
+RUNTIME_TAGS = ("device", "gpu_ids", "precision_requested", "precision", "eval_split", "eval_fingerprint", "hostname")
 
 
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:

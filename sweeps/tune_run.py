@@ -49,7 +49,12 @@ def cell_search(plan: Plan, cell: Cell) -> CellSearch:
         configs = variant_configs(space, grid=plan.search == "grid", num_samples=a.num_samples, seed=a.search_seed)
         search, budget = ListSearch(configs), len(configs)
     return CellSearch(
-        cell.name, dict(plan.fixed[cell.name]), budget, search, seeds=a.seeds, seed_overrides=dict(plan.seed_overrides)
+        cell.name,
+        dict(plan.fixed[cell.name]),
+        budget,
+        search,
+        seeds=a.seeds,
+        seed_overrides=dict(plan.cell_seed_overrides.get(cell.name, plan.seed_overrides)),
     )
 
 
@@ -58,7 +63,7 @@ def auto_seeds(plan: Plan) -> AutoSeeds | None:
     if not plan.args.seeds_auto:
         return None
     arms = {c.name: (c.method, c.task + (f" r={c.rank}" if c.rank is not None else "")) for c in plan.cells}
-    return AutoSeeds(list(plan.args.seed_schedule), arms)
+    return AutoSeeds(list(plan.args.seed_schedule), arms, margin=dict(plan.args.claim_margins))
 
 
 def pooled_scheduler(plan: Plan) -> PooledScheduler:
@@ -204,7 +209,11 @@ def summarize(plan: Plan, results, searcher) -> None:
             return export_best(cfg, plan.assets[cell.task], best["checkpoint"], out)
 
         summary = cell_summary(
-            cell, grouped.get((cell.name, TRIAL), []), multi_objective=multi_objective(plan), export=export
+            cell,
+            grouped.get((cell.name, TRIAL), []),
+            multi_objective=multi_objective(plan),
+            export=export,
+            choice_split="holdout" if plan.seed_overrides else None,
         )
         if searcher is not None and hasattr(searcher, "optuna_states"):
             summary["optuna_states"] = searcher.optuna_states(cell.name)

@@ -119,7 +119,8 @@ def test_pooled_searcher_fair_per_cell_studies_pruned_seeds_and_restore(tmp_path
     assert searcher.optuna_states("rte") == {"t0": "COMPLETE", "t2": "PRUNED", "t4": "COMPLETE"}
     # rte's search ended: its seed re-runs of the best COMPLETED config (t4, not the pruned t2) join the pool.
     seeds = [searcher.suggest("s0"), searcher.suggest("s1")]
-    assert [s[ROLE_KEY] for s in seeds] == ["seed_run", "seed_run"] and [s["seed"] for s in seeds] == [0, 1]
+    # seeds 1, 2: seed 0 trained the search trials, whose score chose the config
+    assert [s[ROLE_KEY] for s in seeds] == ["seed_run", "seed_run"] and [s["seed"] for s in seeds] == [1, 2]
     assert all(s["lr"] == got[4]["lr"] for s in seeds)
     # Nothing left to hand out (sst2 has no seed re-runs): Tune waits for the live trials, then ends.
     assert searcher.suggest("s2") == Searcher.FINISHED

@@ -35,7 +35,7 @@ def test_claim_presets_use_the_heldout_protocol_and_seeds_until_the_answer():
     args = parser.parse_args(["--preset", "paper-claims-heldout"])
     apply_preset_cli(args, parser)
     assert (args.protocol, args.holdout_size, args.seeds, args.max_seeds) == ("heldout", 512, "auto", 8)
-    assert args.tasks == ["sst2", "stsb"] and "weightlora_informed" in args.methods
+    assert args.tasks == ["sst2", "qnli"] and "weightlora_informed" in args.methods
     args = parser.parse_args(["--preset", "paper-claims-seeded", "--protocol", "papers"])
     apply_preset_cli(args, parser)
     assert args.protocol == "papers" and args.seeds == 3  # the command line still wins

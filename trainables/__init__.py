@@ -49,7 +49,16 @@ def trainable_names() -> list[str]:
     return [f"train_{slug}" for slug in METHODS]
 
 
+def assets_key(task: str, eval_split: str | None = None) -> str:
+    """Key of a pooled sweep's prepared data: the task for its search trials, ``task@split`` for runs that
+    evaluate another split (the seed re-runs of ``--protocol heldout`` score dev)."""
+    return task if eval_split is None else f"{task}@{eval_split}"
+
+
 def train_pooled(config: dict[str, Any], assets: Any = None) -> None:
-    """The trainable of a pooled sweep: one function for every cell. ``assets`` maps each task to its
-    ``prepare_run`` output; the trial's ``task`` and ``method`` pick the assets and the method."""
-    run_trial(config, assets=assets[config["task"]], method=config["method"])
+    """The trainable of a pooled sweep: one function for every cell. ``assets`` maps each task (and each
+    ``task@split`` a run evaluates) to its ``prepare_run`` output; the trial's ``task``, ``eval_split`` and
+    ``method`` pick the assets and the method. The runner refuses data prepared for another split."""
+    task, split = config["task"], config.get("eval_split")
+    own = assets.get(assets_key(task, split)) if split is not None else None
+    run_trial(config, assets=own if own is not None else assets[task], method=config["method"])

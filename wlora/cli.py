@@ -138,7 +138,12 @@ def check_inputs(cfg: TrainConfig) -> None:
     """What can be checked without loading anything: the model folder and the data files."""
     check_model_source(cfg.model)
     locate_task_files(
-        cfg.task, cfg.data_dir, eval_split=cfg.eval_split, train_file=cfg.train_file, eval_file=cfg.eval_file
+        cfg.task,
+        cfg.data_dir,
+        eval_split="dev" if cfg.eval_split == "holdout" else cfg.eval_split,  # held-out rows come from train
+        train_file=cfg.train_file,
+        eval_file=cfg.eval_file,
+        need_train=not cfg.train_from_dev,
     )
 
 

@@ -111,6 +111,18 @@ def read_checkpoint(resume_from: str | Path, cfg: TrainConfig) -> dict[str, Any]
     return state
 
 
+def check_assets_match(cfg: TrainConfig, data: Any) -> None:
+    """Refuse to train ``cfg`` on data prepared for another evaluation split: a run whose config says
+    ``eval_split=dev`` must score dev, never the held-out examples another config prepared (and vice versa)."""
+    want = (cfg.task, cfg.eval_split, float(cfg.holdout), float(cfg.train_from_dev))
+    have = (data.task, data.eval_split, float(data.holdout), float(data.train_from_dev))
+    if want != have:
+        raise ValueError(
+            f"the run asks for (task, eval_split, holdout, train_from_dev) = {want}, but its prepared data is "
+            f"{have}: prepare the data with this run's own config (wlora.modeling.prepare_run(cfg))"
+        )
+
+
 def run_training(
     cfg: TrainConfig,
     *,
@@ -134,6 +146,7 @@ def run_training(
     """
     assets = assets or prepare_run(cfg)
     data = assets.data
+    check_assets_match(cfg, data)
     accelerator = _accelerator(cfg)
     device = accelerator.device
     model, method, engine, schedule = build_resolved_run(cfg, assets, device)
@@ -208,6 +221,10 @@ def run_training(
             examples_per_s=examples / max(sum(step_times), 1e-9),
             peak_mem_mb=_peak_memory_mb(device),
             device=str(device),
+            # what this evaluation scored, as a fact of the run (not the config's label)
+            eval_split=data.eval_split,
+            eval_examples=float(data.n_eval_examples),
+            eval_fingerprint=data.eval_fingerprint,
             precision_requested=cfg.mixed_precision,
             precision=precision,
             **tracker.metrics(total),

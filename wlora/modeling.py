@@ -53,6 +53,7 @@ def prepare_run(cfg: TrainConfig) -> RunAssets:
         eval_subset=cfg.eval_subset,
         data_seed=cfg.data_seed,
         holdout=cfg.holdout,
+        train_from_dev=cfg.train_from_dev,
         cache_dir=cfg.cache_dir,
     )
     assets = RunAssets(model_path=model_path, data=data)

@@ -61,6 +61,14 @@ class TrainConfig:
             "stratified by label); 0 = none. The sweep's --protocol heldout scores its choices on them."
         },
     )
+    train_from_dev: float = field(
+        default=0.0,
+        metadata={
+            "help": "For a task whose training file is not at hand (QNLI here has only its dev file): this share "
+            "(< 1) or number (>= 1) of the dev file's examples, seeded by data_seed and stratified, become the "
+            "training pool; dev is the rest. 0 = read the training file."
+        },
+    )
     method_config: Mapping[str, Any] = field(
         default_factory=dict,
         metadata={
@@ -163,6 +171,11 @@ class TrainConfig:
                 "0, a share in (0, 1) or a whole number >= 1",
             ),
             (self.eval_split != "holdout" or self.holdout > 0, "holdout", '> 0 when eval_split="holdout"'),
+            (
+                self.train_from_dev >= 0 and math.isfinite(self.train_from_dev),
+                "train_from_dev",
+                ">= 0 (a share < 1 or a number >= 1)",
+            ),
             (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "one of no, bf16, fp16"),
         ]
         for ok, name, want in checks:

@@ -16,12 +16,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never open a window (CI, Ray workers)
-import numpy as np
 from mlflow.tracking import MlflowClient
 
 from sweeps import claims as claims_mod
 from sweeps.report.cost import cost_md, sweep_cost
-from sweeps.report.curves import method_params_of, plot_curves, plot_pareto
+from sweeps.report.curves import plot_curves, plot_pareto
 from sweeps.report.importance import importance_md, importance_rows
 from sweeps.report.selection import (
     SELECTION_METHODS,
@@ -30,12 +29,12 @@ from sweeps.report.selection import (
     plot_selection_overview,
     selection_grid,
 )
-from sweeps.report.stability import decision_lines, decision_rows, seed_stability, stability_md
+from sweeps.report.stability import decision_lines, decision_rows, seed_stability
 from sweeps.schema import (
     TRIAL,
     best_trials,
+    choice_split_of,
     load_children,
-    looks_of,
     protocol_of,
 )
 from sweeps.table import (  # the one results table, shared with the report
@@ -46,6 +45,7 @@ from sweeps.table import (  # the one results table, shared with the report
     write_table,
 )
 from sweeps.table import ordered as _ordered
+from sweeps.verdicts import seed_records, verdict_inputs, write_verdicts
 
 
 def build_report(
@@ -53,7 +53,7 @@ def build_report(
     parent_run_id: str,
     out_dir: str | Path,
     *,
-    margin: float = claims_mod.MARGIN,
+    margin: float | None = None,
     n_boot: int = claims_mod.N_BOOTSTRAP,
     boot_seed: int = 0,
 ) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     parent, children = load_children(client, parent_run_id)
     trials = [c for c in children if c.role == TRIAL]
-    best = best_trials(trials)
+    best = best_trials(trials, choice_split=choice_split_of(trials, protocol_of(parent)))
     paths: dict[str, Any] = {"selection": [], "curves": []}
     meta: dict[str, Any] = {"selection": {}, "curves": {}}
 
@@ -105,15 +105,17 @@ def build_report(
         paths["selection_overview"] = out / "selection_overview.png"
         meta["selection_overview"] = plot_selection_overview(grids, paths["selection_overview"])
 
-    # 3b) selection stability across the seed re-runs of each cell
+    # 3b) selection stability across the seed re-runs of each cell (plots from the runs' own reports)
     paths["stability"] = []
     stab_rows: list[dict[str, Any]] = []
-    seed_runs = seed_runs_by_method(children)
+    seed_runs = seed_runs_by_method(children, protocol_of(parent))
+    reports: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for (method, task), runs in sorted(seed_runs.items()):
+            reps = [download_json(client, r.run_id, "selection.json", Path(tmp) / r.run_id) for r in runs]
+            reports.update({r.run_id: rep for r, rep in zip(runs, reps, strict=True)})
             if method not in SELECTION_METHODS:
                 continue
-            reps = [download_json(client, r.run_id, "selection.json", Path(tmp) / r.run_id) for r in runs]
             row = {"task": task, **seed_stability(method, runs, reps)}
             if row.get("values"):
                 fake = {
@@ -140,35 +142,27 @@ def build_report(
                     row["grid"] = plot_selection(g, title, p)
                     paths["stability"].append(p)
             stab_rows.append(row)
-    (out / "stability.json").write_text(json.dumps(stab_rows, indent=1, default=str))
-    decisions = decision_rows(children)
-    meta["decisions"] = decisions
-    (out / "stability.md").write_text(
-        (stability_md(stab_rows) if stab_rows else "No seed re-runs of a selecting method.\n")
-        + ("\n" + decision_lines(decisions) if decisions else "")
-    )
-    meta["stability"] = stab_rows
 
-    # 3c) the papers' claims, from the seed re-runs
-    scores = {k: [r.main for r in v if r.main is not None] for k, v in seed_runs.items()}
-    scores = {k: v for k, v in scores.items() if v}
-    params = {}  # of the same runs (the rank whose re-runs the claims use)
-    for key, runs in seed_runs.items():
-        vals = [p for r in runs if (p := method_params_of(r)) is not None]
-        if vals:
-            params[key] = float(np.mean(vals))
-    protocol, looks = protocol_of(parent), looks_of(parent)
-    claim_rows = claims_mod.evaluate_claims(scores, params, margin=margin, n_boot=n_boot, seed=boot_seed, looks=looks)
-    if scores:
-        claims_text = claims_mod.claims_md(
-            claim_rows, scores, METHODS, margin=margin, n_boot=n_boot, seed=boot_seed, looks=looks, protocol=protocol
-        )
-    else:
-        claims_text = f"No seed re-runs: the claims need `--seeds {claims_mod.MIN_SEEDS}` or more.\n"
-    (out / "claims.md").write_text(claims_text)
-    (out / "claims.json").write_text(json.dumps(claim_rows, indent=1, default=str))
+    # 3c) the verdicts — claims and stability tables — from seeds.csv + verdict_inputs.json alone, through the
+    # functions `python -m sweeps.claims --recompute` calls (every number on those pages can be recomputed)
+    records = seed_records(seed_runs, reports)
+    inputs = verdict_inputs(parent, margin, n_boot, boot_seed, client)
+    verdicts = write_verdicts(out, records, inputs)
+    if not records:  # no seed re-runs: the decisions of the search trials, as before
+        decisions = decision_rows(children)
+        if decisions:
+            with (out / "stability.md").open("a") as fh:
+                fh.write("\n" + decision_lines(decisions))
+        verdicts["decisions"] = decisions
+    holm = {(r["task"], r["method"]): r.get("overlap_p_holm") for r in verdicts["stability"]}
+    for row in stab_rows:  # the plotted rows (every adapter's keep frequency) with the page's Holm p
+        row["overlap_p_holm"] = holm.get((row["task"], row["method"]))
+    meta["stability"] = stab_rows
+    meta["decisions"] = verdicts["decisions"]
+    claims_text = verdicts["claims_md"]
     paths["claims"] = out / "claims.md"
-    meta["claims"] = claim_rows
+    paths["seeds_csv"] = out / "seeds.csv"
+    meta["claims"] = verdicts["claims"]
 
     # 3d) what matters: hyperparameter importance per cell
     imp_rows = importance_rows(children, out)
@@ -248,13 +242,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--margin",
         type=float,
-        default=claims_mod.MARGIN,
-        help="non-inferiority margin δ of the '≈' / '≥' claims, in task-score units (default %(default)s)",
+        default=None,
+        help="δ of the '≈' / '≥' claims for every task, in task-score units (default: each task's δ as the "
+        f"sweep's preset declared it, else {claims_mod.MARGIN:g})",
     )
     ap.add_argument("--bootstrap", type=int, default=claims_mod.N_BOOTSTRAP, help="bootstrap resamples")
     ap.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap")
     args = ap.parse_args(argv)
-    if not (args.margin >= 0 and math.isfinite(args.margin)):
+    if args.margin is not None and not (args.margin >= 0 and math.isfinite(args.margin)):
         ap.error(f"--margin must be a finite number >= 0, got {args.margin}")
     if args.bootstrap < 100:
         ap.error(f"--bootstrap must be >= 100, got {args.bootstrap}")

@@ -112,6 +112,7 @@ def seed_stability(method: str, runs: Sequence[RunInfo], reports: Sequence[dict[
                 if len(sets) >= 2:
                     test = jaccard_pvalue(n_all, k_, len(sets), out["overlap"])
                     out["overlap_p"], out["overlap_p_method"] = test["p"], test["method"]
+                    out["overlap_p_draws"] = test.get("draws")
             out["overlap_interval"] = pairwise_interval(sets)
     for key in STABILITY_METRICS:
         vals = [v for r in runs if (v := r.metrics.get(key)) is not None and math.isfinite(v)]
@@ -130,6 +131,16 @@ def stab_fmt(d: dict[str, float] | None, digits: int = 1) -> str:
 
 #: Significance level of the "more consistent than chance" reading.
 CHANCE_ALPHA = 0.05
+
+
+def p_value_text(p: float | None, method: str | None = None, draws: int | None = None) -> str:
+    """A p-value as printed: a Monte-Carlo estimate at its floor 1/(N+1) is "< 1/(N+1)" (no draw reached the
+    observed value, so the true p is below what N draws resolve), never the floor as if it were an estimate."""
+    if p is None:
+        return "–"
+    if method == "monte carlo" and draws and p <= 1 / (draws + 1) + 1e-15:
+        return f"< 1/{draws + 1}"
+    return f"{p:.3g}"
 
 
 def overlap_words(p: float | None) -> str:
@@ -213,6 +224,7 @@ def stability_md(rows: Sequence[dict[str, Any]]) -> str:
         "Mean pairwise overlap",
         "Chance overlap",
         "p (vs chance)",
+        "Holm p",
         "Reading",
         "Kept-set changes per run",
         "Last change (step)",
@@ -225,7 +237,14 @@ def stability_md(rows: Sequence[dict[str, Any]]) -> str:
             lo, hi = r["overlap_interval"]
             ov += f", 95 % [{lo:.3f}, {hi:.3f}]"
         p = r.get("overlap_p")
-        pv = "–" if p is None else f"{p:.3g} ({r['overlap_p_method']})"
+        pv = (
+            "–"
+            if p is None
+            else f"{p_value_text(p, r['overlap_p_method'], r.get('overlap_p_draws'))} ({r['overlap_p_method']})"
+        )
+        ph = r.get("overlap_p_holm", p)
+        floor = p is not None and p_value_text(p, r["overlap_p_method"], r.get("overlap_p_draws")).startswith("<")
+        holm_text = "–" if ph is None else (f"≤ {ph:.3g}" if floor else f"{ph:.3g}")
         body.append(
             [
                 r["task"],
@@ -235,7 +254,8 @@ def stability_md(rows: Sequence[dict[str, Any]]) -> str:
                 ov,
                 ch,
                 pv,
-                overlap_words(p),
+                holm_text,
+                overlap_words(ph),
                 stab_fmt(r.get("selection_changes")),
                 stab_fmt(r.get("selection_last_change_step")),
             ]
@@ -247,7 +267,10 @@ def stability_md(rows: Sequence[dict[str, Any]]) -> str:
         "the final ranks. Chance overlap: the expected Jaccard index of two uniform random draws of the same K "
         "of n. p (vs chance): the probability that the seeds' K-of-n draws, if uniform and independent, give a mean "
         "pairwise Jaccard at least as high as observed (exact by enumeration when small, else 20,000 seeded "
-        "Monte-Carlo draws); the 95 % interval resamples the seeds (percentile bootstrap). Changes / last change: how "
+        'Monte-Carlo draws, printed "< 1/20001" when no draw reached the observed value); Holm p: those p-values '
+        "Holm-adjusted across the rows of this table, which the reading follows (a Monte-Carlo p at its floor is "
+        "adjusted as the floor, so its Holm p is an upper bound: ≤). The 95 % interval resamples the seeds (percentile "
+        "bootstrap). Changes / last change: how "
         "often a run's kept set (non-zero gates while WeightLoRA selects; "
         "ranks for ROLoRA) changed and the optimizer step of its last change, from the runs' "
         "`selection_changes` / `selection_last_change_step` metrics (– when the runs did not log them)."

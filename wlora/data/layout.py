@@ -84,8 +84,10 @@ def locate_task_files(
     eval_split: str = "dev",
     train_file: str | Path | None = None,
     eval_file: str | Path | None = None,
+    need_train: bool = True,
 ) -> tuple[Path | None, Path | None]:
-    """The training and evaluation files of ``task``; ``None`` for a split read from the hub.
+    """The training and evaluation files of ``task``; ``None`` for a split read from the hub (or, with
+    ``need_train=False``, for a training file that is not looked for).
 
     A split given as a file (``train_file`` / ``eval_file``) is taken as is; the other comes from
     ``data_dir`` (see the module doc), or the hub when ``data_dir`` is None.
@@ -106,13 +108,13 @@ def locate_task_files(
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
     names = split_file_names(task, eval_split)
-    needed = [n for n, f in zip(names, given, strict=True) if f is None]
+    needed = [n for i, (n, f) in enumerate(zip(names, given, strict=True)) if f is None and (i or need_train)]
     looked = []
     for folder in dict.fromkeys(candidate_folders(task, root)):
         missing = [n for n in needed if not (folder / n).is_file()]
         if not missing:
             found = [g if g is not None else folder / n for n, g in zip(names, given, strict=True)]
-            return found[0], found[1]
+            return (found[0] if need_train or given[0] is not None else None), found[1]
         looked.append(f"{folder} (no {', '.join(missing)})")
     raise FileNotFoundError(
         f"{task}: data files not found: no {' and '.join(needed)} under --data-dir {root}; looked in: "

@@ -9,6 +9,7 @@ source, the tokenizer and every tokenization option; batches are padded per batc
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 TaskKind = Literal["classification", "regression", "qa", "seq2seq"]
 #: Bump when the feature format changes, so old cache entries are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def task_kind(task: str) -> TaskKind:
@@ -62,6 +63,14 @@ class TaskData:
     source: str = ""
     """Where the data came from (folder/file or hub id) — logged with the run."""
     fingerprint: str = ""
+    """Hash of the options the data was prepared with (the cache key)."""
+    eval_split: str = "dev"
+    """Which examples ``eval`` holds: ``dev`` (or another file split) or ``holdout``."""
+    holdout: float = 0.0
+    train_from_dev: float = 0.0
+    eval_fingerprint: str = ""
+    """Hash of the evaluation examples themselves (:func:`example_fingerprint`): two runs whose fingerprints
+    are equal scored exactly the same examples, in the same order."""
 
 
 def _subset(items: list, n: int | None, seed: int, what: str) -> list:
@@ -75,6 +84,24 @@ def _subset(items: list, n: int | None, seed: int, what: str) -> list:
 
 #: ``eval_split`` value that evaluates on the examples held out of the training data (``holdout``).
 HOLDOUT = "holdout"
+
+
+def example_fingerprint(rows: Sequence[Any]) -> str:
+    """A short hash of a list of raw examples (every field, in order): the identity of an evaluated set."""
+    h = hashlib.sha256()
+    for row in rows:
+        fields = dataclasses.astuple(row) if dataclasses.is_dataclass(row) else row
+        h.update(json.dumps(fields, default=str, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def split_train_from_dev(rows: list, share: float, seed: int, kind: str) -> tuple[list, list]:
+    """(training pool, reported dev) of a task whose training file is not at hand (QNLI's dev-only copy):
+    ``share`` (< 1) or that number (≥ 1) of the dev file's examples become the training pool, seeded by
+    ``seed`` and stratified as :func:`split_holdout`; the rest stays dev, the only examples a dev score reads."""
+    rest, pool = split_holdout(rows, share, seed + 104_729, kind)  # its own draw, apart from the holdout's
+    return pool, rest
 
 
 def split_holdout(rows: list, holdout: float, seed: int, kind: str) -> tuple[list, list]:
@@ -133,6 +160,7 @@ def prepare_task_data(
     eval_subset: int | None = None,
     data_seed: int = 0,
     holdout: float = 0.0,
+    train_from_dev: float = 0.0,
     cache_dir: str | Path | Literal[False] | None = None,
 ) -> TaskData:
     """Load, subset, tokenize and cache ``task``.
@@ -151,6 +179,8 @@ def prepare_task_data(
         holdout: hold this share (< 1) or number (≥ 1) of the training examples out of training, before
             ``train_subset`` draws (:func:`split_holdout`, seeded with ``data_seed``); ``eval_split="holdout"``
             evaluates on them instead of dev.
+        train_from_dev: take this share (< 1) or number (≥ 1) of the dev file as the training pool
+            (:func:`split_train_from_dev`), for a task whose training file is not at hand; dev is the rest.
         cache_dir: feature cache folder; None = ``$WLORA_CACHE_DIR`` or ``~/.cache/wlora``; False = off.
     """
     kind = task_kind(task)
@@ -161,8 +191,17 @@ def prepare_task_data(
         raise ValueError('eval_split="holdout" needs `holdout` > 0 (the examples held out of the training data)')
     if holdout < 0:
         raise ValueError(f"`holdout` must be >= 0, got {holdout}")
+    if train_from_dev < 0:
+        raise ValueError(f"`train_from_dev` must be >= 0, got {train_from_dev}")
     file_split = "dev" if eval_split == HOLDOUT else eval_split
-    files = locate_task_files(task, data_dir, eval_split=file_split, train_file=train_file, eval_file=eval_file)
+    files = locate_task_files(
+        task,
+        data_dir,
+        eval_split=file_split,
+        train_file=train_file,
+        eval_file=eval_file,
+        need_train=not train_from_dev,
+    )
     if kind in ("classification", "regression"):
         hub = f"nyu-mll/glue/{get_task(task).hub_config}"
     elif kind == "qa":
@@ -183,6 +222,7 @@ def prepare_task_data(
         prefix=source_prefix,
         subsets=[train_subset, eval_subset, data_seed],
         **({"holdout": holdout} if holdout else {}),
+        **({"train_from_dev": train_from_dev} if train_from_dev else {}),
     )
     fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     cache = None
@@ -210,11 +250,17 @@ def prepare_task_data(
                 f"{task}: could not read {hub} from the hub ({one_line(e)}). {LOCAL_COPIES_HINT}"
             ) from None
 
-    tr = load("train", files[0])
+    dev_rows: list | None = None
+    if train_from_dev:
+        tr, dev_rows = split_train_from_dev(load(file_split, files[1]), train_from_dev, data_seed, kind)
+    else:
+        tr = load("train", files[0])
     held: list = []
     if holdout and tr:
         tr, held = split_holdout(tr, holdout, data_seed, kind)
-    ev_rows = held if eval_split == HOLDOUT else load(eval_split, files[1])
+    if eval_split != HOLDOUT:
+        held = dev_rows if dev_rows is not None else load(eval_split, files[1])
+    ev_rows = held
     if not tr or not ev_rows:
         raise ValueError(f"{task}: empty data ({len(tr)} train / {len(ev_rows)} eval examples) from {source}")
     tr = _subset(tr, train_subset, data_seed, "train_subset")
@@ -248,6 +294,10 @@ def prepare_task_data(
         n_eval_examples=len(ev_rows),
         source=source,
         fingerprint=fingerprint,
+        eval_split=eval_split,
+        holdout=float(holdout),
+        train_from_dev=float(train_from_dev),
+        eval_fingerprint=example_fingerprint(ev_rows),
     )
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
