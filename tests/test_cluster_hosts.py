@@ -203,7 +203,7 @@ def test_slurm_sbatch_runs_the_sweep_on_both_hosts_and_resumes_after_scancel(hos
     assert "sweep smoke interrupted" in driver_log, out
     # the job's Ray is gone from both hosts (nothing left to attach to)
     for name in ("w1", "w2"):
-        left = h.run(name, f"pgrep -f ray-{first} || true").stdout.split()
+        left = h.run(name, f"pgrep -f /tmp/[r]ay-{first}/ || true").stdout.split()
         assert not left, f"{name}: Ray of job {first} still running: {left}"
 
     second = h.run("head", sbatch + " --resume", env=env).stdout.strip()
