@@ -11,8 +11,11 @@ callbacks work unchanged, while what must stay per cell is held per cell:
   with the fewest live trials (round robin on ties), so every free slot goes to a cell that still has work
   and no cell starves. Once all of a cell's search trials have ended, its ``--seeds`` re-runs of the best
   configuration join the pool at once.
+* With ``--race-top M`` a cell whose search has ended races its top M candidates (by their search score, on the
+  choice split) on extra seeds before its pick (:class:`Race`); its seed re-runs follow the race.
 * :class:`PooledScheduler` routes each trial to its cell's ASHA, so rungs only ever compare trials of one
-  cell (an RTE accuracy is never ranked against an SST-2 accuracy); seed re-runs run to the end (FIFO).
+  cell (an RTE accuracy is never ranked against an SST-2 accuracy); race runs and seed re-runs run to the end
+  (FIFO).
 
 Each trial's config carries its cell and role under :data:`CELL_KEY` / :data:`ROLE_KEY`; the trainable drops
 them before building the ``TrainConfig``. ASHA writes early stops into the cell's
@@ -22,7 +25,9 @@ them before building the ``TrainConfig``. ASHA writes early stops into the cell'
 from __future__ import annotations
 
 import logging
+import math
 import pickle
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +38,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.variant_generator import generate_variants
 
 from sweeps.autoseeds import AutoSeeds
-from sweeps.schema import COMPLETED, FAILED, SEED_RUN, TRIAL, pick_best
+from sweeps.schema import COMPLETED, FAILED, RACE, SEED_RUN, TRIAL, check_choice_split, pick_best
 from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY
 from wlora.run_config import OBJECTIVE
 
@@ -72,6 +77,194 @@ def variant_configs(space: Mapping[str, Any], *, grid: bool, num_samples: int, s
     return out
 
 
+def _status(run: dict[str, Any]) -> str:
+    """The status of an ended search trial as the pool saw it (failed, trained to the end, or cut early)."""
+    return FAILED if run["error"] else (COMPLETED if run["result"].get(FINAL_KEY) else "partial")
+
+
+def race_draw_seed(search_seed: int, cell: str) -> int:
+    """The seed of a cell's race tie-break draws: the sweep's search seed and the cell's name."""
+    return (int(search_seed) * 1_000_003 + zlib.crc32(cell.encode())) % 2**32
+
+
+@dataclass
+class Race:
+    """One cell's race before its pick (``--race-top``), in the spirit of SMAC's intensification.
+
+    When the cell's search has ended, its ``top`` best search trials that trained to the end, ranked by their
+    search score (read on the choice split only: held-out under ``--protocol heldout``; exact ties in a seeded
+    random order), become the candidates. Each round gives every candidate ``seeds`` more full-budget runs of
+    its config, each with a seed none of that config's runs used (never the search trials' seed); a round starts
+    when the previous one has ended. After each round every candidate has a mean over its runs (its search run
+    and its race runs that did not fail), and the race stops when
+
+        mean(leader) − mean(runner-up) > k · s_p · √(1/n_leader + 1/n_runner-up),
+
+    ``s_p²`` being the within-candidate variance of the scores pooled over every candidate (the seed noise of
+    this cell; it needs one repeated candidate at least), or when ``budget`` race runs have been handed out (a
+    last round is shortened to an equal number of runs per candidate that fits; none fits: it stops). The pick
+    is the candidate with the best mean; means equal to 1e-12 are tied and ordered by a draw seeded by
+    ``draw_seed`` (the search seed and the cell's name) and the round, so a rerun picks the same.
+    """
+
+    top: int = 0
+    seeds: int = 1
+    budget: int = 0
+    k: float = 2.0
+    draw_seed: int = 0
+    candidates: list[str] | None = None
+    """Search trial ids of the candidates, best search score first (None: the race has not started)."""
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    search_scores: dict[str, float] = field(default_factory=dict)
+    seeds_used: dict[str, list[int]] = field(default_factory=dict)
+    """Candidate → the seeds of its race runs handed out so far."""
+    pending: list[tuple[str, int]] = field(default_factory=list)
+    """(candidate, seed) of the current round not handed out yet."""
+    live: set[str] = field(default_factory=set)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Race trial id → its candidate, seed and, once ended, score, split, # Params and error."""
+    used: int = 0
+    rounds: int = 0
+    stop: str | None = None
+    """Why the race ended: ``ahead`` (the rule above), ``budget``, or ``fewer than 2 candidates``."""
+    pick: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One record per decision: the round, each candidate's mean and n, the gap and k × its standard error."""
+
+    @property
+    def done(self) -> bool:
+        return self.stop is not None
+
+    def start(self, results: Mapping[str, dict[str, Any]], choice_split: str | None) -> None:
+        """The candidates: the ``top`` best completed search trials (``pick_best``'s rule, applied ``top`` times,
+        so the choice-split guard reads every candidate's score)."""
+        pool = list(results.items())
+        np.random.RandomState(self.draw_seed % 2**32).shuffle(pool)  # exact ties: a seeded order
+        chosen: list[str] = []
+        for _ in range(self.top):
+            best = pick_best(
+                [(tid, r) for tid, r in pool if tid not in chosen],
+                status=lambda item: _status(item[1]),
+                value=lambda item: item[1]["result"].get(OBJECTIVE),
+                completed_only=True,
+                split=lambda item: item[1]["result"].get("eval_split"),
+                choice_split=choice_split,
+            )
+            if best is None:
+                break
+            chosen.append(best[0])
+        self.candidates = chosen
+        self.configs = {tid: dict(results[tid]["config"]) for tid in chosen}
+        self.search_scores = {tid: float(results[tid]["result"][OBJECTIVE]) for tid in chosen}
+        self.seeds_used = {tid: [] for tid in chosen}
+        if len(chosen) < 2:
+            self.stop, self.pick = "fewer than 2 candidates", (chosen[0] if chosen else None)
+        else:
+            self._next_round()
+
+    def _next_round(self) -> None:
+        assert self.candidates is not None
+        per = min(self.seeds, (self.budget - self.used) // len(self.candidates))
+        if per <= 0:
+            self.stop, self.pick = "budget", self.standings()[0]["candidate"]
+            return
+        self.rounds += 1
+        for tid in self.candidates:
+            own = {self.configs[tid].get("seed", 0), *self.seeds_used[tid]}
+            new: list[int] = []
+            s = 0
+            while len(new) < per:
+                if s not in own:
+                    new.append(s)
+                s += 1
+            self.seeds_used[tid] += new
+            self.pending += [(tid, seed) for seed in new]
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """The next race run of this round (its candidate's config with its own seed), or None."""
+        if self.done or not self.pending:
+            return None
+        tid, seed = self.pending.pop(0)
+        self.used += 1
+        self.live.add(trial_id)
+        self.runs[trial_id] = {"candidate": tid, "seed": seed}
+        return {**self.configs[tid], "seed": seed}
+
+    def record(self, trial_id: str, result: dict | None, error: bool, choice_split: str | None) -> None:
+        """A race run ended; once its round has ended, decide (stop with a pick, or the next round)."""
+        if trial_id not in self.live:
+            return
+        self.live.discard(trial_id)
+        res = result or {}
+        self.runs[trial_id].update(
+            score=res.get(OBJECTIVE),
+            split=res.get("eval_split"),
+            params=res.get("method_params"),
+            error=bool(error) or not res.get(FINAL_KEY),
+        )
+        if not self.live and not self.pending and not self.done:
+            self.decide(choice_split)
+
+    def scores(self, choice_split: str | None = None) -> dict[str, list[float]]:
+        """Candidate → its scores: the search run's, then those of its race runs that trained to the end. Every
+        race score must be of the choice split (:class:`~sweeps.schema.SelectionLeak` otherwise)."""
+        out = {tid: [self.search_scores[tid]] for tid in self.candidates or []}
+        for run in self.runs.values():
+            v = run.get("score")
+            if "error" not in run or run["error"] or v is None or not math.isfinite(v):
+                continue
+            check_choice_split(run.get("split"), choice_split, "the race's pick")
+            out[run["candidate"]].append(float(v))
+        return out
+
+    def standings(self, choice_split: str | None = None) -> list[dict[str, Any]]:
+        """Candidates by mean, best first (ties: the seeded draw of this round)."""
+        draw = np.random.RandomState((self.draw_seed + 7919 * self.rounds) % 2**32)
+        rows = []
+        for tid, values in self.scores(choice_split).items():
+            rows.append({"candidate": tid, "mean": float(np.mean(values)), "n": len(values), "tie": draw.rand()})
+        rows.sort(key=lambda r: (-round(r["mean"], 12), r["tie"]))
+        return rows
+
+    def noise(self, choice_split: str | None = None) -> tuple[float, int]:
+        """The pooled within-candidate standard deviation of the scores and its degrees of freedom."""
+        ss, df = 0.0, 0
+        for values in self.scores(choice_split).values():
+            if len(values) > 1:
+                arr = np.asarray(values, dtype=float)
+                ss += float(((arr - arr.mean()) ** 2).sum())
+                df += len(values) - 1
+        return (math.sqrt(ss / df) if df else math.nan), df
+
+    def decide(self, choice_split: str | None) -> None:
+        rows = self.standings(choice_split)
+        sd, df = self.noise(choice_split)
+        lead, second = rows[0], rows[1]
+        gap = lead["mean"] - second["mean"]
+        bar = self.k * sd * math.sqrt(1 / lead["n"] + 1 / second["n"]) if df else math.inf
+        self.history.append(
+            {
+                "round": self.rounds,
+                "means": {r["candidate"]: (r["mean"], r["n"]) for r in rows},
+                "gap": gap,
+                "bar": bar,
+                "sd": sd,
+            }
+        )
+        if gap > bar:
+            self.stop, self.pick = "ahead", lead["candidate"]
+        else:
+            self._next_round()
+
+    def reusable(self) -> dict[int, tuple[str, dict[str, Any]]]:
+        """The pick's race runs that trained to the end: seed → (race trial id, run)."""
+        return {
+            run["seed"]: (tid, run)
+            for tid, run in self.runs.items()
+            if run["candidate"] == self.pick and run.get("error") is False and run.get("score") is not None
+        }
+
+
 @dataclass
 class CellSearch:
     """What the pooled searcher holds for one cell."""
@@ -93,26 +286,44 @@ class CellSearch:
     seed_results: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Trial id → (score, # Params, error) of every ended seed re-run (what ``--seeds auto`` looks at)."""
     best: dict[str, Any] | None = None
+    race: Race | None = None
+    """``--race-top``: the race of the top candidates before the pick (None or ``top`` 0: no race)."""
+    seed_reused: dict[str, int] = field(default_factory=dict)
+    """Race trial id → seed: the pick's race runs that stand as its seed re-runs (``--protocol papers``)."""
 
     @property
     def search_done(self) -> bool:
         return self.suggested >= self.budget and self.ended >= self.suggested
 
+    @property
+    def racing(self) -> bool:
+        return self.race is not None and self.race.top >= 2
+
+    @property
+    def picked(self) -> bool:
+        """The cell's pick is made: its search has ended, and so has its race."""
+        return self.search_done and (not self.racing or (self.race is not None and self.race.done))
+
     def has_work(self) -> bool:
-        """Trials still to hand out: search trials, or seed re-runs (once the search has ended)."""
+        """Trials still to hand out: search trials, race runs, or seed re-runs (once the pick is made)."""
         if self.suggested < self.budget:
             return True
+        if self.racing and not self.picked:
+            return True  # its race starts once the search's last trial ends, and goes on until it stops
         if self.seeds <= 0:
             return False
-        if not self.search_done:
+        if not self.picked:
             return True  # its seed re-runs follow once the search's last trial ends
         return self.seed_search is None or self.seed_search.next < len(self.seed_search.configs)
 
     def best_config(self) -> dict[str, Any] | None:
-        """Config of the best search trial that trained to the end (the seed re-runs' config)."""
+        """Config of the cell's pick (the seed re-runs' config): the race's pick when it raced, else the best
+        search trial that trained to the end."""
+        if self.racing and self.race is not None and self.race.done:
+            return None if self.race.pick is None else dict(self.race.configs[self.race.pick])
         best = pick_best(
             self.results.values(),
-            status=lambda r: FAILED if r["error"] else (COMPLETED if r["result"].get(FINAL_KEY) else "partial"),
+            status=_status,
             value=lambda r: r["result"].get(OBJECTIVE),
             completed_only=True,
             # what each candidate scored, as its run reported it: under --protocol heldout only held-out scores
@@ -126,11 +337,26 @@ class CellSearch:
         """The split the best config may be chosen on: ``holdout`` when the seed re-runs report another split."""
         return "holdout" if self.seed_overrides.get("eval_split", "holdout") != "holdout" else None
 
+    @property
+    def reuses_race(self) -> bool:
+        """Seed re-runs reuse the pick's race runs when they are the same runs (``--protocol papers``: no seed
+        override, both read dev); under ``--protocol heldout`` race runs score held-out, seed re-runs dev."""
+        return self.racing and not self.seed_overrides
+
     def seed_values(self, count: int) -> list[int]:
         """The seeds of the first ``count`` seed re-runs: 0, 1, 2, … without the search trials' own seed, so
-        no seed re-run repeats the training of the search trial that won (its score chose the config)."""
-        own = (self.best or self.fixed).get("seed", 0)
-        return [s for s in range(count + 1) if s != own][:count]
+        no seed re-run repeats the training of the search trial that won (its score chose the config); when
+        the race's runs cannot stand as seed re-runs (``--protocol heldout``), without the pick's race seeds too."""
+        taken = {(self.best or self.fixed).get("seed", 0)}
+        race = self.race
+        if self.racing and not self.reuses_race and race is not None and race.pick is not None:
+            taken |= set(race.seeds_used.get(race.pick, []))
+        out, s = [], 0
+        while len(out) < count:
+            if s not in taken:
+                out.append(s)
+            s += 1
+        return out
 
 
 class PooledSearcher(Searcher):
@@ -164,7 +390,8 @@ class PooledSearcher(Searcher):
         cells = list(self.cells.values())
         start = self._turn % len(cells)
         rotated = cells[start:] + cells[:start]
-        return sorted(rotated, key=lambda c: len(c.live) + len(c.seed_live))  # stable: round robin on ties
+        # stable: round robin on ties
+        return sorted(rotated, key=lambda c: len(c.live) + len(c.seed_live) + (len(c.race.live) if c.race else 0))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         auto = self.auto_seeds
@@ -191,10 +418,20 @@ class PooledSearcher(Searcher):
             self._owner[trial_id] = (cell.name, TRIAL)
             self._configs[trial_id] = {**cell.fixed, **params}
             return {**self._configs[trial_id], CELL_KEY: cell.name, ROLE_KEY: TRIAL}
-        if cell.seeds > 0 and cell.search_done:
+        if cell.racing and cell.search_done and cell.race is not None and not cell.race.done:
+            race = cell.race
+            if race.candidates is None:
+                race.start(cell.results, cell.choice_split)
+                logger.info("%s: racing %d candidates on extra seeds", cell.name, len(race.candidates or []))
+            params = race.suggest(trial_id)
+            if params is None:
+                return None  # this round's runs are still running: the next round (or the pick) follows
+            self._owner[trial_id] = (cell.name, RACE)
+            return {**params, CELL_KEY: cell.name, ROLE_KEY: RACE}
+        if cell.seeds > 0 and cell.picked:
             if cell.seed_search is None:
                 best = cell.best = cell.best_config()
-                configs = [] if best is None else [self._seed_config(cell, s) for s in range(cell.seeds)]
+                configs = [] if best is None else self._seed_configs(cell, 0, cell.seeds)
                 cell.seed_search = ListSearch(configs)
                 if best is None:
                     logger.warning("%s: no trial completed, so no --seeds re-runs", cell.name)
@@ -206,9 +443,20 @@ class PooledSearcher(Searcher):
             return {**params, CELL_KEY: cell.name, ROLE_KEY: SEED_RUN}
         return None
 
-    def _seed_config(self, cell: CellSearch, index: int) -> dict[str, Any]:
-        """The ``index``-th seed re-run of ``cell``'s best config (its seed: :meth:`CellSearch.seed_values`)."""
-        return {**(cell.best or {}), **cell.seed_overrides, "seed": cell.seed_values(index + 1)[index]}
+    def _seed_configs(self, cell: CellSearch, start: int, stop: int) -> list[dict[str, Any]]:
+        """Seed re-runs ``start`` … ``stop`` − 1 of ``cell``'s pick (seeds: :meth:`CellSearch.seed_values`). Under
+        ``--protocol papers`` a race run of the pick with that seed is the same run: it stands as that seed
+        re-run (its score joins ``seed_results``) and is not run again."""
+        reuse = cell.race.reusable() if cell.reuses_race and cell.race is not None else {}
+        out = []
+        for seed in cell.seed_values(stop)[start:stop]:
+            if seed in reuse:
+                tid, run = reuse[seed]
+                cell.seed_reused[tid] = seed
+                cell.seed_results[tid] = {"score": run["score"], "params": run.get("params"), "error": False}
+            else:
+                out.append({**(cell.best or {}), **cell.seed_overrides, "seed": seed})
+        return out
 
     # ----- --seeds auto -----
 
@@ -227,13 +475,17 @@ class PooledSearcher(Searcher):
             ok = [r for r in c.seed_results.values() if not r["error"] and r["score"] is not None]
             scores[c.name] = [float(r["score"]) for r in ok]
             params[c.name] = [float(r["params"]) for r in ok if r["params"] is not None]
-        counts = {c.name: len(c.seed_search.configs) for c in self.cells.values() if c.seed_search is not None}
+        counts = {
+            c.name: len(c.seed_search.configs) + len(c.seed_reused)
+            for c in self.cells.values()
+            if c.seed_search is not None
+        }
         for name, target in self.auto_seeds.look(scores, params, counts).items():
             cell = self.cells[name]
             if cell.best is None or cell.seed_search is None:
                 continue
-            start = len(cell.seed_search.configs)
-            cell.seed_search.configs += [self._seed_config(cell, s) for s in range(start, target)]
+            start = len(cell.seed_search.configs) + len(cell.seed_reused)
+            cell.seed_search.configs += self._seed_configs(cell, start, target)
             cell.seeds = target
 
     # ----- results -----
@@ -248,6 +500,15 @@ class PooledSearcher(Searcher):
         if owner is None:
             return
         cell = self.cells[owner[0]]
+        if owner[1] == RACE:
+            if cell.race is not None:
+                cell.race.record(trial_id, result, error, cell.choice_split)
+                if cell.race.done and cell.race.pick is not None:
+                    race = cell.race
+                    logger.info(
+                        "%s: the race picked %s (%s after %d round(s))", cell.name, race.pick, race.stop, race.rounds
+                    )
+            return
         if owner[1] == SEED_RUN:
             cell.seed_live.discard(trial_id)
             res = result or {}
@@ -339,7 +600,7 @@ class PooledSearcher(Searcher):
 
 
 class PooledScheduler(TrialScheduler):
-    """Routes each trial to its cell's scheduler (ASHA per cell; seed re-runs: FIFO).
+    """Routes each trial to its cell's scheduler (ASHA per cell; race runs and seed re-runs: FIFO, full budget).
 
     Args:
         per_cell: cell name → a factory of that cell's scheduler (called once per cell).

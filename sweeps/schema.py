@@ -5,13 +5,16 @@ it (:mod:`sweeps.table`, :mod:`sweeps.report`, the pool) takes its tags, roles, 
   ``wlora.kind``; params = the sweep settings; the resolved plan as its description
   (``mlflow.note.content``); artifacts ``results/table.{md,csv}``, ``table_long.csv`` and
   ``best_adapter/<task>/<method>/`` (a PEFT adapter).
-* child run per trial, nested (``mlflow.parentRunId``): tags ``wlora.role`` (``trial``, or ``seed_run`` for
-  ``--seeds`` re-runs), ``method``, ``task``, ``model``, ``rank``, ``wlora.cell``, ``trial_id``, ``seed``,
+* child run per trial, nested (``mlflow.parentRunId``): tags ``wlora.role`` (``trial``, ``race`` for the extra
+  seeds of ``--race-top`` candidates, or ``seed_run`` for ``--seeds`` re-runs), ``method``, ``task``, ``model``,
+  ``rank``, ``wlora.cell``, ``trial_id``, ``seed``,
   ``status``; params = the trial's flat config; metrics by optimizer step with the runner's names
   (``eval_main`` the objective), ``final_<key>`` once at the end; artifact ``selection.json``.
 * ``status`` of a child: ``running`` → ``completed`` | ``asha_stopped`` | ``failed`` (tag ``error``: why);
   ``interrupted`` (Ctrl-C; reopened by ``--resume``); ``orphaned`` (its trial was replaced after a driver was
   killed; tag ``wlora.replaced_by``; never read back). A retried trial has tags ``retries`` and ``last_error``.
+* the race's pick (``--race-top``): the search trial whose config won the race has tag ``wlora.race_pick=1``; a
+  race run of that config reused as a seed re-run (``--protocol papers``) has tag ``wlora.seed_reuse=1``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from wlora.run_config import OBJECTIVE
 ROLE_TAG, CELL_TAG, STATUS_TAG, TRIAL_ID_TAG = "wlora.role", "wlora.cell", "status", "trial_id"
 ERROR_TAG, REPLACED_BY_TAG, SWEEP_NAME_TAG = "error", "wlora.replaced_by", "wlora.sweep_name"
 #: Roles (also the pooled sweep's trial roles, ``trainables.ROLE_KEY``).
-SWEEP, TRIAL, SEED_RUN = "sweep", "trial", "seed_run"
+SWEEP, TRIAL, SEED_RUN, RACE = "sweep", "trial", "seed_run", "race"
+#: Tags of the race (``--race-top``): the search trial whose config the race picked; a race run reused as a seed re-run.
+RACE_PICK_TAG, SEED_REUSE_TAG = "wlora.race_pick", "wlora.seed_reuse"
 #: Child statuses.
 RUNNING, COMPLETED, ASHA_STOPPED, FAILED = "running", "completed", "asha_stopped", "failed"
 INTERRUPTED, ORPHANED = "interrupted", "orphaned"
@@ -118,6 +123,15 @@ class RunInfo:
     #: How many examples it scored (``eval_examples``), and their fingerprint (``eval_fingerprint`` tag).
     examples: int | None = None
     fingerprint: str | None = None
+    #: The race picked this search trial's config (tag ``wlora.race_pick``).
+    race_pick: bool = False
+    #: A race run reused as a seed re-run of the picked config (tag ``wlora.seed_reuse``; ``--protocol papers``).
+    seed_reuse: bool = False
+
+    @property
+    def is_seed_run(self) -> bool:
+        """A seed re-run, or a race run reused as one (what tables and verdicts count as seed re-runs)."""
+        return self.role == SEED_RUN or (self.role == RACE and self.seed_reuse)
 
     def final(self, key: str) -> float | None:
         """A metric's value at the end of the run: ``final_<key>`` (logged once when the trial ends)
@@ -201,6 +215,8 @@ def load_children(client, parent_run_id: str) -> tuple[Any, list[RunInfo]]:
                 split=t.get("eval_split"),
                 examples=int(r.data.metrics["eval_examples"]) if "eval_examples" in r.data.metrics else None,
                 fingerprint=t.get("eval_fingerprint"),
+                race_pick=t.get(RACE_PICK_TAG) == "1",
+                seed_reuse=t.get(SEED_REUSE_TAG) == "1",
             )
         )
     out.sort(key=lambda x: (x.start_ms or 0, x.name))
@@ -217,7 +233,8 @@ def best_trials(
 ) -> dict[tuple[str, ...], RunInfo]:
     """Best trial per (method, task) — per (method, rank, task) with ``by_rank`` — by ``eval_main``;
     completed trials first, ASHA-stopped/running ones only when no trial of that cell completed. Failed
-    trials never count. With ``choice_split``, a candidate scored on another split raises SelectionLeak."""
+    trials never count. With ``choice_split``, a candidate scored on another split raises SelectionLeak. A trial the
+    race picked (``--race-top``: best mean over seeds) stands for its cell."""
     groups: dict[tuple[str, ...], list[RunInfo]] = {}
     for t in trials:
         if t.role == TRIAL:
@@ -228,6 +245,10 @@ def best_trials(
         )
         for key, runs in groups.items()
     }
+    for key, runs in groups.items():
+        picked = [r for r in runs if r.race_pick]
+        if picked:
+            best[key] = picked[0]
     return {key: run for key, run in best.items() if run is not None}
 
 

@@ -1,0 +1,215 @@
+"""Racing before the pick (``--race-top``): the top candidates of a cell's search get extra seeds in the same
+pool until one is ahead by more than the seed noise or the race budget is spent; the pick is the best mean."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sweeps.pool import CellSearch, ListSearch, PooledSearcher, Race
+from sweeps.schema import SelectionLeak
+from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY
+
+HELDOUT = {"eval_split": "dev", "eval_every": 8}  # what --protocol heldout sets on the seed re-runs
+
+
+def _searcher(lrs, *, top=2, seeds_per_round=1, budget=20, seeds=0, overrides=None, draw_seed=0, k=2.0):
+    configs = [{"lr": lr} for lr in lrs]
+    race = Race(top=top, seeds=seeds_per_round, budget=budget, k=k, draw_seed=draw_seed)
+    cell = CellSearch(
+        "sst2", {"task": "sst2", "seed": 0}, len(configs), ListSearch(configs), seeds=seeds, race=race,
+        seed_overrides=dict(overrides or {}),
+    )  # fmt: skip
+    return PooledSearcher([cell])
+
+
+def _result(score, split="dev", final=True):
+    r = {"eval_main": score, "eval_split": split, "training_iteration": 4}
+    if final:
+        r[FINAL_KEY] = 1.0
+    return r
+
+
+def _search(searcher, scores, split="dev", stopped=()):
+    """Run the cell's search trials t0, t1, … with these scores (``stopped``: cut by ASHA, no final report)."""
+    got = {}
+    for i in range(len(scores)):
+        got[f"t{i}"] = searcher.suggest(f"t{i}")
+        assert got[f"t{i}"][ROLE_KEY] == "trial"
+    for i, score in enumerate(scores):
+        searcher.on_trial_complete(f"t{i}", result=_result(score, split, final=i not in stopped))
+    return got
+
+
+def _round(searcher, scores_by_lr, split="dev", start=0):
+    """Hand out every race run the pool offers now; end each with the score its candidate's lr maps to (a list:
+    one score per run, in order). Returns the race configs."""
+    out, i = [], start
+    while True:
+        cfg = searcher.suggest(f"r{i}")
+        if not isinstance(cfg, dict) or cfg[ROLE_KEY] != "race":
+            break
+        out.append((f"r{i}", cfg))
+        i += 1
+    for tid, cfg in out:
+        searcher.on_trial_complete(tid, result=_result(scores_by_lr[cfg["lr"]].pop(0), split))
+    return out
+
+
+def test_top_candidates_by_search_score_get_extra_seeds_as_race_runs():
+    """The 2 best search trials that trained to the end (an ASHA-stopped trial with a higher score is not one)
+    race; each race run is its candidate's config with a seed none of its runs used (never the search seed 0)."""
+    s = _searcher([1e-3, 2e-3, 3e-3, 4e-3], seeds_per_round=2)
+    _search(s, [0.70, 0.82, 0.95, 0.80], stopped=(2,))
+    race = s.cells["sst2"].race
+    runs = _round(s, {2e-3: [0.80, 0.81], 4e-3: [0.79, 0.80]})
+    assert race.candidates == ["t1", "t3"]  # by search score; t2 (0.95) was cut by ASHA
+    assert [(c["lr"], c["seed"]) for _, c in runs] == [(2e-3, 1), (2e-3, 2), (4e-3, 1), (4e-3, 2)]
+    assert all(c[CELL_KEY] == "sst2" and c[ROLE_KEY] == "race" and c["task"] == "sst2" for _, c in runs)
+    assert s.cell_of("r0") == ("sst2", "race")
+
+
+def test_the_race_stops_when_the_leader_is_ahead_by_more_than_k_pooled_standard_errors():
+    """Candidate A (search 0.80) and B (0.79): after each round, stop iff mean(lead) − mean(second) exceeds
+    k · s_p · √(1/n_lead + 1/n_second) with s_p pooled over both. Here rounds 1 and 2 are within the noise,
+    round 3 is not: B, second by its search score, is picked by its mean."""
+    s = _searcher([1e-3, 2e-3], budget=20)
+    _search(s, [0.80, 0.79])
+    race = s.cells["sst2"].race
+    runs = {1e-3: [0.70, 0.71, 0.70], 2e-3: [0.78, 0.80, 0.79]}
+    a, b = [0.80], [0.79]
+    for rnd in range(3):
+        assert not race.done
+        _round(s, runs, start=10 * rnd)
+        a.append([0.70, 0.71, 0.70][rnd])
+        b.append([0.78, 0.80, 0.79][rnd])
+        ss = sum(((np.array(x) - np.mean(x)) ** 2).sum() for x in (a, b))
+        sd = math.sqrt(ss / (len(a) - 1 + len(b) - 1))
+        ahead = np.mean(b) - np.mean(a) > 2.0 * sd * math.sqrt(1 / len(a) + 1 / len(b))
+        assert race.done == ahead == (rnd == 2), (rnd, race.history)
+    assert race.stop == "ahead" and race.pick == "t1" and race.rounds == 3 and race.used == 6
+    assert s.cells["sst2"].best_config() == {"task": "sst2", "seed": 0, "lr": 2e-3}
+    assert s.suggest("x") == "FINISHED"  # no --seeds: the cell is done once its race is
+
+
+def test_the_budget_caps_race_runs_and_the_pick_is_the_best_mean():
+    """Budget 5 with 2 candidates × 2 seeds a round: round 1 runs 4, the last round is cut to 1 seed per
+    candidate... which does not fit (1 run left for 2 candidates), so the race stops on its budget."""
+    s = _searcher([1e-3, 2e-3, 3e-3], seeds_per_round=2, budget=5)
+    _search(s, [0.80, 0.60, 0.79])
+    race = s.cells["sst2"].race
+    _round(s, {1e-3: [0.70, 0.90], 3e-3: [0.81, 0.80]})  # means 0.80 vs 0.80: within the noise
+    assert race.done and race.stop == "budget" and race.used == 4 and race.rounds == 1
+    # means: t0 (0.80+0.70+0.90)/3 = 0.80, t2 (0.79+0.81+0.80)/3 = 0.80 -> a tie, broken by the seeded draw
+    assert race.pick in ("t0", "t2")
+    assert s.suggest("x") == "FINISHED"
+
+    s = _searcher([1e-3, 2e-3, 3e-3], seeds_per_round=2, budget=6)
+    _search(s, [0.80, 0.60, 0.79])
+    race = s.cells["sst2"].race
+    _round(s, {1e-3: [0.60, 0.85], 3e-3: [0.81, 0.78]})
+    assert not race.done
+    _round(s, {1e-3: [0.80], 3e-3: [0.80]}, start=10)  # the last round, cut to 1 seed per candidate
+    assert race.stop == "budget" and race.used == 6 and race.rounds == 2
+    assert race.pick == "t2"  # mean 0.795 over 4 runs beats t0's 0.7625, whatever the single scores
+    assert race.seeds_used == {"t0": [1, 2, 3], "t2": [1, 2, 3]}
+
+
+def test_exact_ties_are_broken_by_a_seeded_draw():
+    """Two candidates whose every run scores the same: the pick is a draw, the same for the same seed and
+    not always the first candidate."""
+
+    def pick(draw_seed):
+        s = _searcher([1e-3, 2e-3], budget=2, draw_seed=draw_seed)
+        _search(s, [0.75, 0.75])
+        _round(s, {1e-3: [0.75], 2e-3: [0.75]})
+        race = s.cells["sst2"].race
+        assert race.stop == "budget"
+        return race.pick
+
+    picks = [pick(d) for d in range(12)]
+    assert picks == [pick(d) for d in range(12)]  # seeded: a rerun picks the same
+    assert set(picks) == {"t0", "t1"}
+
+
+@pytest.mark.parametrize("protocol", ["papers", "heldout"])
+def test_seed_reruns_never_repeat_a_seed_and_reuse_the_race_under_papers(protocol):
+    """--seeds 4 after a race that gave the pick seeds 1, 2: under papers (race runs and seed re-runs read dev)
+    those two runs stand as seed re-runs 1 and 2 and only seeds 3, 4 run; under heldout (race runs score
+    held-out, seed re-runs dev) all 4 run, on seeds none of the pick's runs used (3, 4, 5, 6)."""
+    heldout = protocol == "heldout"
+    split = "holdout" if heldout else "dev"
+    s = _searcher([1e-3, 2e-3], seeds=4, budget=4, overrides=HELDOUT if heldout else None)
+    _search(s, [0.80, 0.70], split=split)
+    _round(s, {1e-3: [0.70], 2e-3: [0.75]}, split=split)  # within the noise: a second round
+    cell = s.cells["sst2"]
+    assert not cell.race.done
+    _round(s, {1e-3: [0.81], 2e-3: [0.70]}, split=split, start=10)
+    assert cell.race.stop in ("ahead", "budget") and cell.race.pick == "t0"
+    seeds = []
+    while isinstance(cfg := s.suggest(f"s{len(seeds)}"), dict):
+        assert cfg[ROLE_KEY] == "seed_run" and cfg["lr"] == 1e-3
+        seeds.append(cfg["seed"])
+    if heldout:
+        assert seeds == [3, 4, 5, 6] and not cell.seed_reused
+    else:
+        assert seeds == [3, 4]
+        assert sorted(cell.seed_reused.values()) == [1, 2]
+        assert sorted(r["score"] for r in cell.seed_results.values()) == [0.70, 0.81]
+    race_seeds = cell.race.seeds_used["t0"]
+    assert 0 not in race_seeds + seeds  # the search seed is never run again
+    assert not set(race_seeds) & set(seeds)  # no seed of the picked config runs twice
+
+
+def test_race_state_survives_get_state_and_set_state(tmp_path):
+    """Mid-race (round 1 handed out, one run ended), the searcher's saved state brings the race back: the
+    restored searcher ends the round and decides as the uninterrupted one does."""
+    import pickle
+
+    def fresh():
+        return _searcher([1e-3, 2e-3, 3e-3], budget=20)
+
+    one = fresh()
+    _search(one, [0.80, 0.79, 0.50])
+    r0, r1 = one.suggest("r0"), one.suggest("r1")
+    one.on_trial_complete("r0", result=_result(0.70))
+    path = tmp_path / "searcher.pkl"
+    one.save(str(path))
+    two = fresh()
+    two.restore(str(path))
+    state = pickle.loads(pickle.dumps(two.get_state()))
+    assert state["cells"]["sst2"].race.candidates == ["t0", "t1"]
+    for searcher in (one, two):
+        searcher.on_trial_complete("r1", result=_result(0.80))
+        scores = {1e-3: [0.70, 0.70, 0.69], 2e-3: [0.80, 0.81, 0.80]}
+        for rnd in range(3):
+            _round(searcher, scores, start=10 * (rnd + 1))
+    a, b = one.cells["sst2"].race, two.cells["sst2"].race
+    assert (a.stop, a.pick, a.rounds, a.history) == (b.stop, b.pick, b.rounds, b.history)
+    assert a.stop == "ahead" and a.pick == "t1" and [r0["seed"], r1["seed"]] == [1, 1]
+
+
+def test_a_race_run_scored_on_dev_under_heldout_is_a_selection_leak():
+    """Under --protocol heldout the race's pick reads held-out scores only: a race run that reports dev raises
+    SelectionLeak when its round is decided."""
+    s = _searcher([1e-3, 2e-3], overrides=HELDOUT)
+    _search(s, [0.80, 0.79], split="holdout")
+    assert s.suggest("r0")[ROLE_KEY] == "race" and s.suggest("r1")[ROLE_KEY] == "race"
+    s.on_trial_complete("r0", result=_result(0.75, "holdout"))
+    with pytest.raises(SelectionLeak, match="the race's pick read a score of the dev split"):
+        s.on_trial_complete("r1", result=_result(0.75, "dev"))
+    # and the search scores themselves: a candidate scored on dev is refused when the race starts
+    s = _searcher([1e-3, 2e-3], overrides=HELDOUT)
+    _search(s, [0.80, 0.79], split="dev")
+    with pytest.raises(SelectionLeak):
+        s.suggest("r0")
+
+
+def test_no_race_by_default():
+    """--race-top 0 (the default): the cell's pick is its best search trial, seed re-runs follow at once."""
+    s = _searcher([1e-3, 2e-3], top=0, seeds=1)
+    _search(s, [0.70, 0.80])
+    cfg = s.suggest("s0")
+    assert cfg[ROLE_KEY] == "seed_run" and cfg["lr"] == 2e-3 and cfg["seed"] == 1
