@@ -387,6 +387,8 @@ def claims_md(
             extra += f"; # Params ratio {r['params_ratio']:.3f}"
         if f"({r['claim']}) {r['task']}" in futile_set and r["verdict"] in UNDECIDED:
             extra += "; stopped for futility"
+        if r.get("drop_one"):
+            extra += "; changes when one run is dropped: " + ", ".join(r["drop_one"])
         has = "diff" in r
         cells = [
             name,
@@ -442,7 +444,9 @@ def claims_md(
         f"{2 * family} tests) = {level / max(2 * family, 1):.3g} (the level Holm's first step uses), at the "
         f"observed spread; seeds needed: per arm, for power {POWER:g} at the observed Δ and spread at that level "
         f"(– when Δ lies on the wrong side). Intervals are shown for reading, not for the verdict: Welch's 95 % "
-        f"and a seeded percentile bootstrap ({n_boot} resamples, seed {seed}).",
+        f"and a seeded percentile bootstrap ({n_boot} resamples, seed {seed}). Every verdict is re-tested with "
+        f"each single run of its two arms left out (the whole page again, same levels); a verdict that one run "
+        f"changes says which run and what it becomes.",
         "",
     ]
     return "\n".join(lines)

@@ -172,6 +172,9 @@ def build_claims(records: Sequence[dict[str, Any]], inputs: Mapping[str, Any]) -
         looks=int(inputs.get("looks", 1)),
     )
     rows = claims_mod.evaluate_claims(scores, params, **kw)
+    seeds_of = {k: [r.seed for r in v if r.main is not None] for k, v in runs.items()}
+    for r in rows:
+        r["drop_one"] = drop_one_run(r, scores, params, seeds_of, kw)
     if not scores:
         return f"No seed re-runs: the claims need `--seeds {claims_mod.MIN_SEEDS}` or more.\n", rows
     text = claims_mod.claims_md(
@@ -185,6 +188,29 @@ def build_claims(records: Sequence[dict[str, Any]], inputs: Mapping[str, Any]) -
         **kw,
     )
     return text, rows
+
+
+def drop_one_run(
+    row: Mapping[str, Any],
+    scores: Mapping[tuple[str, str], Sequence[float]],
+    params: Mapping[tuple[str, str], float],
+    seeds_of: Mapping[tuple[str, str], Sequence[str]],
+    kw: Mapping[str, Any],
+) -> list[str]:
+    """The single runs whose removal changes this (claim, task)'s verdict, as ``method seed S → verdict``: every
+    run of the claim's two arms is left out in turn and the whole page re-tested (same family, same levels).
+    Empty: the verdict survives dropping any one run."""
+    out = []
+    for arm in ((row["x"], row["task"]), (row["y"], row["task"])):
+        for i, seed in enumerate(seeds_of.get(arm, ())):
+            fewer = {k: (list(v[:i]) + list(v[i + 1 :]) if k == arm else list(v)) for k, v in scores.items()}
+            again = claims_mod.evaluate_claims(fewer, params, **{**kw, "n_boot": 100})
+            verdict = next(
+                (r["verdict"] for r in again if (r["claim"], r["task"]) == (row["claim"], row["task"])), None
+            )
+            if verdict != row["verdict"]:
+                out.append(f"{arm[0]} seed {seed} → {verdict}")
+    return out
 
 
 def _split_summary(records: Sequence[dict[str, Any]]) -> dict[str, str]:

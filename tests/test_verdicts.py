@@ -270,3 +270,25 @@ def test_recompute_refuses_a_folder_without_its_files(tmp_path):
         timeout=120,
     )
     assert out.returncode == 2 and "seeds.csv" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_verdict_that_one_run_decides_says_so():
+    """WeightLoRA's six runs sit 0.005 above random selection's, but one of them is an outlier (0.95) whose
+    spread hides the effect: the claim is not shown, and dropping that run makes it held — the row says so.
+    A verdict every run carries survives every drop."""
+    from sweeps.verdicts import drop_one_run
+
+    kw = dict(margin=0.01, n_boot=100, seed=0, alpha=0.05, looks=1)
+    scores = {
+        ("weightlora", "t"): [0.805, 0.806, 0.804, 0.805, 0.806, 0.95],
+        ("random_select", "t"): [0.800, 0.801, 0.802, 0.799, 0.800, 0.801],
+    }
+    seeds = {k: [str(i + 1) for i in range(len(v))] for k, v in scores.items()}
+    (b,) = claims.evaluate_claims(scores, {}, **kw)
+    assert b["verdict"] == "not shown"
+    assert drop_one_run(b, scores, {}, seeds, kw) == ["weightlora seed 6 → held"]
+    clear = {**scores, ("weightlora", "t"): [0.85, 0.851, 0.852, 0.849, 0.85, 0.851]}
+    (b,) = claims.evaluate_claims(clear, {}, **kw)
+    assert b["verdict"] == "held" and drop_one_run(b, clear, {}, seeds, kw) == []
+    md = claims.claims_md([{**b, "drop_one": ["weightlora seed 6 → not shown"]}], clear, {"weightlora": "W"})
+    assert "changes when one run is dropped: weightlora seed 6 → not shown" in md
