@@ -83,6 +83,7 @@ def describe_plan(plan: Plan) -> str:
         "no ASHA" if a.no_asha or a.multi_objective else f"ASHA grace {a.grace_period}, factor {a.reduction_factor:g}"
     )
     lines.append(f"  {per}; {asha}; search seed {a.search_seed}")
+    lines += race_lines(plan)
     lines += claim_lines(plan)
     mem = plan.memory_per_trial / 2**30
     lines.append(
@@ -99,6 +100,26 @@ def describe_plan(plan: Plan) -> str:
         space = plan.spaces[cell.name]
         lines.append("    searched: " + (", ".join(f"{k}={_domain_str(v)}" for k, v in space.items()) or "nothing"))
     return "\n".join(lines)
+
+
+def race_lines(plan: Plan) -> list[str]:
+    """``--race-top``: who races, the stopping rule and its cost (at most the race budget per cell)."""
+    from sweeps.flags import race_budget
+
+    a = plan.args
+    budget = race_budget(a)
+    if not budget:
+        return []
+    reuse = (
+        "its race runs score held-out and the seed re-runs dev, so none is reused"
+        if getattr(a, "protocol", "papers") == "heldout"
+        else "the seed re-runs reuse the pick's race runs"
+    )
+    return [
+        f"  race: each cell's top {a.race_top} candidates get {a.race_seeds} extra seed(s) a round until the "
+        f"leader's mean beats the runner-up's by > {a.race_k:g} pooled standard errors; pick by mean; "
+        f"at most {budget} race run(s) per cell, {budget * len(plan.cells)} in all (full budget, no ASHA); {reuse}"
+    ]
 
 
 def claim_lines(plan: Plan) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from sweeps.search_defaults import SEARCH_DEFAULTS
+from sweeps.search_defaults import RACE_DEFAULTS, SEARCH_DEFAULTS
 from wlora.data.registry import list_tasks
 from wlora.fields import NONE_NOTE, OneLineErrorParser, field_infos, flag_converter, shown_default
 from wlora.registry import METHODS
@@ -243,6 +243,35 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
         "undecided until each has a verdict or --max-seeds (sweeps/claims.py states the sequential rule)",
     )
     g.add_argument("--max-seeds", type=int, default=10, help="--seeds auto: the most seed re-runs per cell")
+    g.add_argument(
+        "--race-top",
+        type=int,
+        default=RACE_DEFAULTS["top"],
+        metavar="M",
+        help="race each cell's M best search candidates (by their search score, on the choice split) on extra seeds "
+        "before the pick, which is then the best mean; 0 = no race (the default until a benchmark chooses one)",
+    )
+    g.add_argument(
+        "--race-seeds",
+        type=int,
+        default=RACE_DEFAULTS["seeds"],
+        metavar="S",
+        help="extra seeds per candidate per round of the race",
+    )
+    g.add_argument(
+        "--race-budget",
+        type=int,
+        default=None,
+        metavar="B",
+        help=f"the most race runs per cell (default: M × S × {RACE_DEFAULTS['rounds']})",
+    )
+    g.add_argument(
+        "--race-k",
+        type=float,
+        default=RACE_DEFAULTS["k"],
+        metavar="K",
+        help="the race stops when the leader's mean beats the runner-up's by more than K pooled standard errors",
+    )
     g.add_argument(
         "--protocol",
         choices=["papers", "heldout"],
@@ -501,6 +530,7 @@ def check_args(args: argparse.Namespace) -> None:
     seeds = args.seeds
     if seeds != "auto" and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0):
         raise ValueError(f"--seeds must be a whole number >= 0 or 'auto', got {seeds!r}")
+    race_problem(args)
     if args.protocol == "heldout":
         problem = holdout_problem(args.holdout_size)
         if problem:
@@ -520,6 +550,31 @@ def check_args(args: argparse.Namespace) -> None:
         from sweeps.store import check_tracking_uri
 
         check_tracking_uri(args.tracking_uri)
+
+
+def race_budget(args: argparse.Namespace) -> int:
+    """Race runs per cell at most: ``--race-budget``, else M × S × the default rounds; 0 without a race."""
+    top = int(getattr(args, "race_top", 0) or 0)
+    if top < 2:
+        return 0
+    budget = getattr(args, "race_budget", None)
+    seeds = int(getattr(args, "race_seeds", RACE_DEFAULTS["seeds"]))
+    return int(budget) if budget is not None else top * seeds * RACE_DEFAULTS["rounds"]
+
+
+def race_problem(args: argparse.Namespace) -> None:
+    """``--race-top`` 0 or >= 2; ``--race-seeds`` >= 1; ``--race-budget`` room for one run per candidate;
+    ``--race-k`` >= 0: one ``ValueError`` naming the flag."""
+    top = getattr(args, "race_top", 0)
+    if top == 1 or top < 0:
+        raise ValueError(f"--race-top {top}: 0 (no race) or at least 2 candidates (one candidate races nothing)")
+    if getattr(args, "race_seeds", 1) < 1:
+        raise ValueError(f"--race-seeds {args.race_seeds}: at least 1 extra seed per candidate per round")
+    if top and race_budget(args) < top:
+        raise ValueError(f"--race-budget {args.race_budget}: a round needs one run per candidate, at least {top}")
+    k = getattr(args, "race_k", 0.0)
+    if not k >= 0:
+        raise ValueError(f"--race-k {k:g}: a number of standard errors >= 0")
 
 
 def _domain_values(domain: Any) -> list[Any]:

@@ -440,6 +440,11 @@ def _grow(args: argparse.Namespace, state: dict[str, Any], run_dir: Path, num_sa
             f"{what}: this sweep re-ran each cell's best config with --seeds; more search trials could change that "
             "config after its re-runs. Start a new sweep (another --name) with the larger --num-samples"
         )
+    if int(state["args"].get("race_top") or 0) >= 2:
+        raise ValueError(
+            f"{what}: this sweep raced each cell's top candidates (--race-top) after its search; more search trials "
+            "could change them after the race. Start a new sweep (another --name) with the larger --num-samples"
+        )
     cloud = "://" in str(state.get("tune_storage", ""))
     if not cloud and not check_experiment(run_dir / EXPERIMENT):
         raise StateError(f"{what}: the Tune experiment {run_dir / EXPERIMENT} is missing, so the sweep cannot grow")

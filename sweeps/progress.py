@@ -9,7 +9,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from sweeps.schema import SEED_RUN
+from sweeps.schema import RACE, SEED_RUN
 from trainables.runner import CELL_KEY, FINAL_KEY, ROLE_KEY
 from wlora.run_config import OBJECTIVE
 
@@ -64,7 +64,7 @@ class ProgressTable(Callback):
                 [
                     str(cfg.get(CELL_KEY, "")),
                     t.trial_id,
-                    "seed" if cfg.get(ROLE_KEY) == SEED_RUN else "search",
+                    {SEED_RUN: "seed", RACE: "race"}.get(cfg.get(ROLE_KEY), "search"),
                     self.status(t),
                     str(r.get("step", "")),
                     f"{value:.4f}" if isinstance(value, float) else "",

@@ -72,7 +72,13 @@ def trial_rows(
 
 
 def cell_summary(
-    cell, rows: list[dict[str, Any]], *, multi_objective: bool, export=None, choice_split: str | None = None
+    cell,
+    rows: list[dict[str, Any]],
+    *,
+    multi_objective: bool,
+    export=None,
+    choice_split: str | None = None,
+    pick: str | None = None,
 ) -> dict[str, Any]:
     """One cell's summary (the state file's ``cells.<name>``): counts, trials, best config and metric.
 
@@ -82,6 +88,7 @@ def cell_summary(
         multi_objective: add the cell's Pareto front.
         export: ``export(best_row) -> adapter folder`` (None: no export).
         choice_split: the split the best config may be chosen on (``holdout`` under ``--protocol heldout``).
+        pick: the search trial the race picked (``--race-top``: best mean over seeds); it stands for the cell.
     """
     done = [r for r in rows if r["status"] == COMPLETED and r[OBJECTIVE] is not None]
     best = pick_best(
@@ -92,6 +99,8 @@ def cell_summary(
         split=lambda r: r.get("eval_split"),
         choice_split=choice_split,
     )
+    if pick is not None:
+        best = next((r for r in rows if r["trial_id"] == pick), best)
     summary: dict[str, Any] = {
         **dataclasses.asdict(cell),
         "cell": cell.name,

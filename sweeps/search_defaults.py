@@ -16,3 +16,14 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "multivariate": False,  # TPE: one joint density over all dimensions instead of one per dimension
     "startup_share": 1 / 3,  # TPE: random trials first, as a share of the cell's trials (3 … 10)
 }
+
+#: Racing before the pick (``--race-top``, ``sweeps.pool.Race``): OFF by default for now. Its defaults (how many
+#: candidates race, the seeds per round, the cap on race runs, the stopping threshold) are to be chosen on a
+#: re-recorded benchmark with several seeds per point and the whole dev set, which is not recorded yet; the numbers
+#: here are what the flags fall back to when a race is asked for (``--race-top 2`` or more).
+RACE_DEFAULTS: dict[str, Any] = {
+    "top": 0,  # candidates that race (0: no race; 1 races nothing)
+    "seeds": 1,  # extra seeds per candidate per round
+    "rounds": 3,  # the race budget when --race-budget is not given: top × seeds × rounds race runs per cell
+    "k": 2.0,  # stop when mean(leader) − mean(runner-up) > k pooled standard errors
+}

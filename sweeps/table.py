@@ -29,7 +29,6 @@ import numpy as np
 from sweeps.claims import PROTOCOL_TEXT
 from sweeps.schema import (
     FAILED,
-    SEED_RUN,
     TRIAL,
     RunInfo,
     best_trials,
@@ -77,10 +76,11 @@ def _rank_order(rank: str) -> tuple[int, int]:
 
 
 def seed_runs_by_cell(children: Sequence[RunInfo]) -> dict[tuple[str, str, str], list[RunInfo]]:
-    """The non-failed seed re-runs of each (method, rank, task) cell."""
+    """The non-failed seed re-runs of each (method, rank, task) cell (race runs reused as seed re-runs included:
+    ``--race-top`` under ``--protocol papers``)."""
     groups: dict[tuple[str, str, str], list[RunInfo]] = defaultdict(list)
     for r in children:
-        if r.role == SEED_RUN and r.status != FAILED:
+        if r.is_seed_run and r.status != FAILED:
             groups[(r.method, r.rank, r.task)].append(r)
     return dict(groups)
 

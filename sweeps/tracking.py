@@ -24,6 +24,7 @@ from sweeps.schema import (
     CELL_TAG,
     FAILED,
     ORPHANED,
+    RACE,
     REPLACED_BY_TAG,
     ROLE_TAG,
     RUNNING,
@@ -95,7 +96,7 @@ class MlflowTrialCallback(Callback):
     """Child run per trial under ``parent_run_id``; one ``log_batch`` per reported evaluation.
 
     A pooled sweep runs every cell in one Tune run: each child's ``method`` / ``task`` / ``rank`` /
-    ``wlora.cell`` tags and its role (``trial`` or ``seed_run``) come from the trial's own config.
+    ``wlora.cell`` tags and its role (``trial``, ``race`` or ``seed_run``) come from the trial's own config.
 
     Every MLflow call goes through a :class:`sweeps.tracking_queue.TrackingQueue`: the Tune hooks return at
     once, the calls run in order on a background thread and are retried through a tracking-server outage.
@@ -212,7 +213,7 @@ class MlflowTrialCallback(Callback):
     def _run_of(self, client, tid: str) -> str | None:
         if tid in self._runs:
             return self._runs[tid]
-        for role in (TRIAL, SEED_RUN):
+        for role in (TRIAL, RACE, SEED_RUN):
             found = self._find_existing(client, tid, role)
             if found is not None:
                 self._runs[tid], self._last_step[tid] = found

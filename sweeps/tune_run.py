@@ -10,10 +10,22 @@ from typing import Any
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
 from sweeps.autoseeds import AutoSeeds
+from sweeps.flags import race_budget
 from sweeps.interrupts import Interrupts, with_interrupts
 from sweeps.pareto import PARAMS_METRIC
 from sweeps.plan import Cell, Plan, save_state
-from sweeps.pool import SEED_RUN, TRIAL, CellSearch, ListSearch, PooledScheduler, PooledSearcher, variant_configs
+from sweeps.pool import (
+    RACE,
+    SEED_RUN,
+    TRIAL,
+    CellSearch,
+    ListSearch,
+    PooledScheduler,
+    PooledSearcher,
+    Race,
+    race_draw_seed,
+    variant_configs,
+)
 from sweeps.progress import ProgressTable
 from sweeps.resources import pool_slots
 from sweeps.results import cell_summary, export_best, seed_summary, trial_rows
@@ -55,6 +67,22 @@ def cell_search(plan: Plan, cell: Cell) -> CellSearch:
         search,
         seeds=a.seeds,
         seed_overrides=dict(plan.cell_seed_overrides.get(cell.name, plan.seed_overrides)),
+        race=cell_race(plan, cell),
+    )
+
+
+def cell_race(plan: Plan, cell: Cell) -> Race | None:
+    """``--race-top M`` (M >= 2): the race of the cell's top M candidates before its pick."""
+    a = plan.args
+    top = int(getattr(a, "race_top", 0) or 0)
+    if top < 2:
+        return None
+    return Race(
+        top=top,
+        seeds=int(a.race_seeds),
+        budget=race_budget(a),
+        k=float(a.race_k),
+        draw_seed=race_draw_seed(a.search_seed, cell.name),
     )
 
 
@@ -162,7 +190,7 @@ def run_pool(plan: Plan, exp_id: str, parent_id: str):
     searcher = PooledSearcher([cell_search(plan, cell) for cell in plan.cells], auto_seeds(plan))
     most_seeds = max(plan.args.seed_schedule) if plan.args.seeds_auto else plan.args.seeds
     # --seeds auto: one more, so Tune asks the searcher once after the last seed re-run (its last look)
-    n_trials = sum(c.budget + most_seeds for c in searcher.cells.values()) + int(plan.args.seeds_auto)
+    n_trials = sum(c.budget + most_seeds + race_budget(a) for c in searcher.cells.values()) + int(a.seeds_auto)
     scheduler = pooled_scheduler(plan)
     searcher.attach_scheduler(scheduler)  # every experiment snapshot then holds each cell's ASHA rungs
     ledgers = {cell.name: ledger_of(plan, cell) for cell in plan.cells}
@@ -208,21 +236,72 @@ def summarize(plan: Plan, results, searcher) -> None:
             out = plan.run_dir / "adapters" / cell.name
             return export_best(cfg, plan.assets[cell.task], best["checkpoint"], out)
 
+        held = getattr(searcher, "cells", {}).get(cell.name)
+        race = held.race if held is not None and held.racing else None
         summary = cell_summary(
             cell,
             grouped.get((cell.name, TRIAL), []),
             multi_objective=multi_objective(plan),
             export=export,
             choice_split="holdout" if plan.seed_overrides else None,
+            pick=race.pick if race is not None and race.done else None,
         )
+        if race is not None:
+            summary["race"] = race_summary(race, grouped.get((cell.name, RACE), []))
         if searcher is not None and hasattr(searcher, "optuna_states"):
             summary["optuna_states"] = searcher.optuna_states(cell.name)
         plan.state["cells"][cell.name] = summary
         if getattr(searcher, "auto_seeds", None) is not None:
             plan.state["seed_looks"] = searcher.auto_seeds.looks
         if plan.args.seeds > 0 and "best_config" in summary:
-            plan.state["seed_cells"][cell.name] = seed_summary(cell.name, grouped.get((cell.name, SEED_RUN), []))
+            reused = set(held.seed_reused) if held is not None else set()
+            rows = grouped.get((cell.name, SEED_RUN), [])
+            rows += [r for r in grouped.get((cell.name, RACE), []) if r["trial_id"] in reused]
+            plan.state["seed_cells"][cell.name] = seed_summary(cell.name, rows)
+    tag_race(plan, searcher)
     save_state(plan)
+
+
+def race_summary(race: Race, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A cell's race in the state file: its candidates with their runs' mean, why it stopped, its pick."""
+    scores = race.scores() if race.candidates else {}
+    return {
+        "candidates": [
+            {"trial_id": tid, "search_score": race.search_scores[tid], "mean": sum(v) / len(v), "n": len(v)}
+            for tid, v in scores.items()
+        ],
+        "race_runs": len(rows),
+        "rounds": race.rounds,
+        "stop": race.stop,
+        "pick": race.pick,
+        "rule": f"mean(leader) - mean(runner-up) > {race.k:g} pooled standard errors, or {race.budget} race runs",
+        "history": race.history,
+    }
+
+
+def tag_race(plan: Plan, searcher) -> None:
+    """Tag the MLflow children the readers need: the search trial the race picked (``wlora.race_pick``) and the
+    race runs that stand as its seed re-runs (``wlora.seed_reuse``, ``--protocol papers``)."""
+    from sweeps.schema import RACE_PICK_TAG, SEED_REUSE_TAG
+
+    marks: dict[str, str] = {}
+    for cell in getattr(searcher, "cells", {}).values():
+        if cell.racing and cell.race is not None and cell.race.pick is not None:
+            marks[cell.race.pick] = RACE_PICK_TAG
+            marks.update({tid: SEED_REUSE_TAG for tid in cell.seed_reused})
+    parent = plan.state.get("parent_run_id")
+    if not marks or not parent:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(plan.tracking_uri)
+    exp = client.get_run(parent).info.experiment_id
+    for tid, tag in marks.items():
+        runs = client.search_runs(
+            [exp], filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.trial_id = '{tid}'", max_results=5
+        )
+        for run in runs:
+            client.set_tag(run.info.run_id, tag, "1")
 
 
 def tune_trials(results) -> list:

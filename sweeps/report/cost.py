@@ -16,6 +16,7 @@ from sweeps.schema import (
     ASHA_STOPPED,
     COMPLETED,
     FAILED,
+    RACE,
     SEED_RUN,
     TRIAL,
     RunInfo,
@@ -46,6 +47,8 @@ def sweep_cost(parent: Any, children: Sequence[RunInfo]) -> dict[str, Any]:
     without ASHA), trial counts by status, wall time and summed trial time. Budgets and seconds per
     epoch are taken per task (an SST-2 epoch is 27× an RTE one)."""
     trials = [c for c in children if c.role == TRIAL]
+    # race runs (--race-top) are search cost, counted apart; a race run reused as a seed re-run is still race cost
+    race_runs = [c for c in children if c.role == RACE]
     seed_runs = [c for c in children if c.role == SEED_RUN]
     status = defaultdict(int)
     for t in trials:
@@ -76,6 +79,10 @@ def sweep_cost(parent: Any, children: Sequence[RunInfo]) -> dict[str, Any]:
         "wall_seconds": round((end - start) / 1000.0, 1) if start is not None else None,
         "trial_seconds_sum": round(trial_s, 1),
         "full_budget_trial_seconds_est": round(full_s, 1) if full_s else None,
+        "race_runs": len(race_runs),
+        "race_run_epochs": round(sum(r.metrics.get("epoch", 0.0) for r in race_runs), 3),
+        "race_run_seconds_sum": round(sum(r.seconds for r in race_runs), 1),
+        "race_runs_reused_as_seed_runs": sum(r.seed_reuse for r in race_runs),
         "seed_runs": len(seed_runs),
         "seed_run_epochs": round(sum(s.metrics.get("epoch", 0.0) for s in seed_runs), 3),
         "seed_run_seconds_sum": round(sum(s.seconds for s in seed_runs), 1),
@@ -101,4 +108,14 @@ def cost_md(c: dict[str, Any]) -> str:
         ("estimated sum without early stopping", hms(c["full_budget_trial_seconds_est"])),
         ("seed re-runs", f"{c['seed_runs']} ({c['seed_run_epochs']:g} epochs, {hms(c['seed_run_seconds_sum'])})"),
     ]
+    if c.get("race_runs"):
+        reused = c.get("race_runs_reused_as_seed_runs") or 0
+        rows.insert(
+            -1,
+            (
+                "race runs (search cost: extra seeds of the top candidates)",
+                f"{c['race_runs']} ({c['race_run_epochs']:g} epochs, {hms(c['race_run_seconds_sum'])})"
+                + (f"; {reused} of them stand as seed re-runs" if reused else ""),
+            ),
+        )
     return md_table(["", "value"], rows)

@@ -162,7 +162,8 @@ def decision_rows(children: Sequence[RunInfo]) -> list[dict[str, Any]]:
     cells: dict[tuple[str, str], dict[str, list[RunInfo]]] = {}
     for r in children:
         if r.metrics.get("selection_decision_step") is not None:
-            cells.setdefault((r.task, r.method), {}).setdefault(r.role, []).append(r)
+            role = "seed_run" if r.is_seed_run else r.role  # a race run reused as a seed re-run counts as one
+            cells.setdefault((r.task, r.method), {}).setdefault(role, []).append(r)
     rows = []
     for (task, method), by_role in sorted(cells.items()):
         runs = by_role.get("seed_run") or [r for rs in by_role.values() for r in rs]
