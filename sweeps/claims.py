@@ -243,6 +243,7 @@ def evaluate_claims(
     seed: int = 0,
     alpha: float = ALPHA,
     looks: int = 1,
+    power: bool = True,
 ) -> list[dict[str, Any]]:
     """Every claim on every task that has seed re-runs: ``scores[(method, task)]`` = the seeds' scores,
     ``params[(method, task)]`` = the method's # Params, ``margin`` = δ (one for all, or per task). One record
@@ -278,7 +279,7 @@ def evaluate_claims(
     for r in rows:
         r["family"] = len(tested)
         r["hypotheses"] = hypotheses
-        if r["n_x"] >= 2 and r["n_y"] >= 2:
+        if power and r["n_x"] >= 2 and r["n_y"] >= 2:
             x, y = scores[(r["x"], r["task"])], scores[(r["y"], r["task"])]
             r["power_alpha"] = level / max(hypotheses, 1)
             r.update(power_numbers(x, y, r["kind"], margin_of(r["task"]), r["power_alpha"]))

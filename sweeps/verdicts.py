@@ -204,7 +204,7 @@ def drop_one_run(
     for arm in ((row["x"], row["task"]), (row["y"], row["task"])):
         for i, seed in enumerate(seeds_of.get(arm, ())):
             fewer = {k: (list(v[:i]) + list(v[i + 1 :]) if k == arm else list(v)) for k, v in scores.items()}
-            again = claims_mod.evaluate_claims(fewer, params, **{**kw, "n_boot": 100})
+            again = claims_mod.evaluate_claims(fewer, params, **{**kw, "n_boot": 100}, power=False)
             verdict = next(
                 (r["verdict"] for r in again if (r["claim"], r["task"]) == (row["claim"], row["task"])), None
             )
