@@ -213,3 +213,68 @@ def test_no_race_by_default():
     _search(s, [0.70, 0.80])
     cfg = s.suggest("s0")
     assert cfg[ROLE_KEY] == "seed_run" and cfg["lr"] == 2e-3 and cfg["seed"] == 1
+
+
+# ----- a real sweep (MiniLM + an SST-2 slice, local Ray in a loopback-only namespace) -----
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_real_sweep_races_its_top_two_and_picks_the_best_mean(sweep_cmd, tmp_path):
+    """LoRA on a 3-point lr grid, --race-top 2 --race-budget 4 --seeds 2 (papers protocol): the race runs are
+    MLflow children with role ``race``, of the two best search trials' configs, on seeds other than 0; the
+    pick (tag ``wlora.race_pick``, the state's best trial) is the candidate with the best mean over its runs as
+    MLflow holds them; the seed re-runs reuse the pick's race runs and never repeat one of its seeds."""
+    import json
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import ROOT, TINY
+
+    make, env = sweep_cmd
+    args = [*TINY, "--methods", "lora", "--search", "grid", "--space", "lr=grid:5e-3,2e-3,1e-7", "--no-asha"]
+    args += ["--set", "warmup_steps=0", "--race-top", "2", "--race-budget", "4", "--seeds", "2"]
+    args += ["--max-concurrent", "2", "--num-cpus", "2", "--name", "race"]
+    out = subprocess.run(make(*args), env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-4000:]
+    assert "race: each cell's top 2 candidates" in out.stdout
+    state = json.loads((tmp_path / "runs" / "race" / "sweep_state.json").read_text())
+    client = MlflowClient(state["tracking_uri"])
+    children = client.search_runs(
+        [state["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'", max_results=100
+    )
+    by_role: dict[str, list] = {}
+    for c in children:
+        by_role.setdefault(c.data.tags["wlora.role"], []).append(c)
+    trials, races, seed_runs = by_role["trial"], by_role["race"], by_role.get("seed_run", [])
+    assert len(trials) == 3 and 2 <= len(races) <= 4
+    score = {c.data.tags["trial_id"]: c.data.metrics["eval_main"] for c in trials}
+    top2 = sorted(trials, key=lambda c: -c.data.metrics["eval_main"])[:2]
+    lrs = {float(c.data.params["lr"]): c.data.tags["trial_id"] for c in top2}
+    assert len(lrs) == 2, "the two candidates must differ"
+    runs = {tid: [score[tid]] for tid in lrs.values()}
+    for r in races:
+        assert r.data.tags["status"] == "completed" and r.data.params["seed"] != "0"
+        runs[lrs[float(r.data.params["lr"])]].append(r.data.metrics["eval_main"])  # only candidates' configs race
+    means = {tid: float(np.mean(v)) for tid, v in runs.items()}
+    cell = state["cells"]["sst2-lora-r8"]
+    race = cell["race"]
+    assert race["pick"] == cell["best_trial_id"] and race["stop"] in ("ahead", "budget")
+    assert means[race["pick"]] == pytest.approx(max(means.values()), abs=1e-9)
+    assert {c["trial_id"]: c["mean"] for c in race["candidates"]} == pytest.approx(means, abs=1e-9)
+    picked = [c for c in trials if c.data.tags.get("wlora.race_pick") == "1"]
+    assert [c.data.tags["trial_id"] for c in picked] == [race["pick"]]
+    # --seeds 2 under papers: the pick's race runs stand as its seed re-runs 1 (and 2); only missing seeds ran
+    pick_lr = next(lr for lr, tid in lrs.items() if tid == race["pick"])
+    reused = [r for r in races if r.data.tags.get("wlora.seed_reuse") == "1"]
+    assert all(float(r.data.params["lr"]) == pick_lr for r in reused) and reused
+    seeds = sorted([int(r.data.params["seed"]) for r in reused] + [int(s.data.params["seed"]) for s in seed_runs])
+    assert seeds == [1, 2], seeds
+    assert state["seed_cells"]["sst2-lora-r8"]["n"] == 2
+    import csv
+
+    with (tmp_path / "runs" / "race" / "results" / "table_long.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    # the table reports the pick's two seed re-runs, reused race runs included
+    assert (row["source"], row["n"], sorted(row["seeds"].split(","))) == ("seed_runs", "2", ["1", "2"])
