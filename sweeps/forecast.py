@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 from typing import Any
 
 from sweeps.forecast_calibrate import (
@@ -66,7 +67,7 @@ __all__ = [
     "BUSY_SHARE", "FLOPS_ADAPTER", "FLOPS_EVAL", "FLOPS_FULL", "PAPERS_GRID", "PROFILE_DIR", "REPEATS", "STEPS",
     "CellWork", "Duration", "Speed", "asha_expected_evals", "asha_trials", "backbone_params", "busy_warning",
     "calibrate", "calibration_text", "cell_work", "check_flags", "check_local_request", "forecast", "forecast_text",
-    "grid_sizes", "load_profile", "machine_load", "makespan", "mean_of", "padded_lengths", "profile_speed",
+    "grid_sizes", "load_profile", "machine_load", "main", "makespan", "mean_of", "padded_lengths", "profile_speed",
     "run_forecast", "search_runs", "search_trials", "seed_range", "time_repeats", "trial_seconds",
 ]  # fmt: skip
 
@@ -118,6 +119,18 @@ def seed_range(args: argparse.Namespace) -> tuple[int, int]:
     return int(args.seeds), int(args.seeds)
 
 
+def race_range(args: argparse.Namespace) -> tuple[int, int]:
+    """Race runs per cell (``--race-top``): one round if the first round decides, up to the race budget. Under
+    ``--protocol papers`` the seed re-runs then reuse the pick's race runs, which this range does not subtract."""
+    from sweeps.flags import race_budget
+
+    budget = race_budget(args)
+    if not budget:
+        return 0, 0
+    top = int(args.race_top)
+    return min(budget // top, int(args.race_seeds)) * top, budget
+
+
 def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int]) -> dict[str, Any]:
     """The sweep as typed and the papers' grid on the same cells: trials, device-hours, makespan."""
     tasks = [normalize_task(t) for t in args.tasks]
@@ -127,6 +140,7 @@ def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int])
     n_search = search_trials(args, grid_sizes)
     lo, hi = seed_range(args)
     out: dict[str, Any] = {"cells": len(cells), "slots": speed.slots, "speed": speed.name}
+    out["race_runs"] = race_range(args)
     for label, seeds in (("sweep", (lo, hi)), ("papers_grid", (hi, hi))):
         for which, n_seeds in (("low", seeds[0]), ("high", seeds[1])):
             plan = []
@@ -143,6 +157,10 @@ def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int])
                     epochs += PAPERS_GRID * w.steps * args.batch_size / _n_train(task, args)
                 sd = [trial_seconds(ws, speed)] * n_seeds
                 epochs += n_seeds * ws.steps * args.batch_size / _n_train(task, args)
+                if label == "sweep":  # --race-top: race runs (full budget, on the search's data) after the search
+                    n_race = race_range(args)[which == "high"]
+                    sd = [trial_seconds(w, speed)] * n_race + sd
+                    epochs += n_race * w.steps * args.batch_size / _n_train(task, args)
                 plan.append((s, sd))
                 trials += len(s) + len(sd)
                 seconds += sum(mean_of(d) for d in s) + sum(sd)
@@ -195,10 +213,19 @@ def forecast_text(out: dict[str, Any], speed: Speed) -> str:
             *calibration_text(speed),
             line("this sweep", out["sweep_low"], out["sweep_high"]),
             line("papers' grid", out["papers_grid_low"], out["papers_grid_high"]),
+            *race_text(out),
             f"  this sweep costs {ratio:.2f}× the papers' grid ({PAPERS_GRID} configs per cell, full budget each, "
             "the same seed re-runs)",
         ]
     )
+
+
+def race_text(out: dict[str, Any]) -> list[str]:
+    """The race's share of this sweep's line (``--race-top``), when it races."""
+    lo, hi = out.get("race_runs", (0, 0))
+    if not hi:
+        return []
+    return [f"  this sweep includes {lo} – {hi} race run(s) per cell (--race-top: full budget, after each search)"]
 
 
 def grid_sizes(args: argparse.Namespace) -> dict[str, int]:
@@ -229,3 +256,19 @@ def run_forecast(args: argparse.Namespace) -> str:
     else:
         speed = profile_speed(args, load_profile(value))
     return forecast_text(forecast(args, speed, grid_sizes(args)), speed)
+
+
+def main(defaults: Any, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``--forecast`` from a sweep script (``args`` parsed by its ``parser``) without the sweep machinery: the
+    preset's flags and ``--smoke-test`` applied as the run applies them, then the forecast; no Tune, no MLflow
+    (``sweeps.run`` imports both, ~4 s of CPU). Exit 2 with one line on bad input, as the run."""
+    from sweeps.flags import apply_preset_cli, apply_smoke
+
+    try:
+        apply_preset_cli(args, parser)
+        apply_smoke(args, defaults, parser)
+        print(run_forecast(args), flush=True)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -33,6 +33,21 @@ BUSY_SHARE = 0.5
 _LENGTHS: dict[tuple, tuple[float, float]] = {}
 
 
+def sampled_texts(path: Path, glue: Any, k: int, seed: int = 0) -> tuple[list[str], list[str] | None]:
+    """The sentences (and second sentences of pairs) of ``k`` seeded rows of a GLUE TSV file: the rows that
+    ``random.Random(seed).sample`` draws from the data reader's rows, without parsing the rest of the file
+    (a GLUE row is one line: the files are read unquoted)."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        lines = [line.rstrip("\r") for line in f.read().split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    header = lines.pop(0).split("\t") if glue.header else []
+    col = lambda key: key if isinstance(key, int) else header.index(key)  # noqa: E731
+    rows = [line.split("\t") for line in random.Random(seed).sample(lines, min(k, len(lines)))]
+    a = [r[col(glue.text_a)] for r in rows]
+    return a, ([r[col(glue.text_b)] for r in rows] if glue.text_b is not None else None)
+
+
 def padded_lengths(task: str, args: argparse.Namespace, eval_batch: int = 64) -> tuple[float, float]:
     """Mean padded length of a training batch and of an evaluation batch: batches are padded to their longest
     sequence, so short-sentence tasks cost far fewer tokens than ``max_length``. Measured on 2,048 seeded
@@ -51,13 +66,15 @@ def padded_lengths(task: str, args: argparse.Namespace, eval_batch: int = 64) ->
             from wlora.data.layout import locate_task_files
             from wlora.model_source import resolve_model
 
-            train_file = locate_task_files(task, args.data_dir)[0]
-            rows = read_glue_split(str(Path(train_file).parent.parent), task, "train")
-            rows = random.Random(0).sample(rows, min(2048, len(rows)))
+            train_file = Path(locate_task_files(task, args.data_dir)[0])
+            try:
+                a, b = sampled_texts(train_file, spec.glue, 2048)
+            except (KeyError, IndexError, ValueError):  # a file the fast path does not read: the data reader
+                rows = read_glue_split(str(train_file.parent.parent), task, "train")
+                rows = random.Random(0).sample(rows, min(2048, len(rows)))
+                a, b = [r.text_a for r in rows], ([r.text_b for r in rows] if rows[0].text_b is not None else None)
             tok = AutoTokenizer.from_pretrained(resolve_model(args.model))
-            b = [r.text_b for r in rows] if rows[0].text_b is not None else None
-            lens = [len(ids) for ids in tok([r.text_a for r in rows], b, truncation=True,
-                                            max_length=args.max_length)["input_ids"]]  # fmt: skip
+            lens = [len(ids) for ids in tok(a, b, truncation=True, max_length=args.max_length)["input_ids"]]
 
             def mean_max(size: int) -> float:
                 groups = [lens[i : i + size] for i in range(0, len(lens) - size + 1, size)] or [lens]
