@@ -120,8 +120,9 @@ def seed_range(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def race_range(args: argparse.Namespace) -> tuple[int, int]:
-    """Race runs per cell (``--race-top``): one round if the first round decides, up to the race budget. Under
-    ``--protocol papers`` the seed re-runs then reuse the pick's race runs, which this range does not subtract."""
+    """Race runs per cell (``--race-top``): one round if the first round decides, up to the race budget. They are
+    modelled as full-budget runs after the cell's search, beside its seed re-runs (the barrier between rounds is
+    not). Under ``--protocol papers`` the seed re-runs then reuse the pick's race runs, not subtracted here."""
     from sweeps.flags import race_budget
 
     budget = race_budget(args)

@@ -278,3 +278,26 @@ def test_real_sweep_races_its_top_two_and_picks_the_best_mean(sweep_cmd, tmp_pat
         (row,) = list(csv.DictReader(f))
     # the table reports the pick's two seed re-runs, reused race runs included
     assert (row["source"], row["n"], sorted(row["seeds"].split(","))) == ("seed_runs", "2", ["1", "2"])
+
+
+def test_the_forecast_includes_the_race(minilm_path, glue_dir, capsys):
+    """--race-top 2 --race-seeds 2: the forecast counts 4 (one round) to 12 (the default budget, M × S × 3) race
+    runs per cell on top of the search, and says so; without --race-top it counts none."""
+    from sweeps import forecast
+    from sweeps.glue_sweep import DEFAULTS, parser
+
+    def run(*extra):
+        argv = ["--tasks", "sst2", "--methods", "lora", "--model", str(minilm_path), "--data-dir", str(glue_dir.parent)]
+        args = parser().parse_args([*argv, "--forecast", "a100-cluster", *extra])
+        assert forecast.main(DEFAULTS, args, parser()) == 0
+        return capsys.readouterr().out
+
+    plain, raced = run(), run("--race-top", "2", "--race-seeds", "2")
+    assert "race run" not in plain
+    assert "this sweep includes 4 – 12 race run(s) per cell" in raced
+
+    def trials(out):
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith("this sweep "))
+        return line.split("trials")[1].split("trial-epochs")[0].strip()
+
+    assert (trials(plain), trials(raced)) == ("8", "12 – 20")  # 8 search trials, + 4 … 12 race runs
