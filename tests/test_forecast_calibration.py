@@ -1,0 +1,139 @@
+"""``--forecast local`` on a busy machine: the fastest of repeated timings, the load while calibrating and its
+warning, trial requests refused as the run refuses them, and ``bench/forecast_check.py``'s conditions and spread."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sweeps import forecast as fc
+from sweeps.glue_sweep import parser
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def test_time_repeats_gives_seconds_per_step_of_every_repeat():
+    # a real step (a matmul) timed on a scripted clock: repeats of 2 steps took 0.6, 0.2 and 0.4 s
+    ticks = iter([0.0, 0.6, 1.0, 1.2, 2.0, 2.4])
+    x = torch.randn(64, 64)
+    calls = []
+    out = fc.time_repeats(lambda: calls.append((x @ x).sum().item()), steps=2, repeats=3, clock=lambda: next(ticks))
+    assert out == pytest.approx([0.3, 0.1, 0.2]) and len(calls) == 6
+
+
+def _speed(load: float | None, cores: int = 2, own: int = 1) -> fc.Speed:
+    return fc.Speed("s", 2, 1000.0, 3000.0, 5.0, train_repeats=(900.0, 1000.0, 950.0),
+                    eval_repeats=(2900.0, 3000.0, 2800.0), load_1min=load, cores=cores, own_threads=own)  # fmt: skip
+
+
+def test_the_load_warning_appears_when_another_job_holds_the_cores():
+    # 2 cores, the calibration's own thread: another job holds the cores beyond 0.5 × 2 = 1 of them
+    assert fc.busy_warning(_speed(1.9)) is None
+    assert fc.busy_warning(_speed(None)) is None  # no load reading on this system: nothing to say
+    text = "\n".join(fc.calibration_text(_speed(2.6)))
+    assert "warning: the machine was busy while calibrating" in text and "1-min load 2.60 on 2 cores" in text
+    assert "1.60 beyond the calibration's own 1 thread(s)" in text
+    # the spread of the repeats is printed, min / median / max
+    assert "fastest of 3 repeats" in text and "900/950/1,000" in text and "2,800/2,900/3,000" in text
+    assert "warning" not in "\n".join(fc.calibration_text(_speed(0.3)))
+    assert fc.calibration_text(fc.Speed("profile", 8, 1.0, 1.0, 1.0)) == []  # a profile: no calibration lines
+
+
+def _local_args(minilm_path, glue_dir, *argv):
+    p = parser()
+    a = p.parse_args(["--model", str(minilm_path), "--data-dir", str(glue_dir.parent), "--tasks", "sst2",
+                      "--batch-size", "8", "--max-length", "32", *argv])  # fmt: skip
+    return a
+
+
+@pytest.mark.slow
+def test_calibration_keeps_the_fastest_repeat_and_reads_the_load(minilm_path, glue_dir):
+    a = _local_args(minilm_path, glue_dir)
+    speed = fc.calibrate(a, steps=1, repeats=3, load=lambda: (7.5, 3.0, 2.0))  # the load reading injected
+    assert len(speed.train_repeats) == 3 and len(speed.eval_repeats) == 3
+    assert speed.train_tok_s == max(speed.train_repeats) and speed.eval_tok_s == max(speed.eval_repeats)
+    assert speed.load_1min == 7.5 and speed.cores == os.cpu_count() and speed.own_threads == 1
+    text = fc.forecast_text(fc.forecast(a, speed, {}), speed)
+    assert "warning: the machine was busy while calibrating (1-min load 7.50" in text
+    quiet = dataclasses.replace(speed, load_1min=0.1)
+    assert "warning" not in fc.forecast_text(fc.forecast(a, quiet, {}), quiet)
+
+
+def test_gpu_and_cpu_requests_are_refused_as_the_run_refuses_them(minilm_path, glue_dir):
+    from sweeps.resources import check_resources, planned_nodes, trial_memory
+
+    for flags in (["--gpus-per-trial", "0.3"], ["--cpus-per-trial", str((os.cpu_count() or 1) + 1)]):
+        a = _local_args(minilm_path, glue_dir, "--forecast", *flags)
+        nodes = planned_nodes(a)
+        try:  # what the run says before its first trial, on the nodes it plans
+            check_resources(a, trial_memory(a, [str(minilm_path)], a.methods), nodes)
+            run_says = None
+        except ValueError as e:
+            run_says = str(e)
+        if run_says is None:
+            pytest.skip(f"this machine can run {flags}: nothing to refuse")
+        with pytest.raises(ValueError) as refused:
+            fc.run_forecast(a)
+        assert str(refused.value) == run_says and "no trial could ever start" in run_says
+    a = _local_args(minilm_path, glue_dir, "--forecast", "--gpus-per-trial", "1.5")
+    with pytest.raises(ValueError, match="a trial takes a share of one GPU"):
+        fc.run_forecast(a)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU here: the request is honoured")
+def test_a_gpu_that_ray_would_declare_but_torch_cannot_see_is_not_calibrated_on_cpu(minilm_path, glue_dir):
+    # --num-gpus 1: Ray would declare a GPU, so the run's check passes; the calibration cannot use it
+    a = _local_args(minilm_path, glue_dir, "--forecast", "--gpus-per-trial", "0.5", "--num-gpus", "1")
+    with pytest.raises(ValueError, match="calibrates on this machine, where torch sees no GPU"):
+        fc.run_forecast(a)
+
+
+@pytest.mark.subprocess
+def test_the_command_line_refuses_a_gpu_request_with_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU here: the request is honoured")
+    cmd = [sys.executable, str(ROOT / "sweeps" / "glue_sweep.py"), "--preset", "paper-claims-heldout", "--forecast",
+           "--gpus-per-trial", "0.3", "--storage-path", str(tmp_path / "runs")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "error: --gpus-per-trial 0.3: no node has that many GPUs (the largest has 0); no trial could ever start"
+    ]
+
+
+def test_forecast_check_gives_the_spread_and_its_conditions():
+    import forecast_check
+
+    lines = forecast_check.spread_lines([80.0, 70.0, 90.0], measured=50.0)
+    assert lines == [
+        "spread over 3 calibration(s), min / median / max: forecast 70.0 / 80.0 / 90.0 min; forecast / measured "
+        "1.40 / 1.60 / 1.80 (measured 50.0 min)"
+    ]
+    c = forecast_check.conditions((3.5, 2.0, 1.0))
+    assert c.startswith("conditions: commit ") and f"{os.cpu_count()} cores" in c and " UTC" in c
+    assert "load average 3.50 / 2.00 / 1.00 (1 / 5 / 15 min)" in c
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_forecast_check_calibrates_in_fresh_processes_and_reports_the_spread(minilm_path, glue_dir):
+    table = ROOT / "docs" / "results" / "table_long.csv"
+    if not table.is_file():
+        pytest.skip("no committed results table")
+    env = {**os.environ, "WLORA_MODEL": str(minilm_path), "WLORA_DATA_DIR": str(glue_dir.parent)}
+    cmd = [sys.executable, str(ROOT / "bench" / "forecast_check.py"), "--table", str(table), "--preset",
+           "paper-claims-heldout", "--measured-min", "64.6", "--calibrations", "2"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("conditions: commit ") and "cores; load average" in lines[0]
+    assert [line.split(":")[0] for line in lines if line.startswith("speed ")] == ["speed 1", "speed 2"]
+    assert any(line.startswith("spread over 2 calibration(s), min / median / max: forecast ") for line in lines)
+    assert lines[-1].startswith("load average after: ")
