@@ -39,12 +39,14 @@ user=$(field ssh_user)
 key=$(field key)
 ssh_opts=(-i "$key" -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o ConnectTimeout=20)
 
-# on HOST COMMAND: COMMAND in an interactive login shell on HOST (as Ray's launcher runs them: ~/.bashrc read)
+# on HOST COMMAND: COMMAND in an interactive login shell on HOST, on a pty (ssh -tt), as Ray's launcher runs them:
+# ~/.bashrc is read, and the session ends with the shell even though `ray start` and MLflow leave daemons behind.
 on() {
   local host="$1"; shift
   echo "== $host: ${*:0:160}" >&2
-  ssh "${ssh_opts[@]}" "$user@$host" "bash --login -i -c $(printf %q "source ~/.bashrc > /dev/null 2>&1; $*")" \
-    < /dev/null 2> >(grep -v -e 'no job control' -e 'cannot set terminal process group' >&2)
+  ssh -tt "${ssh_opts[@]}" -o LogLevel=ERROR "$user@$host" \
+    "bash --login -i -c $(printf %q "source ~/.bashrc > /dev/null 2>&1; $*")" < /dev/null | tr -d '\r'
+  return "${PIPESTATUS[0]}"
 }
 
 if [[ "$action" == down ]]; then
@@ -58,7 +60,7 @@ setup=$(field setup_commands)
 on "$head_ip" "$setup"
 on "$head_ip" "$(field head_setup_commands) && $(field head_start_ray_commands)"
 # 3) what the launcher syncs to workers (cluster_synced_files): the head's token, and the key for the MLflow tunnel
-token=$(on "$head_ip" "cat ~/.ray/auth_token")
+token=$(on "$head_ip" "cat ~/.ray/auth_token" | tail -n 1)
 for w in "${workers[@]}"; do
   on "$w" "$setup && mkdir -p ~/.ray && umask 077 && printf %s $(printf %q "$token") > ~/.ray/auth_token"
   scp -q "${ssh_opts[@]}" "$key" "$user@$w:ray_bootstrap_key.pem"

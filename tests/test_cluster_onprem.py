@@ -34,8 +34,6 @@ def hosts(tmp_path_factory, minilm_path, glue_dir):
     reason = hosts_unavailable()
     if reason:
         pytest.skip(reason)
-    if not Path("/usr/bin/rsync").exists():
-        pytest.skip("needs rsync (Ray's launcher copies its files with it)")
     with Hosts(tmp_path_factory.mktemp("hosts")) as h:
         yield h
 
