@@ -37,6 +37,7 @@ from sweeps.forecast_calibrate import (
     REPEATS,
     STEPS,
     backbone_params,
+    bert_matmul_params,
     busy_warning,
     calibrate,
     check_local_request,
@@ -65,10 +66,10 @@ from wlora.data.registry import TASKS, normalize_task
 
 __all__ = [
     "BUSY_SHARE", "FLOPS_ADAPTER", "FLOPS_EVAL", "FLOPS_FULL", "PAPERS_GRID", "PROFILE_DIR", "REPEATS", "STEPS",
-    "CellWork", "Duration", "Speed", "asha_expected_evals", "asha_trials", "backbone_params", "busy_warning",
-    "calibrate", "calibration_text", "cell_work", "check_flags", "check_local_request", "forecast", "forecast_text",
-    "grid_sizes", "load_profile", "machine_load", "main", "makespan", "mean_of", "padded_lengths", "profile_speed",
-    "run_forecast", "search_runs", "search_trials", "seed_range", "time_repeats", "trial_seconds",
+    "CellWork", "Duration", "Speed", "asha_expected_evals", "asha_trials", "backbone_params", "bert_matmul_params",
+    "busy_warning", "calibrate", "calibration_text", "cell_work", "check_flags", "check_local_request", "forecast",
+    "forecast_text", "grid_sizes", "load_profile", "machine_load", "main", "makespan", "mean_of", "padded_lengths",
+    "profile_speed", "run_forecast", "search_runs", "search_trials", "seed_range", "time_repeats", "trial_seconds",
 ]  # fmt: skip
 
 

@@ -12,6 +12,7 @@ checks it (:func:`check_local_request`): a request the run would refuse is refus
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import time
@@ -97,18 +98,40 @@ def load_profile(value: str) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
+#: Encoders whose backbone is BERT's: per layer q, k, v, the attention output (hidden²) and the feed-forward
+#: pair (hidden × intermediate, twice), plus the pooler (hidden²).
+BERT_LIKE = ("bert", "roberta")
+
+
+def bert_matmul_params(config: Path) -> float | None:
+    """Matmul parameters of a BERT-like backbone from its ``config.json`` alone (no transformers import: what
+    the meta-device model of :func:`backbone_params` counts), or None for another architecture."""
+    try:
+        cfg = json.loads(config.read_text())
+        if cfg.get("model_type") not in BERT_LIKE:
+            return None
+        h, inter, layers = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), int(cfg["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(layers * (4 * h * h + 2 * h * inter) + h * h)
+
+
 def backbone_params(model: str, profile: dict[str, Any]) -> float:
     """Matmul parameters of the model's backbone (embeddings left out), from the profile's ``models`` table or
     the model's own config (instantiated on the meta device: no weights read)."""
     known = (profile.get("models") or {}).get(model) or (profile.get("models") or {}).get(Path(model).name)
     if known:
         return float(known["backbone_params"])
+    from wlora.model_source import resolve_model
+
+    path = resolve_model(model)
+    counted = bert_matmul_params(Path(path) / "config.json")
+    if counted is not None:
+        return counted
     import torch
     from transformers import AutoConfig, AutoModel
 
-    from wlora.model_source import resolve_model
-
-    cfg = AutoConfig.from_pretrained(resolve_model(model))
+    cfg = AutoConfig.from_pretrained(path)
     with torch.device("meta"):
         m = AutoModel.from_config(cfg)
     return float(sum(p.numel() for n, p in m.named_parameters() if "embed" not in n and p.dim() == 2))

@@ -137,3 +137,17 @@ def test_forecast_check_calibrates_in_fresh_processes_and_reports_the_spread(min
     assert [line.split(":")[0] for line in lines if line.startswith("speed ")] == ["speed 1", "speed 2"]
     assert any(line.startswith("spread over 2 calibration(s), min / median / max: forecast ") for line in lines)
     assert lines[-1].startswith("load average after: ")
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_backbone_params_from_the_config_alone_match_the_model(tmp_path, kind):
+    from transformers import AutoConfig, AutoModel
+
+    cfg = AutoConfig.for_model(kind, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4)
+    cfg.save_pretrained(tmp_path)
+    with torch.device("meta"):
+        m = AutoModel.from_config(cfg)
+    counted = sum(p.numel() for n, p in m.named_parameters() if "embed" not in n and p.dim() == 2)
+    assert fc.backbone_params(str(tmp_path), {}) == fc.bert_matmul_params(tmp_path / "config.json") == counted
+    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+    assert fc.bert_matmul_params(tmp_path / "config.json") is None  # another architecture: the model is built
