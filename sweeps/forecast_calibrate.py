@@ -158,11 +158,13 @@ def profile_speed(args: argparse.Namespace, profile: dict[str, Any]) -> Speed:
     )
 
 
-def machine_load(read: Callable[[], tuple[float, float, float]] = os.getloadavg) -> float | None:
-    """The machine's 1-minute load average (runnable processes), or None where the system does not give it."""
+def machine_load(read: Callable[[], tuple[float, float, float]] | None = None) -> float | None:
+    """The machine's 1-minute load average (``read``: ``os.getloadavg``), or None where the system does not give
+    it (no ``getloadavg`` on Windows)."""
+    read = read or getattr(os, "getloadavg", None)
     try:
-        return float(read()[0])
-    except (OSError, AttributeError):
+        return float(read()[0]) if read else None
+    except OSError:
         return None
 
 
@@ -213,7 +215,7 @@ def calibrate(
     steps: int = STEPS,
     repeats: int = REPEATS,
     max_batch: int = 8,
-    load: Callable[[], tuple[float, float, float]] = os.getloadavg,
+    load: Callable[[], tuple[float, float, float]] | None = None,
     node: dict[str, Any] | None = None,
 ) -> Speed:
     """Time LoRA steps and evaluation batches of the sweep's model on this machine, ``repeats`` times ``steps``

@@ -37,6 +37,12 @@ def test_the_load_warning_appears_when_another_job_holds_the_cores():
     # 2 cores, the calibration's own thread: another job holds the cores beyond 0.5 × 2 = 1 of them
     assert fc.busy_warning(_speed(1.9)) is None
     assert fc.busy_warning(_speed(None)) is None  # no load reading on this system: nothing to say
+    assert fc.machine_load(lambda: (2.5, 1.0, 0.5)) == 2.5 and isinstance(fc.machine_load(), float)
+
+    def unreadable() -> tuple[float, float, float]:
+        raise OSError("load average unobtainable")
+
+    assert fc.machine_load(unreadable) is None
     text = "\n".join(fc.calibration_text(_speed(2.6)))
     assert "warning: the machine was busy while calibrating" in text and "1-min load 2.60 on 2 cores" in text
     assert "1.60 beyond the calibration's own 1 thread(s)" in text
