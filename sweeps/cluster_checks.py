@@ -54,7 +54,8 @@ STAGE_DIR_ENV = "WLORA_STAGE_DIR"
 
 
 def _mount_fstype(path: Path, mounts_file: str = "/proc/self/mounts") -> str | None:
-    """Filesystem type of the mount holding ``path`` (longest mount-point prefix), None if unknown."""
+    """Filesystem type of the mount holding ``path`` (longest mount-point prefix; of several mounts on the same
+    point, the last one, which covers the others), None if unknown."""
     try:
         lines = Path(mounts_file).read_text().splitlines()
     except OSError:
@@ -66,7 +67,8 @@ def _mount_fstype(path: Path, mounts_file: str = "/proc/self/mounts") -> str | N
         if len(parts) < 3:
             continue
         mount_point = parts[1].replace("\\040", " ")
-        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) > len(best):
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
             best, fstype = mount_point, parts[2]
     return fstype
 

@@ -43,6 +43,22 @@ def test_network_filesystem_counts_as_shared(tmp_path, monkeypatch):
     assert not cc.is_shared_storage("/home/runs")
 
 
+def test_a_mount_stacked_on_another_decides(tmp_path, monkeypatch):
+    """An NFS server mounting its own export over the exported folder (or sshfs over a bind mount): the later
+    mount on the same point covers the earlier one, so it decides."""
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "overlay / overlay rw 0 0\n/dev/vdb /mnt/shared ext4 rw 0 0\nhead:/x /mnt/shared fuse.sshfs rw 0 0\n"
+    )
+    real = cc._mount_fstype
+    monkeypatch.setattr(cc, "_mount_fstype", lambda p: real(p, str(mounts)))
+    assert cc.is_shared_storage("/mnt/shared/wlora-runs")
+    mounts.write_text(
+        "overlay / overlay rw 0 0\nhead:/x /mnt/shared fuse.sshfs rw 0 0\n/dev/vdb /mnt/shared ext4 rw 0 0\n"
+    )
+    assert not cc.is_shared_storage("/mnt/shared/wlora-runs")
+
+
 @pytest.mark.parametrize(
     ("uri", "local"),
     [
