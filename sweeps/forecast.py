@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 from typing import Any
@@ -63,6 +64,10 @@ from sweeps.forecast_model import (
     trial_seconds,
 )
 from wlora.data.registry import TASKS, normalize_task
+
+#: The libraries' progress bars and loading reports stay off the console, as the run keeps them
+#: (``sweeps.console.QUIET``, not imported: it loads the sweep machinery).
+QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 
 __all__ = [
     "BUSY_SHARE", "FLOPS_ADAPTER", "FLOPS_EVAL", "FLOPS_FULL", "PAPERS_GRID", "PROFILE_DIR", "REPEATS", "STEPS",
@@ -266,6 +271,8 @@ def main(defaults: Any, args: argparse.Namespace, parser: argparse.ArgumentParse
     (``sweeps.run`` imports both, ~4 s of CPU). Exit 2 with one line on bad input, as the run."""
     from sweeps.flags import apply_preset_cli, apply_smoke
 
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
     try:
         apply_preset_cli(args, parser)
         apply_smoke(args, defaults, parser)

@@ -157,3 +157,24 @@ def test_backbone_params_from_the_config_alone_match_the_model(tmp_path, kind):
     assert fc.backbone_params(str(tmp_path), {}) == fc.bert_matmul_params(tmp_path / "config.json") == counted
     (tmp_path / "config.json").write_text('{"model_type": "t5"}')
     assert fc.bert_matmul_params(tmp_path / "config.json") is None  # another architecture: the model is built
+
+
+@pytest.mark.subprocess
+def test_forecast_main_answers_without_tune_or_mlflow():
+    script = (
+        "import sys\n"
+        "from sweeps.glue_sweep import DEFAULTS, parser\n"
+        "from sweeps import forecast as fc\n"
+        "p = parser()\n"
+        "code = fc.main(DEFAULTS, p.parse_args(sys.argv[1:]), p)\n"
+        "print('loaded:', sorted(m for m in ('ray.tune', 'mlflow') if m in sys.modules))\n"
+        "sys.exit(code)\n"
+    )
+    cmd = [sys.executable, "-c", script, "--preset", "paper_grid", "--tasks", "sst2", "--model",
+           "microsoft/deberta-v3-base", "--forecast", "a100-cluster"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "forecast: " in out.stdout and "papers' grid" in out.stdout and "loaded: []" in out.stdout
+    bad = subprocess.run([*cmd, "--gpus-per-trial", "1.5"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --gpus-per-trial 1.5: a trial takes a share")
+    assert len(bad.stderr.strip().splitlines()) == 1
