@@ -22,6 +22,10 @@ def entry_points(
     def entry(argv: Sequence[str] | None = None) -> int:
         p = parser()
         args = p.parse_args(argv)  # --help and flag errors end here, before the sweep machinery loads
+        if getattr(args, "forecast", None) is not None:  # the forecast needs neither Tune nor MLflow
+            from sweeps.forecast import main as forecast_main
+
+            return forecast_main(defaults, args, p)
         from sweeps.run import main
 
         return main(defaults, args=args, parser=p)
