@@ -50,6 +50,8 @@ def seed_records(
     out = []
     for (method, task), runs in sorted(seed_runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         for r in sorted(runs, key=lambda r: (_seed_key(r.seed), r.run_id)):
+            if r.main is None:
+                continue  # never scored (e.g. interrupted before its evaluation): not part of any verdict
             rep = reports.get(r.run_id) or {}
             kept = kept_of(method, rep) if rep else None
             rec: dict[str, Any] = {
