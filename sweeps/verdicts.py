@@ -199,9 +199,10 @@ def drop_one_run(
     seeds_of: Mapping[tuple[str, str], Sequence[str]],
     kw: Mapping[str, Any],
 ) -> list[str]:
-    """The single runs whose removal changes this (claim, task)'s verdict, as ``method seed S → verdict``: every
-    run of the claim's two arms is left out in turn and the whole page re-tested (same family, same levels).
-    Empty: the verdict survives dropping any one run."""
+    """The single runs whose removal changes what this (claim, task)'s verdict says (held, contradicted, or
+    nothing: "not shown" and "insufficient seeds" alike), as ``method seed S → verdict``: every run of the claim's
+    two arms is left out in turn and the whole page re-tested (same family, same levels). Empty: the verdict
+    survives dropping any one run."""
     out = []
     for arm in ((row["x"], row["task"]), (row["y"], row["task"])):
         for i, seed in enumerate(seeds_of.get(arm, ())):
@@ -210,9 +211,14 @@ def drop_one_run(
             verdict = next(
                 (r["verdict"] for r in again if (r["claim"], r["task"]) == (row["claim"], row["task"])), None
             )
-            if verdict != row["verdict"]:
+            if _outcome(verdict) != _outcome(row["verdict"]):
                 out.append(f"{arm[0]} seed {seed} → {verdict}")
     return out
+
+
+def _outcome(verdict: str | None) -> str | None:
+    """What a verdict says: held, contradicted, or nothing ("not shown" and "insufficient seeds" alike)."""
+    return None if verdict in claims_mod.UNDECIDED else verdict
 
 
 def _split_summary(records: Sequence[dict[str, Any]]) -> dict[str, str]:
