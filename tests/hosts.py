@@ -52,14 +52,19 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _keep_paths() -> list[str]:
-    """Software that must stay visible when a host's /tmp and home are covered by its private folders."""
+def _keep_paths() -> list[tuple[str, str]]:
+    """(source, target) folders that must stay visible when a host's /tmp and home are covered by its private
+    folders: the software, and the model and data folders, at the paths the environment names them by (a
+    ``WLORA_DATA_DIR`` reached through a symlink under /tmp gets its real folder bound at the named path)."""
     paths = {str(ROOT), sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parent.parent)}
+    pairs = {(p, p) for p in paths}
     for var in ("WLORA_MODEL", "WLORA_DATA_DIR"):
-        if os.environ.get(var) and Path(os.environ[var]).exists():
-            paths.add(str(Path(os.environ[var]).resolve()))
+        value = os.environ.get(var)
+        if value and Path(value).exists():
+            named = os.path.abspath(value)
+            pairs.add((str(Path(value).resolve()), named))
     covered = ("/tmp/", str(Path.home()) + "/")
-    return sorted(p for p in paths if p.startswith(covered))
+    return sorted((src, dst) for src, dst in pairs if dst.startswith(covered) or src.startswith(covered))
 
 
 def _mount_script(name: str, workdir: Path, hosts_file: Path) -> str:
@@ -69,16 +74,16 @@ def _mount_script(name: str, workdir: Path, hosts_file: Path) -> str:
     lines = ["set -e", f"hostname {name}", "mount --make-rprivate /", "mount -t tmpfs run /run"]
     lines += ["mkdir -p /run/sshd /run/munge", "mount -t tmpfs mnt /mnt", f"mkdir -p {SHARED} /mnt/keep"]
     keep = _keep_paths()
-    for i, path in enumerate(keep):
-        lines += [f"mkdir -p /mnt/keep/{i}", f"mount --bind {shlex.quote(path)} /mnt/keep/{i}"]
+    for i, (src, _) in enumerate(keep):
+        lines += [f"mkdir -p /mnt/keep/{i}", f"mount --bind {shlex.quote(src)} /mnt/keep/{i}"]
     if name in ("head", "op"):
         lines.append(f"mount --bind {shlex.quote(str(workdir / 'shared'))} {SHARED}")
     # the private disk and the hosts file first: their folders may lie under what gets covered next
     lines += ["mkdir -p /mnt/disk", f"mount --bind {shlex.quote(str(disk))} /mnt/disk"]
     lines.append(f"mount --bind {shlex.quote(str(hosts_file))} /etc/hosts")
     lines += ["mount --bind /mnt/disk/tmp /tmp", f"mount --bind /mnt/disk/home {home}"]
-    for i, path in enumerate(keep):
-        lines += [f"mkdir -p {shlex.quote(path)}", f"mount --bind /mnt/keep/{i} {shlex.quote(path)}"]
+    for i, (_, dst) in enumerate(keep):
+        lines += [f"mkdir -p {shlex.quote(dst)}", f"mount --bind /mnt/keep/{i} {shlex.quote(dst)}"]
     # bash stays the namespace's first process: it reaps what daemons leave behind
     lines += ["chmod 1777 /tmp", "echo ready", "sleep infinity & wait"]
     return "\n".join(lines)
