@@ -629,7 +629,8 @@ class PooledScheduler(TrialScheduler):
         scheduler = self._of(trial)
         # Tune re-adds every trial of a restored experiment: one the restored state already tracks keeps its
         # bracket (and its recorded rungs); one that had ended before the snapshot has nothing left to decide.
-        if trial.trial_id in (getattr(scheduler, "_trial_info", None) or {}) or trial.status in ("TERMINATED", "ERROR"):
+        tracked = trial.trial_id in (getattr(scheduler, "_trial_info", None) or {})
+        if tracked or getattr(trial, "status", None) in ("TERMINATED", "ERROR"):
             return
         scheduler.on_trial_add(tune_controller, trial)
 
