@@ -5,11 +5,8 @@ The page: :func:`build_report` reads the store, writes every part and logs them 
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,37 +228,4 @@ def build_report(
     # (``results/`` belongs to the sweep's own table; the report never overwrites it.)
     client.log_artifacts(parent_run_id, str(out), artifact_path="report")
     paths["meta"] = meta
-    return paths
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tracking-uri", required=True, help="MLflow tracking URI of the sweep (e.g. sqlite:///...)")
-    ap.add_argument("--run-id", required=True, help="the sweep's parent run id")
-    ap.add_argument("--out", default=None, help="output folder (default: runs/report-<run id prefix>)")
-    ap.add_argument(
-        "--margin",
-        type=float,
-        default=None,
-        help="δ of the '≈' / '≥' claims for every task, in task-score units (default: each task's δ as the "
-        f"sweep's preset declared it, else {claims_mod.MARGIN:g})",
-    )
-    ap.add_argument("--bootstrap", type=int, default=claims_mod.N_BOOTSTRAP, help="bootstrap resamples")
-    ap.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap")
-    args = ap.parse_args(argv)
-    if args.margin is not None and not (args.margin >= 0 and math.isfinite(args.margin)):
-        ap.error(f"--margin must be a finite number >= 0, got {args.margin}")
-    if args.bootstrap < 100:
-        ap.error(f"--bootstrap must be >= 100, got {args.bootstrap}")
-    out = args.out or f"runs/report-{args.run_id[:8]}"
-    paths = build_report(
-        args.tracking_uri,
-        args.run_id,
-        out,
-        margin=args.margin,
-        n_boot=args.bootstrap,
-        boot_seed=args.bootstrap_seed,
-    )
-    print(Path(paths["table_md"]).read_text())
-    print(f"report written to {out} and logged to run {args.run_id} (artifacts report/)")
     return paths
