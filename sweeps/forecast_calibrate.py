@@ -227,11 +227,6 @@ def calibrate(
     the resources Ray declares, else the devices torch sees) / GPUs per trial, at most CPUs / CPUs per trial;
     trials packed on one GPU share it (each at 1/√(trials per GPU) of a trial alone, as the profiles assume)."""
     import torch
-    from transformers import AutoModelForSequenceClassification
-
-    import wlora
-    from wlora.engine import Engine
-    from wlora.model_source import resolve_model
 
     gpus = float(getattr(args, "gpus_per_trial", 0) or 0)
     if gpus > 0 and not torch.cuda.is_available():
@@ -241,7 +236,22 @@ def calibrate(
         )
     device = torch.device("cuda" if gpus > 0 else "cpu")
     threads = max(1, int(args.cpus_per_trial))
-    torch.set_num_threads(threads)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # a trial's threads while timing; the caller's count is restored below
+    try:
+        return _calibrate_timings(args, load, node, steps, repeats, max_batch, gpus, device, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _calibrate_timings(args, load, node, steps, repeats, max_batch, gpus, device, threads) -> Speed:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    import wlora
+    from wlora.engine import Engine
+    from wlora.model_source import resolve_model
+
     t0 = time.perf_counter()
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model(args.model), num_labels=2).to(device)
     ctl = wlora.build_method("lora", model, {"r": 8})

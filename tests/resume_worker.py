@@ -1,6 +1,9 @@
 """Continue a checkpointed tiny-model run in a fresh Python process (used by test_resume.py).
 
-Usage: python -m tests.resume_worker CONFIG_JSON CHECKPOINT STEPS OUT
+Usage: python -m tests.resume_worker CONFIG_JSON CHECKPOINT STEPS OUT [THREADS]
+
+THREADS: torch's intra-op thread count, the parent's: float32 reductions follow the thread count, so a run is
+bit-identical across processes at equal thread counts only.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def build(spec: dict):
 
 def main() -> None:
     spec_json, ckpt, steps, out = sys.argv[1:5]
+    if len(sys.argv) > 5:
+        torch.set_num_threads(int(sys.argv[5]))
     spec = json.loads(spec_json)
     _, ctl, eng = build(spec)
     eng.load(ckpt)

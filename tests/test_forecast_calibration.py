@@ -61,8 +61,13 @@ def _local_args(minilm_path, glue_dir, *argv):
 
 @pytest.mark.slow
 def test_calibration_keeps_the_fastest_repeat_and_reads_the_load(minilm_path, glue_dir):
+    import torch
+
     a = _local_args(minilm_path, glue_dir)
+    threads = torch.get_num_threads()
     speed = fc.calibrate(a, steps=1, repeats=3, load=lambda: (7.5, 3.0, 2.0))  # the load reading injected
+    # timed at a trial's thread count (1), and the caller's count is back afterwards (it leaked into later work)
+    assert torch.get_num_threads() == threads
     assert len(speed.train_repeats) == 3 and len(speed.eval_repeats) == 3
     assert speed.train_tok_s == max(speed.train_repeats) and speed.eval_tok_s == max(speed.eval_repeats)
     assert speed.load_1min == 7.5 and speed.cores == os.cpu_count() and speed.own_threads == 1

@@ -92,6 +92,7 @@ def test_resume_in_a_fresh_process_across_selection_and_growth(case, tmp_path):
             str(tmp_path / "ckpt.pt"),
             str(TOTAL - stop),
             str(out),
+            str(torch.get_num_threads()),  # bit-identical at equal thread counts (see resume_worker)
         ],
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
