@@ -13,6 +13,16 @@ one ``run`` line per (point, seed) with its curve ``[[step, score], ...]``, its 
 step, per evaluation and for the start-up. Recording appends and skips runs already in the file, so it
 can be stopped and restarted, and recorded in chunks (``--methods``, ``--limit``). Each worker process
 trains with one thread, so ``--jobs`` should not exceed the cores.
+
+**Versions** (``--version``; the meta line records which). ``1`` is the table above (2 seeds, 256 dev sentences:
+a score moves on a 1/256 grid). ``2`` records what a comparison of searchers needs (``PROFILES[2]``): 3 seeds per
+point, scored on the whole SST-2 dev set (872 sentences), a LoRA table (the same 12 points) and a WeightLoRA
+table over lr × K × T × lr_w at warm-up 6 (24 points, half of v1's: warm-up is the dimension v1 showed mattering
+least — its two values' mean scores over the 24 points each differ by 0.006, under one seed's noise — and each run
+now scores 872 sentences 4 times, not 256), recorded
+seed-major (every point's seed 0, then seed 1, …) so a recording cut short still covers every point.
+
+    python bench/record_curves.py --version 2 --out bench/recorded/sst2_minilm_v2.jsonl --jobs 2
 """
 
 from __future__ import annotations
@@ -48,13 +58,32 @@ GRIDS: dict[str, dict[str, list]] = {
         "lr_w": [0.5, 5.0],
     },
 }
+#: Per version: seeds, budget and grids (version 1 is the constants above, kept for the recorded v1 table).
+PROFILES: dict[int, dict[str, Any]] = {
+    1: {"seeds": SEEDS, "budget": BUDGET, "grids": GRIDS, "order": "point"},
+    2: {
+        "seeds": (0, 1, 2),
+        "budget": {**BUDGET, "eval_subset": None},  # the whole dev set: 872 sentences
+        "grids": {
+            "lora": GRIDS["lora"],
+            "weightlora": {
+                "lr": [1e-3, 2e-3, 4e-3],
+                "warmup_steps": [6],
+                "k_fraction": [0.25, 0.5],
+                "t": [4, 16],
+                "lr_w": [0.5, 5.0],
+            },
+        },
+        "order": "seed",
+    },
+}
 #: Which recorded dimensions are method fields (the rest are run fields).
 METHOD_FIELDS = ("k_fraction", "t", "lr_w")
 
 
-def grid_points(method: str) -> list[dict[str, Any]]:
-    """Every point of ``method``'s grid, in a fixed order."""
-    dims = GRIDS[method]
+def grid_points(method: str, grids: dict[str, dict[str, list]] | None = None) -> list[dict[str, Any]]:
+    """Every point of ``method``'s grid (``grids``: a version's, default v1's), in a fixed order."""
+    dims = (grids or GRIDS)[method]
     return [dict(zip(dims, values, strict=True)) for values in itertools.product(*dims.values())]
 
 
@@ -62,15 +91,19 @@ def point_key(method: str, point: dict[str, Any]) -> str:
     return method + ":" + ",".join(f"{k}={point[k]:g}" for k in sorted(point))
 
 
-def train_one(method: str, point: dict[str, Any], seed: int, model: str, data_dir: str | None) -> dict[str, Any]:
-    """Train one (point, seed) with one thread; its curve and timings."""
+def train_one(
+    method: str, point: dict[str, Any], seed: int, model: str, data_dir: str | None, budget_of: dict | None = None
+) -> dict[str, Any]:
+    """Train one (point, seed) with one thread under ``budget_of`` (default v1's ``BUDGET``); its curve and
+    timings."""
     import torch
 
     torch.set_num_threads(1)
     from wlora.train import OBJECTIVE, TrainConfig, prepare_run, run_training
 
-    budget = {k: v for k, v in BUDGET.items() if k != "rank"}
-    method_config = {"r": BUDGET["rank"], **{k: v for k, v in point.items() if k in METHOD_FIELDS}}
+    budget_of = budget_of or BUDGET
+    budget = {k: v for k, v in budget_of.items() if k != "rank"}
+    method_config = {"r": budget_of["rank"], **{k: v for k, v in point.items() if k in METHOD_FIELDS}}
     run_fields = {k: v for k, v in point.items() if k not in METHOD_FIELDS}
     cfg = TrainConfig(
         method=method, model=model, data_dir=data_dir, method_config=method_config, seed=seed, **budget, **run_fields
@@ -95,6 +128,9 @@ def train_one(method: str, point: dict[str, Any], seed: int, model: str, data_di
         "startup_s": prep,
         "wall_s": wall,
         "kept": result.method_report.get("kept_adapters"),
+        # what each evaluation scored, read from the run (not the budget's label)
+        "eval_examples": int(result.history[-1]["eval_examples"]) if result.history else None,
+        "eval_fingerprint": result.history[-1].get("eval_fingerprint") if result.history else None,
     }
 
 
@@ -133,37 +169,44 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", default=",".join(GRIDS))
     p.add_argument("--jobs", type=int, default=1, help="worker processes (one thread each)")
     p.add_argument("--limit", type=int, default=None, help="record at most this many new runs (a chunk)")
+    p.add_argument("--version", type=int, choices=sorted(PROFILES), default=1, help="the recording's profile")
     a = p.parse_args(argv)
+    prof = PROFILES[a.version]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta, runs = load(out)
+    if meta and meta.get("version", 1) != a.version:
+        raise SystemExit(
+            f"{out} holds a version-{meta.get('version', 1)} recording; --version {a.version} needs another file"
+        )
     done = {(r["key"], r["seed"]) for r in runs}
     if not meta:
         meta = {
             "kind": "meta",
-            "version": 1,
+            "version": a.version,
             "command": "python bench/record_curves.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "commit": _git_commit(),
             "model": os.path.basename(a.model.rstrip("/")),
-            "budget": BUDGET,
-            "grids": GRIDS,
-            "seeds": list(SEEDS),
+            "budget": prof["budget"],
+            "grids": prof["grids"],
+            "seeds": list(prof["seeds"]),
             "machine": f"{os.cpu_count()} CPU cores, one thread per run, {a.jobs} runs at once",
         }
         with out.open("a") as f:
             f.write(json.dumps(meta) + "\n")
-    todo = [
-        (m, pt, s)
-        for m in a.methods.split(",")
-        for pt in grid_points(m)
-        for s in SEEDS
-        if (point_key(m, pt), s) not in done
-    ]
+    methods = a.methods.split(",")
+    unknown = [m for m in methods if m not in prof["grids"]]
+    if unknown:
+        raise SystemExit(f"--methods: {unknown} not in version {a.version}'s grids {sorted(prof['grids'])}")
+    cells = [(m, pt, s) for m in methods for pt in grid_points(m, prof["grids"]) for s in prof["seeds"]]
+    if prof["order"] == "seed":  # every point's seed 0 first, per method: a recording cut short covers every point
+        cells.sort(key=lambda c: (methods.index(c[0]), c[2]))
+    todo = [(m, pt, s) for m, pt, s in cells if (point_key(m, pt), s) not in done]
     todo = todo[: a.limit] if a.limit is not None else todo
     print(f"{len(done)} runs recorded, {len(todo)} to record with {a.jobs} job(s)", flush=True)
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
-        futures = [pool.submit(train_one, m, pt, s, a.model, a.data_dir) for m, pt, s in todo]
+        futures = [pool.submit(train_one, m, pt, s, a.model, a.data_dir, prof["budget"]) for m, pt, s in todo]
         for i, fut in enumerate(as_completed(futures), 1):
             rec = fut.result()
             with out.open("a") as f:
