@@ -26,11 +26,17 @@ the best point's mean; δ defaults to the benchmark's own seed noise. Medians wi
 median (a seed that never got there counts as infinite), as a share of the grid's trial-epochs (every point run
 once to the end); and, for the whole sweep, its trial-epochs and makespan next to what ``--forecast``'s model
 (``sweeps.forecast``) predicts for the same plan.
+
+**Racing** (``NAME_race``, ``sim`` engine): NAME's search, then the sweep's own race before the pick
+(``sweeps.pool.Race`` in the replayed cell's ``CellSearch``, options :func:`race_options`); a race run replays a
+recorded seed its point has not been replayed with, while one is left. ``bench/regret.py`` judges each strategy's
+pick by its regret on the recorded seeds it did not see.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
 import json
@@ -52,23 +58,113 @@ OBJECTIVE = "eval_main"
 
 
 class Table:
-    """The recorded runs of one method: point key → {recorded seed → run}."""
+    """The recorded runs of one method: point key → {recorded seed → run}.
 
-    def __init__(self, path: str | Path, method: str):
-        self.meta, runs = load(path)
-        self.method = method
+    ``collapse``: points whose recorded curves are identical for every seed (twins: e.g. a dimension that never
+    acts) become one point, the first key in sorted order; the others are remembered in ``aliases`` (collapsed key
+    → its representative) and a trial suggesting one replays its representative's runs under the representative's
+    key. The search space stays the recorded grid (``values``, ``grid_size``). ``draw``: how a trial picks one of
+    the point's recorded seeds from its draw string: ``index`` (the hash modulo the number of seeds, the replay's
+    own) or ``stable`` (the seed with the highest hash of draw and seed, so dropping a seed changes only the
+    trials that drew it). A run may carry ``origin``: the recorded seed it copies (a bootstrap resample's runs are
+    relabelled 0 … n − 1); without it, its own seed."""
+
+    def __init__(self, path: str | Path, method: str, *, collapse: bool = False, draw: str = "index"):
+        meta, runs = load(path)
+        self._fill(meta, runs, method, draw)
+        if not self.points:
+            raise ValueError(f"{path}: no recorded {method} runs")
+        if collapse:
+            self._collapse()
+
+    @classmethod
+    def from_runs(
+        cls,
+        meta: dict[str, Any],
+        runs: list[dict[str, Any]],
+        method: str,
+        *,
+        collapse: bool = False,
+        draw: str = "index",
+        aliases: dict[str, str] | None = None,
+        alias_points: dict[str, dict[str, Any]] | None = None,
+    ) -> Table:
+        """A table of the given run lines (a subset or a resample of a recorded file's); ``aliases`` /
+        ``alias_points``: twins already collapsed in the table the runs come from."""
+        t = cls.__new__(cls)
+        t._fill(meta, runs, method, draw)
+        if not t.points:
+            raise ValueError(f"no {method} runs given")
+        t.aliases.update(aliases or {})
+        t.alias_points.update(alias_points or {})
+        if collapse:
+            t._collapse()
+        return t
+
+    def _fill(self, meta: dict[str, Any], runs: list[dict[str, Any]], method: str, draw: str) -> None:
+        if draw not in ("index", "stable"):
+            raise ValueError(f"draw {draw!r}: index or stable")
+        self.meta, self.method, self.draw = meta, method, draw
         self.points: dict[str, dict[str, Any]] = {}
+        self.aliases: dict[str, str] = {}
+        self.alias_points: dict[str, dict[str, Any]] = {}
         for r in runs:
             if r["method"] == method and r["status"] == "completed":
                 self.points.setdefault(r["key"], {"point": r["point"], "runs": {}})["runs"][r["seed"]] = r
         if not self.points:
-            raise ValueError(f"{path}: no recorded {method} runs")
+            return
         self.dims = sorted(next(iter(self.points.values()))["point"])
         self.budget = self.meta["budget"]
         self.steps_per_epoch = math.ceil(self.budget["train_subset"] / self.budget["batch_size"])
         first = next(iter(next(iter(self.points.values()))["runs"].values()))
         self.evals, self.steps = len(first["curve"]), first["curve"][-1][0]
         self.epochs = self.steps / self.steps_per_epoch  # of one full trial
+
+    def _collapse(self) -> None:
+        groups: dict[str, list[str]] = {}
+        for key, p in self.points.items():
+            curves = json.dumps(sorted((str(s), r["curve"]) for s, r in p["runs"].items()))
+            groups.setdefault(curves, []).append(key)
+        for keys in groups.values():
+            rep, *twins = sorted(keys)
+            for k in twins:
+                self.aliases[k] = rep
+                self.alias_points[k] = self.points.pop(k)["point"]
+
+    @property
+    def collapsed(self) -> int:
+        """How many recorded points are twins of another (collapsed into it)."""
+        return len(self.aliases)
+
+    @property
+    def grid_size(self) -> int:
+        """Points in the recorded grid (what a grid search runs), twins included."""
+        return len(self.points) + len(self.aliases)
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run of the table's points (representatives only), in key and seed order."""
+        return [self.points[k]["runs"][s] for k in sorted(self.points) for s in sorted(self.points[k]["runs"])]
+
+    def _derived(self, runs: list[dict[str, Any]]) -> Table:
+        return Table.from_runs(
+            self.meta, runs, self.method, draw=self.draw, aliases=self.aliases, alias_points=self.alias_points
+        )
+
+    def without(self, key: str, seed: Any) -> Table:
+        """This table less one run (leave-one-run-out); a point must keep one run at least."""
+        if len(self.points[key]["runs"]) < 2:
+            raise ValueError(f"{key} has one run only")
+        return self._derived([r for r in self.runs() if (r["key"], r["seed"]) != (key, seed)])
+
+    def resample(self, rng) -> Table:
+        """A bootstrap resample: each point's runs drawn with replacement (as many as it has), relabelled
+        0 … n − 1, each remembering the recorded seed it copies as ``origin``."""
+        out = []
+        for key in sorted(self.points):
+            runs = [self.points[key]["runs"][s] for s in sorted(self.points[key]["runs"])]
+            for label, i in enumerate(rng.integers(0, len(runs), len(runs))):
+                out.append({**runs[i], "seed": label, "origin": origin(runs[i])})
+        return self._derived(out)
 
     def seed_noise(self) -> float:
         """The benchmark's own seed noise: the pooled standard deviation of one run's final score around its
@@ -83,7 +179,8 @@ class Table:
         return math.sqrt(sq / dof) if dof else 0.0
 
     def values(self) -> dict[str, list]:
-        return {d: sorted({p["point"][d] for p in self.points.values()}) for d in self.dims}
+        points = [p["point"] for p in self.points.values()] + list(self.alias_points.values())
+        return {d: sorted({p[d] for p in points}) for d in self.dims}
 
     def mean_final(self, key: str) -> float:
         return statistics.fmean(r["curve"][-1][1] for r in self.points[key]["runs"].values())
@@ -91,14 +188,43 @@ class Table:
     def grid_best(self) -> float:
         return max(self.mean_final(k) for k in self.points)
 
-    def run_for(self, config: dict[str, Any], draw: str) -> dict[str, Any]:
-        point = {d: config[d] for d in self.dims}
-        key = point_key(self.method, point)
+    def key_of(self, config: dict[str, Any]) -> str:
+        """The table's point of a suggested config (a collapsed twin's representative)."""
+        key = point_key(self.method, {d: config[d] for d in self.dims})
+        key = self.aliases.get(key, key)
         if key not in self.points:
             raise KeyError(f"{key} was not recorded")
+        return key
+
+    def _ranked(self, key: str, draw: str) -> list[Any]:
+        """The point's seeds, in the order of the hash of ``draw`` and the seed (highest first)."""
+        h = lambda s: hashlib.sha256(f"{draw}|{s}".encode()).hexdigest()  # noqa: E731
+        return sorted(self.points[key]["runs"], key=h, reverse=True)
+
+    def run_for(self, config: dict[str, Any], draw: str) -> dict[str, Any]:
+        key = self.key_of(config)
+        if self.draw == "stable":
+            return self.points[key]["runs"][self._ranked(key, draw)[0]]
         seeds = sorted(self.points[key]["runs"])
         pick = int(hashlib.sha256(draw.encode()).hexdigest(), 16) % len(seeds)
         return self.points[key]["runs"][seeds[pick]]
+
+    def race_run(self, config: dict[str, Any], draw: str, seen: dict[Any, int]) -> tuple[dict[str, Any], bool]:
+        """The recorded run a race run of ``config`` replays: a seed whose recorded run no trial of the point has
+        replayed yet (``seen``: origin → how many trials of the point replayed it), in ``draw``'s hash order;
+        when every one has been, the least replayed one (hash order on ties), and True (a reuse)."""
+        key = self.key_of(config)
+        runs = self.points[key]["runs"]
+        ranked = self._ranked(key, draw)
+        fresh = [s for s in ranked if not seen.get(origin(runs[s]))]
+        if fresh:
+            return runs[fresh[0]], False
+        return runs[min(ranked, key=lambda s: seen.get(origin(runs[s]), 0))], True
+
+
+def origin(run: dict[str, Any]) -> Any:
+    """The recorded seed a run is (a resampled copy keeps its original's)."""
+    return run.get("origin", run["seed"])
 
 
 def replay_trainable(config: dict[str, Any], *, table: Table, time_scale: float, run_seed: int) -> None:
@@ -135,6 +261,7 @@ class Strategy:
     asha: bool = False
     scheduler: dict[str, Any] = field(default_factory=dict)  # make_scheduler options
     tpe: dict[str, Any] = field(default_factory=dict)  # make_optuna options
+    race: dict[str, Any] | None = None  # sweeps.pool.Race options (top, seeds, budget, k); None: no race
 
 
 def default_strategy() -> Strategy:
@@ -147,6 +274,16 @@ def default_strategy() -> Strategy:
         {k: d[k] for k in ("grace_period", "reduction_factor", "brackets")},
         {k: d[k] for k in ("multivariate", "startup_share")},
     )
+
+
+def race_options() -> dict[str, Any]:
+    """The race of the sweep's ``--race-top`` with its defaults (``sweeps.search_defaults.RACE_DEFAULTS``); while
+    those race nothing (top 0), the top 3 candidates, 1 seed per round, k = 1. Budget: top × seeds × rounds, as
+    ``sweeps.flags.race_budget`` sets it without ``--race-budget``."""
+    from sweeps.search_defaults import RACE_DEFAULTS as r
+
+    top, seeds, k = (r["top"], r["seeds"], r["k"]) if r["top"] >= 2 else (3, 1, 1.0)
+    return {"top": top, "seeds": seeds, "budget": top * seeds * r["rounds"], "k": k}
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -172,20 +309,38 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-def strategy(name: str) -> Strategy:
+RACED = ("grid", "random", "tpe", "random_asha", "tpe_asha", "default")
+
+
+def strategy(name: str | Strategy) -> Strategy:
+    """A strategy by name; ``NAME_race`` (NAME one of ``RACED``): NAME with the race of :func:`race_options`."""
+    if isinstance(name, Strategy):
+        return name
+    if name.endswith("_race") and name[: -len("_race")] in RACED:
+        return dataclasses.replace(strategy(name[: -len("_race")]), race=race_options())
     if name == "default":
         return default_strategy()
     if name not in STRATEGIES:
-        raise SystemExit(f"unknown strategy {name!r}; known: default, {', '.join(STRATEGIES)}")
+        known = ", ".join(["default", *STRATEGIES, *(f"{n}_race" for n in RACED)])
+        raise SystemExit(f"unknown strategy {name!r}; known: {known}")
     return STRATEGIES[name]
 
 
-def build(table: Table, name: str, seed: int, budget: int, cells: int = 1):
+def build(table: Table, name: str | Strategy, seed: int, budget: int, cells: int = 1):
     """PooledSearcher and PooledScheduler over ``cells`` replayed cells (each its own search of the table, seeded
-    apart, with its own ASHA), built as the sweep builds its cells; returns them and the total trial count."""
+    apart, with its own ASHA and, when the strategy races, its own ``Race`` as ``sweeps.tune_run.cell_race``
+    builds it), built as the sweep builds its cells; returns them and the most trials (race runs included)."""
     from ray import tune
 
-    from sweeps.pool import CellSearch, ListSearch, PooledScheduler, PooledSearcher, variant_configs
+    from sweeps.pool import (
+        CellSearch,
+        ListSearch,
+        PooledScheduler,
+        PooledSearcher,
+        Race,
+        race_draw_seed,
+        variant_configs,
+    )
     from sweeps.search import EarlyStopLedger, make_optuna, make_scheduler
 
     st = strategy(name)
@@ -205,52 +360,83 @@ def build(table: Table, name: str, seed: int, budget: int, cells: int = 1):
                 space, ledger=ledger, seed=cell_seed, metric=OBJECTIVE, mode="max", num_samples=budget, **st.tpe
             )
             n = budget
-        searches.append(CellSearch(f"replay{c}", {}, n, search))
+        race = None
+        if st.race is not None and st.race["top"] >= 2:
+            race = Race(**st.race, draw_seed=race_draw_seed(cell_seed, f"replay{c}"))
+        searches.append(CellSearch(f"replay{c}", {}, n, search, race=race))
         factories[f"replay{c}"] = functools.partial(
             make_scheduler, st.asha, ledger=ledger, metric=OBJECTIVE, mode="max", max_t=table.evals, **st.scheduler
         )
-    return PooledSearcher(searches), PooledScheduler(factories), sum(c.budget for c in searches)
+    return (
+        PooledSearcher(searches),
+        PooledScheduler(factories),
+        sum(c.budget + (c.race.budget if c.race else 0) for c in searches),
+    )
 
 
 def _trial(start: float, end: float, score: float | None, epochs: float, key: str, cell: str) -> dict[str, Any]:
     return {"start": start, "end": end, "score": score, "epochs": epochs, "key": key, "cell": cell}
 
 
-def simulate(table: Table, name: str, slots: int, seed: int, budget: int, cells: int = 1) -> list[dict[str, Any]]:
+def simulate(
+    table: Table,
+    name: str | Strategy,
+    slots: int,
+    seed: int,
+    budget: int,
+    cells: int = 1,
+    info: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """One replayed sweep in virtual time: the same PooledSearcher / PooledScheduler objects Tune drives, called
     the way Tune's controller calls them (``on_trial_add``; ``on_trial_result`` per evaluation, then the summary;
     on STOP or the end ``on_trial_complete`` for both), with ``slots`` trials at once (shared by ``cells`` cells, as
     the pool shares them) and every evaluation arriving at the recorded time. Deterministic, and free of the
-    start-up jitter of real worker processes."""
+    start-up jitter of real worker processes.
+
+    Each trial also records its id, role (``trial`` or ``race``), the recorded run it replayed (``seed``, and
+    ``origin``: the recorded seed that run is), its last observed score (``final``; ``score`` only when it ran to
+    the end) and its evaluations. A race run (the sweep's own ``sweeps.pool.Race``) replays a recorded seed of its
+    candidate's point that no trial of the point has replayed yet (:meth:`Table.race_run`), else reuses one.
+    ``info``, when given, receives ``races`` (per cell that raced: its pick, a point key, and the pick's trial id,
+    why it stopped, rounds, candidates, race runs) and ``reused`` (race runs that had to reuse a replayed seed)."""
     import heapq
     import types
+    from collections import Counter, defaultdict
 
     import numpy as np
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import Searcher
 
-    from trainables import CELL_KEY, FINAL_KEY
+    from sweeps.schema import RACE
+    from trainables import CELL_KEY, FINAL_KEY, ROLE_KEY
 
     np.random.seed(seed)  # ASHA draws each trial's bracket from numpy's global generator
     searcher, scheduler, n = build(table, name, seed, budget, cells)
     events: list[tuple[float, int, str, int]] = []  # (time, order, trial id, evaluation index)
     live: dict[str, dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
-    order = started = 0
+    seen: dict[str, Counter] = defaultdict(Counter)  # point → origin → trials that replayed it
+    order = started = reused = 0
     now = 0.0
 
     def launch() -> None:
-        nonlocal order, started
+        nonlocal order, started, reused
         while len(live) < slots and started < n:
             tid = f"replay_{started:05d}"
             config = searcher.suggest(tid)
             if config is None or config == Searcher.FINISHED:
                 return
             started += 1
-            run = table.run_for(config, f"{seed}:{tid}")
+            role = config.get(ROLE_KEY)
+            if role == RACE:
+                run, again = table.race_run(config, f"{seed}:{tid}", seen[table.key_of(config)])
+                reused += again
+            else:
+                run = table.run_for(config, f"{seed}:{tid}")
+            seen[run["key"]][origin(run)] += 1
             trial = types.SimpleNamespace(trial_id=tid, config=config)
             scheduler.on_trial_add(None, trial)
-            live[tid] = {"trial": trial, "run": run, "start": now}
+            live[tid] = {"trial": trial, "run": run, "start": now, "role": role}
             first = now + run["startup_s"] + run["curve"][0][0] * run["step_s"] + run["eval_s"]
             heapq.heappush(events, (first, order, tid, 0))
             order += 1
@@ -260,7 +446,18 @@ def simulate(table: Table, name: str, slots: int, seed: int, budget: int, cells:
         scheduler.on_trial_complete(None, t["trial"], result)
         searcher.on_trial_complete(tid, result)
         score = result[OBJECTIVE] if final else None
-        out.append(_trial(t["start"], now, score, result["epoch"], t["run"]["key"], t["trial"].config[CELL_KEY]))
+        run = t["run"]
+        out.append(
+            _trial(t["start"], now, score, result["epoch"], run["key"], t["trial"].config[CELL_KEY])
+            | {
+                "id": tid,
+                "role": t["role"],
+                "seed": run["seed"],
+                "origin": origin(run),
+                "final": result[OBJECTIVE],
+                "evals": result["training_iteration"] - (1 if final else 0),
+            }
+        )
 
     launch()
     while events:
@@ -289,6 +486,24 @@ def simulate(table: Table, name: str, slots: int, seed: int, budget: int, cells:
                 heapq.heappush(events, (nxt, order, tid, i + 1))
                 order += 1
         launch()
+    races = {}
+    for cell in searcher.cells.values():
+        race = cell.race
+        if race is None or race.candidates is None:
+            continue
+        for t in out:
+            if t["role"] == RACE and t["id"] in race.runs:
+                t["candidate"] = race.runs[t["id"]]["candidate"]
+        races[cell.name] = {
+            "pick": None if race.pick is None else table.key_of(race.configs[race.pick]),
+            "pick_id": race.pick,
+            "stop": race.stop,
+            "rounds": race.rounds,
+            "candidates": list(race.candidates),
+            "used": race.used,
+        }
+    if info is not None:
+        info.update(reused=reused, races=races)
     return out
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.record_curves import GRIDS, grid_points, load, point_key
@@ -112,3 +113,41 @@ def test_replay_through_the_real_pool(netns, tmp_path, ray_tmp):
     grid, tpe = rows["grid"], rows["default"]
     assert grid["reached"] >= 1 and grid["sweep_trial_epochs"] == pytest.approx(12 * 2)
     assert tpe["seeds"] == 2 and 0 < tpe["sweep_trial_epochs"] < 12 * 2 and "grid best" in proc.stdout
+
+
+def test_table_of_a_subset_a_resample_and_collapsed_twins(tmp_path):
+    t = Table(write_table(tmp_path / "t.jsonl", {1.0: [0.80, 0.82, 0.84], 2.0: [0.70, 0.72, 0.74]}), "lora")
+    k1, k2 = (point_key("lora", {"lr": lr}) for lr in (1.0, 2.0))
+    less = t.without(k1, 1)
+    assert sorted(less.points[k1]["runs"]) == [0, 2] and less.mean_final(k1) == pytest.approx(0.82)
+    assert len(t.points[k1]["runs"]) == 3 and len(less.runs()) == 5  # the table itself is left as it was
+    with pytest.raises(ValueError, match="one run only"):
+        less.without(k1, 0).without(k1, 2)
+    boot = t.resample(np.random.default_rng(0))
+    for k in (k1, k2):  # as many runs per point, relabelled 0 … n − 1, each a copy of a recorded run
+        runs = boot.points[k]["runs"]
+        assert sorted(runs) == [0, 1, 2]
+        assert all(r["curve"] == t.points[k]["runs"][r["origin"]]["curve"] for r in runs.values())
+    assert Table.from_runs(t.meta, t.runs()[:3], "lora").runs() == t.runs()[:3]
+    # twins: lr 3.0 records lr 1.0's curves on every seed
+    twins = write_table(tmp_path / "w.jsonl", {1.0: [0.8, 0.82], 2.0: [0.7, 0.72], 3.0: [0.8, 0.82]})
+    c = Table(twins, "lora", collapse=True)
+    assert len(c.points) == 2 and c.collapsed == 1 and c.grid_size == 3 and c.values()["lr"] == [1.0, 2.0, 3.0]
+    assert c.run_for({"lr": 3.0}, "x")["key"] == k1 and c.resample(np.random.default_rng(1)).grid_size == 3
+    assert len(Table(twins, "lora").points) == 3  # off by default: the replay's outputs are unchanged
+
+
+def test_stable_draws_change_only_the_trials_that_drew_a_dropped_seed(tmp_path):
+    t = Table(write_table(tmp_path / "t.jsonl", {1.0: [0.80, 0.82, 0.84, 0.86]}), "lora", draw="stable")
+    k1 = point_key("lora", {"lr": 1.0})
+    draws = {d: t.run_for({"lr": 1.0}, d)["seed"] for d in map(str, range(200))}
+    assert set(draws.values()) == {0, 1, 2, 3}
+    less = t.without(k1, 2)
+    for d, s in draws.items():
+        again = less.run_for({"lr": 1.0}, d)["seed"]
+        assert again == s if s != 2 else again != 2
+    # a race run: an unseen seed first (stable order), then the least replayed one, flagged as a reuse
+    run, reused = t.race_run({"lr": 1.0}, "r", {0: 1, 1: 1, 3: 2})
+    assert run["seed"] == 2 and not reused
+    run, reused = t.race_run({"lr": 1.0}, "r", {0: 1, 1: 2, 2: 1, 3: 2})
+    assert run["seed"] in (0, 2) and reused
