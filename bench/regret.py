@@ -2,7 +2,7 @@
 replayed through the sweep's own searchers, schedulers and race (``bench/replay.py``'s ``simulate``).
 
     python bench/regret.py --table FILE --method M --slots 8,32 --seeds 20 \
-        [--strategies grid,random,tpe,random_asha,default,grid_race,...,default_race] [--boot 40] \
+        [--strategies grid,random,tpe,random_asha,default,grid_race,...,default_race] [--boot 60] \
         [--loo exact|off] [--tie random|rung] [--json out.json] [--markdown out.md]
 
 **The pick** of one replayed sweep: the full-budget search trial with the best observed final score (the sweep's
@@ -19,19 +19,29 @@ of the pick was seen, the mean over all of them (counted: ``fallbacks``). It can
 when its regret is at most δ (δ: the table's seed noise, ``Table.seed_noise``).
 
 Per strategy and slot count, over ``--seeds`` searcher seeds: the mean regret; a 95 % percentile bootstrap interval
-(``--boot`` replicates, each resampling the recorded runs, every point's seeds with replacement into a new table,
-and the searcher seeds, then replaying again; the same resamples for every row; a resampled copy of a run counts as
-seen with its original); leave-one-run-out (each recorded run dropped in turn, every searcher seed judged again;
-the highest mean regret, ``LOO worst``, and the lowest, ``LOO best``, each with its run: an outlier that decides a
-result shows as one run that moves it); trial-epochs as a share of the grid's (every grid point run once to the
-end); the share of picks within δ with its bootstrap interval; and beside them the table's ICC(1).
+(``--boot`` replicates, each resampling the recorded runs into a new table and the searcher seeds, then replaying
+again; the same resamples for every row); leave-one-run-out (each recorded run dropped in turn, every searcher
+seed judged again; the highest mean regret, ``LOO worst``, and the lowest, ``LOO best``, each with its run: an
+outlier that decides a result shows as one run that moves it); trial-epochs as a share of the grid's (every grid
+point run once to the end); the share of picks within δ with its bootstrap interval; and beside them the table's
+ICC(1).
+
+**How the runs are resampled** (``--resample``). ``weights`` (the default): a Bayesian bootstrap, each point's runs
+reweighted by a flat Dirichlet draw; a trial draws a run with probability its weight, and means are weighted.
+``runs``: each point's seeds drawn with replacement (a copy counts as seen with its original). With 2 or 3 seeds per
+point, ``runs`` often makes a point of copies of one run: a lucky run doubled becomes the best point, and the sweep
+that saw it has no unseen seed of it left, so it falls back and scores no regret. On the v1 table's weightlora grid
+search that happened in 60 % of the resampled replays and put the interval's centre at 0.016 for an estimate of
+0.039; ``weights`` keeps every run and centred it at 0.041 (3 % fallbacks).
 
 **Cost.** Trials draw recorded seeds by a stable hash (``Table(draw="stable")``): dropping a run changes only the
 replays that replayed it, so the exact leave-one-run-out replays just those again and re-judges the others (the
-same numbers as replaying all: tests/test_regret.py). A row costs about 20 + 13 · B + (runs × the share of runs a
-replay touches × 20) replays: with B = 40, 20 seeds and the default strategies, both slot counts, about 5 minutes
-for a 24-point, 72-run table and under 2 for a 12-point, 36-run one, on one core. Twins (points with identical
-curves on every seed) are collapsed (``--no-collapse`` keeps them apart).
+same numbers as replaying all: tests/test_regret.py). A row costs 20 + about 13 · B + (runs × the share of them a
+replay touches × 20) replays, a replay 0.002 s (grid) to 0.045 s (TPE at 8 slots on 24 points). With the defaults
+(B = 60, 20 seeds, the ten default strategies, slots 8 and 32) about 6½ minutes for a 24-point, 72-run table and 2
+for a 12-point, 36-run one, on one core; the bootstrap is about 55 % of it at B = 40 (``--boot 0``, ``--loo off``
+skip either). A 48-point, 96-run table (v1's weightlora) costs about four times a 24-point one. Twins (points with
+identical curves on every seed) are collapsed (``--no-collapse`` keeps them apart).
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.replay import RACED, Table, origin, race_options, simulate, strategy
+from bench.replay import RACED, Table, final_mean, origin, race_options, simulate, strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Grid, random and TPE, each without and with ASHA (TPE + ASHA: the sweep's default, ``tpe_asha``'s numbers while
@@ -122,9 +132,8 @@ def judge(table: Table, trials: list[dict[str, Any]], key: str) -> tuple[float, 
     """Regret of picking ``key``: the best point's mean − the pick's mean over its unseen recorded seeds (seen:
     replayed by any trial of the point), and whether it fell back to all its seeds (every one was seen)."""
     seen = {t["origin"] for t in trials if t["key"] == key}
-    unseen = [r["curve"][-1][1] for r in table.points[key]["runs"].values() if origin(r) not in seen]
-    mean = statistics.fmean(unseen) if unseen else table.mean_final(key)
-    return table.grid_best() - mean, not unseen
+    unseen = [r for r in table.points[key]["runs"].values() if origin(r) not in seen]
+    return table.grid_best() - (final_mean(unseen) if unseen else table.mean_final(key)), not unseen
 
 
 def replay(table: Table, st, slots: int, seed: int, budget: int, tie: str) -> dict[str, Any]:
@@ -206,14 +215,15 @@ class Cache:
     """The bootstrap tables and searcher-seed resamples, and the leave-one-run-out tables, shared by every row
     (the same resamples for every strategy and slot count)."""
 
-    def __init__(self, table: Table, seeds: int):
-        self.table, self.seeds, self._boot, self._loo = table, seeds, {}, None
+    def __init__(self, table: Table, seeds: int, resample: str = "weights"):
+        self.table, self.seeds, self.resample, self._boot, self._loo = table, seeds, resample, {}, None
         self.skipped: list[str] = []
 
     def boot(self, b: int):
         if b not in self._boot:
             rng = np.random.default_rng([b, 4242])
-            self._boot[b] = (self.table.resample(rng), [int(x) for x in rng.integers(0, self.seeds, self.seeds)])
+            tb = self.table.resample(rng) if self.resample == "runs" else self.table.reweight(rng)
+            self._boot[b] = (tb, [int(x) for x in rng.integers(0, self.seeds, self.seeds)])
         return self._boot[b]
 
     def loo(self):
@@ -272,7 +282,7 @@ def header(table: Table, a: argparse.Namespace, delta: float, icc: float) -> dic
         "seeds_per_point": [min(counts), max(counts)], "grid_best": table.grid_best(), "tie": a.tie,
         "tie_rule": tie + "; a race's pick: its best mean (ties: the race's seeded draw)", "commit": commit,
         "command": "python bench/regret.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]), "boot": a.boot,
-        "loo": a.loo, "searcher_seeds": a.seeds,
+        "loo": a.loo, "searcher_seeds": a.seeds, "resample": a.resample,
     }  # fmt: skip
 
 
@@ -285,7 +295,8 @@ def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"twins of a {head['grid_points']}-point grid), {sp[0]}–{sp[1]} recorded seeds per point, {head['runs']} "
         f"runs; best point's mean {head['grid_best']:.4f}. Regret: the best point's mean − the pick's mean on the "
         f"recorded seeds the sweep did not see. Ties: {head['tie_rule']}. {head['searcher_seeds']} searcher seeds; "
-        f"95 % CIs from {head['boot']} bootstrap replicates (recorded runs and searcher seeds resampled); "
+        f"95 % CIs from {head['boot']} bootstrap replicates (recorded runs resampled by {head['resample']}, and "
+        "searcher seeds); "
         f"leave-one-run-out: {head['loo']}.\n"
     ]
     for slots in sorted({r["slots"] for r in rows}):
@@ -321,7 +332,13 @@ def main(argv: list[str] | None = None) -> None:
         default=",".join(DEFAULT_STRATEGIES),
         help="comma-separated NAME or NAME@TRIALS; NAME_race: NAME with a race before the pick",
     )
-    p.add_argument("--boot", type=int, default=40, help="bootstrap replicates (0: no interval)")
+    p.add_argument("--boot", type=int, default=60, help="bootstrap replicates (0: no interval)")
+    p.add_argument(
+        "--resample",
+        choices=["runs", "weights"],
+        default="weights",
+        help="bootstrap: each point's runs reweighted by a flat Dirichlet draw, or drawn with replacement",
+    )
     p.add_argument("--loo", choices=["exact", "off"], default="exact", help="leave-one-run-out")
     p.add_argument("--tie", choices=["random", "rung"], default="random")
     p.add_argument("--delta", type=float, default=None, help="within-δ threshold (default: the seed noise)")
@@ -351,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for _, st, budget in plan:  # imports and first calls, so that the timings below are of replays only
         simulate(table, st, slot_counts[0], 0, min(budget, 4))
-    cache, rows = Cache(table, a.seeds), []
+    cache, rows = Cache(table, a.seeds, a.resample), []
     for slots in slot_counts:
         for name, st, budget in plan:
             row = evaluate(table, name, st, slots, budget, a, delta, cache)

@@ -166,6 +166,16 @@ class Table:
                 out.append({**runs[i], "seed": label, "origin": origin(runs[i])})
         return self._derived(out)
 
+    def reweight(self, rng) -> Table:
+        """A Bayesian bootstrap (Rubin 1981): each point's runs weighted by a flat Dirichlet draw (× their number,
+        so 1 on average); a point's mean and, under ``draw="stable"``, the run a trial draws follow the weights."""
+        out = []
+        for key in sorted(self.points):
+            runs = [self.points[key]["runs"][s] for s in sorted(self.points[key]["runs"])]
+            weights = rng.dirichlet([1.0] * len(runs)) * len(runs)
+            out += [{**r, "weight": float(w)} for r, w in zip(runs, weights, strict=True)]
+        return self._derived(out)
+
     def seed_noise(self) -> float:
         """The benchmark's own seed noise: the pooled standard deviation of one run's final score around its
         point's mean (points with ≥ 2 recorded seeds)."""
@@ -183,7 +193,7 @@ class Table:
         return {d: sorted({p[d] for p in points}) for d in self.dims}
 
     def mean_final(self, key: str) -> float:
-        return statistics.fmean(r["curve"][-1][1] for r in self.points[key]["runs"].values())
+        return final_mean(self.points[key]["runs"].values())
 
     def grid_best(self) -> float:
         return max(self.mean_final(k) for k in self.points)
@@ -197,9 +207,16 @@ class Table:
         return key
 
     def _ranked(self, key: str, draw: str) -> list[Any]:
-        """The point's seeds, in the order of the hash of ``draw`` and the seed (highest first)."""
-        h = lambda s: hashlib.sha256(f"{draw}|{s}".encode()).hexdigest()  # noqa: E731
-        return sorted(self.points[key]["runs"], key=h, reverse=True)
+        """The point's seeds in a seeded order: an exponential race on the hash of ``draw`` and the seed, so a
+        seed comes first with probability its weight / the point's (weighted rendezvous hashing; unweighted: the
+        highest hash first)."""
+        runs = self.points[key]["runs"]
+
+        def arrival(s: Any) -> float:
+            u = (int(hashlib.sha256(f"{draw}|{s}".encode()).hexdigest(), 16) + 1) / (2**256 + 1)
+            return -math.log(u) / runs[s].get("weight", 1.0)
+
+        return sorted(runs, key=arrival)
 
     def run_for(self, config: dict[str, Any], draw: str) -> dict[str, Any]:
         key = self.key_of(config)
@@ -220,6 +237,14 @@ class Table:
         if fresh:
             return runs[fresh[0]], False
         return runs[min(ranked, key=lambda s: seen.get(origin(runs[s]), 0))], True
+
+
+def final_mean(runs) -> float:
+    """The mean final score of recorded runs (weighted when they carry a Bayesian bootstrap's ``weight``)."""
+    runs = list(runs)
+    if not any("weight" in r for r in runs):
+        return statistics.fmean(r["curve"][-1][1] for r in runs)
+    return math.fsum(r["weight"] * r["curve"][-1][1] for r in runs) / math.fsum(r["weight"] for r in runs)
 
 
 def origin(run: dict[str, Any]) -> Any:
@@ -348,7 +373,9 @@ def build(table: Table, name: str | Strategy, seed: int, budget: int, cells: int
     searches, factories = [], {}
     for c in range(cells):
         cell_seed = seed * 1000 + c
-        ledger = EarlyStopLedger(f"replay:{name}:{cell_seed}:{time.monotonic_ns()}")
+        ledger = EarlyStopLedger(
+            f"replay:{name if isinstance(name, str) else st.search}:{cell_seed}:{time.monotonic_ns()}"
+        )
         if st.search == "grid":
             grid = {d: tune.grid_search(v) for d, v in table.values().items()}
             search: Any = ListSearch(variant_configs(grid, grid=True, num_samples=1, seed=cell_seed))

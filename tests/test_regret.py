@@ -68,6 +68,13 @@ def test_regret_counts_only_the_unseen_seeds_of_the_pick(tmp_path):
     # every seed seen: the mean over all of them, flagged as a fallback
     every = [trial(2.0, s, 0.9, f"x{s}") for s in range(3)]
     assert judge(t, every, key(2.0)) == (pytest.approx(0.0), True)
+    # a Bayesian bootstrap's table: the same rule on weighted means
+    w = t.reweight(np.random.default_rng(0))
+    runs = w.points[key(1.0)]["runs"]
+    assert judge(w, seen, key(1.0)) == (pytest.approx(w.grid_best() - 0.70), False)
+    assert judge(w, seen[:1], key(1.0))[0] == pytest.approx(
+        w.grid_best() - (runs[1]["weight"] * 0.70 + runs[2]["weight"] * 0.60) / (runs[1]["weight"] + runs[2]["weight"])
+    )
 
 
 def test_ties_at_random_or_by_the_earlier_rung(tmp_path):

@@ -3,6 +3,7 @@ numbers, and replayed sweeps through the real pool (PooledSearcher / PooledSched
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -151,3 +152,20 @@ def test_stable_draws_change_only_the_trials_that_drew_a_dropped_seed(tmp_path):
     assert run["seed"] == 2 and not reused
     run, reused = t.race_run({"lr": 1.0}, "r", {0: 1, 1: 2, 2: 1, 3: 2})
     assert run["seed"] in (0, 2) and reused
+
+
+def test_a_bayesian_bootstrap_reweights_the_runs_and_the_draws_follow(tmp_path):
+    t = Table(write_table(tmp_path / "t.jsonl", {1.0: [0.80, 0.84], 2.0: [0.70, 0.72, 0.74]}), "lora", draw="stable")
+    k1, k2 = (point_key("lora", {"lr": lr}) for lr in (1.0, 2.0))
+    w = t.reweight(np.random.default_rng(0))
+    weights = {s: r["weight"] for s, r in w.points[k2]["runs"].items()}
+    assert sorted(weights) == [0, 1, 2] and sum(weights.values()) == pytest.approx(3.0)  # every run kept, mean 1
+    assert w.mean_final(k2) == pytest.approx(sum(weights[s] * (0.70, 0.72, 0.74)[s] for s in range(3)) / 3)
+    assert w.grid_best() == pytest.approx(max(w.mean_final(k1), w.mean_final(k2)))
+    draws = [w.run_for({"lr": 2.0}, str(d))["seed"] for d in range(3000)]
+    for s in range(3):  # a trial draws a run with probability its weight
+        assert draws.count(s) / 3000 == pytest.approx(weights[s] / 3, abs=0.03)
+    # unweighted, the exponential race is the highest hash first: the same draws as before weights existed
+    assert [t.run_for({"lr": 2.0}, str(d))["seed"] for d in range(50)] == [
+        max(range(3), key=lambda s: hashlib.sha256(f"{d}|{s}".encode()).hexdigest()) for d in range(50)
+    ]
