@@ -186,7 +186,7 @@ def evaluate(table: Table, name: str, st, slots: int, budget: int, a: argparse.N
         boot_fallback.append(_mean([float(r["fallback"]) for r in ok_b]))
     row["regret_lo"], row["regret_hi"] = _ci(boot_regret)
     row["within_lo"], row["within_hi"] = _ci(boot_within)
-    # what the resamples themselves say (a resample repeats some runs: more fallbacks, a noisier best point)
+    # the resamples' own centre and fallbacks, beside the estimate's (``--resample runs`` shifts both)
     row["boot_mean_regret"], row["boot_fallback_share"] = _mean(boot_regret), _mean(boot_fallback)
     t2 = time.perf_counter()
     loo, resims = [], 0
@@ -247,6 +247,8 @@ def strategies(a: argparse.Namespace, table: Table, p: argparse.ArgumentParser) 
         from sweeps.search_defaults import RACE_DEFAULTS
 
         race["budget"] = race["top"] * race["seeds"] * RACE_DEFAULTS["rounds"]
+    if race["top"] < 2 or race["seeds"] < 1 or race["budget"] < race["top"]:
+        p.error(f"race {race}: at least 2 candidates, 1 seed per round and one run per candidate")
     out = []
     for entry in a.strategies.split(","):
         name, _, n = entry.partition("@")
