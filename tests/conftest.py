@@ -161,3 +161,24 @@ def sweep_cmd(netns, minilm_path, glue_dir, tmp_path, ray_tmp):
         return [*NETNS, "bash", "-c", 'ip link set lo up && exec "$@"', "netns", *inner]
 
     return make, env
+
+
+#: Test files that take minutes (real sweeps, the namespaced hosts): collected first, so that the two xdist workers
+#: (one file each at a time, ``--dist loadfile``) start them early and the short files fill the gaps at the end.
+HEAVY_FIRST = (
+    "test_cluster_hosts.py",
+    "test_cluster_onprem.py",
+    "test_race.py",
+    "test_verdict_sweeps.py",
+    "test_sweep_faults.py",
+    "test_sweep_ray.py",
+    "test_report_sweep.py",
+    "test_resume_asha.py",
+    "test_replay.py",
+    "test_gpu_packing.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FIRST)))  # stable: the rest keep their order

@@ -46,8 +46,15 @@ def assert_lora_run_beats_the_trivial_baseline(task, margin, minilm_path, glue_d
     assert score > baseline + margin, f"{task}: {score:.4f} does not beat the trivial baseline {baseline:.4f}"
 
 
-@pytest.mark.parametrize("task", list(GLUE_BUDGET))
+# STS-B (a regression, not in the paper's GLUE tables) trains 4 epochs: about 2.5 minutes alone on 2 cores, so it
+# runs with the long tests; SST-2 keeps the real-task check in every run.
+SHORT_TASKS = [pytest.param(t, marks=[pytest.mark.long] if t == "stsb" else []) for t in GLUE_BUDGET]
+
+
+@pytest.mark.parametrize("task", SHORT_TASKS)
 def test_short_lora_run_beats_the_trivial_baseline(task, minilm_path, glue_dir, tmp_path):
+    if task == "stsb" and os.environ.get("WLORA_LONG_TESTS") != "1":
+        pytest.skip("about 2.5 minutes on 2 CPU cores: set WLORA_LONG_TESTS=1 to run")
     assert_lora_run_beats_the_trivial_baseline(task, minilm_path=minilm_path, glue_dir=glue_dir, tmp_path=tmp_path,
                                                **GLUE_BUDGET[task])  # fmt: skip
 
