@@ -304,11 +304,17 @@ def test_jaccard_pvalue_exact_matches_full_enumeration_and_monte_carlo():
         want = np.mean([v >= observed - 1e-12 for v in values])
         got = jaccard_pvalue(n, k, m, observed)
         assert got["method"] == "exact" and got["p"] == pytest.approx(want)
-        mc = jaccard_pvalue(n, k, m, observed, draws=20_000, exact_limit=0)
+        mc = jaccard_pvalue(n, k, m, observed, draws=20_000, exact_limit=0, pairs_limit=0)
         assert mc["method"] == "monte carlo" and mc["p"] == pytest.approx(want, abs=0.01)
-    # the stability page's case: 3 seeds, K = 4 of 18, mean pairwise Jaccard 0.27 -> p ≈ 0.04
-    p = jaccard_pvalue(18, 4, 3, 0.27)["p"]
-    assert 0.02 < p < 0.07
+    # 3 seeds past exact_limit: every pair of the other two draws at once, the same p as the enumeration
+    for n, k in ((7, 3), (9, 4)):
+        for observed in (0.0, 0.2, 1 / 3, 0.5, 1.0):
+            fast = jaccard_pvalue(n, k, 3, observed, exact_limit=0)
+            assert fast["method"] == "exact" and fast["p"] == jaccard_pvalue(n, k, 3, observed, exact_limit=10**9)["p"]
+    # the stability page's case: 3 seeds, K = 4 of 18 (3,060² tuples), exact; mean pairwise Jaccard 0.27 -> p ≈ 0.04
+    got = jaccard_pvalue(18, 4, 3, 0.27)
+    assert got["method"] == "exact" and got["draws"] == 3060**2 and 0.02 < got["p"] < 0.07
+    assert jaccard_pvalue(18, 4, 4, 0.27)["method"] == "monte carlo"  # 3,060³ tuples: sampled
     with pytest.raises(ValueError):
         jaccard_pvalue(18, 0, 3, 0.5)
 

@@ -19,6 +19,7 @@ K of n adapters — what a selection that ignores the data would score.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -159,18 +160,56 @@ def _mean_pairwise_of_draws(draws: np.ndarray) -> np.ndarray:
     return total / (m * (m - 1) / 2)
 
 
+#: The exact p of 3 seeds holds a (C(n, K))² matrix of float64 Jaccard indices: at most this many sets (128 MB).
+EXACT_PAIRS_SETS = 4_000
+
+
+@functools.lru_cache(maxsize=4)
+def _three_seed_values(n: int, k: int) -> np.ndarray:
+    """Every value of the mean pairwise Jaccard of 3 seeds' K-of-n draws, the first draw fixed, sorted."""
+    members = np.zeros((math.comb(n, k), n))
+    for row, c in enumerate(itertools.combinations(range(n), k)):
+        members[row, list(c)] = 1.0
+    inter = members @ members.T  # integers, exact in float64
+    pair = inter / (2 * k - inter)  # |B ∩ C| / |B ∪ C|, the division the enumeration does
+    first = pair[0]
+    return np.sort(((first[:, None] + first[None, :] + pair) / 3).ravel())
+
+
+def _exact_three_seeds(n: int, k: int, observed: float, tol: float) -> dict[str, Any]:
+    """The exact p for 3 seeds: the first seed's draw fixed (the statistic does not depend on it), every pair (B, C)
+    of the other two at once: J(A, B) + J(A, C) + J(B, C) from one matrix of the sets' intersection sizes. The sums
+    are formed in the enumeration's order, so a value equal to ``observed`` is counted as the enumeration counts it.
+    The sorted values are kept for the next row of the same K of n."""
+    values = _three_seed_values(n, k)
+    hits = values.size - int(np.searchsorted(values, observed - tol, side="left"))
+    return {"p": hits / values.size, "method": "exact", "draws": int(values.size)}
+
+
 def jaccard_pvalue(
-    n: int, k: int, seeds: int, observed: float, draws: int = 20_000, seed: int = 0, exact_limit: int = 200_000
+    n: int,
+    k: int,
+    seeds: int,
+    observed: float,
+    draws: int = 20_000,
+    seed: int = 0,
+    exact_limit: int = 200_000,
+    pairs_limit: int = EXACT_PAIRS_SETS,
 ) -> dict[str, Any]:
     """P(mean pairwise Jaccard of ``seeds`` independent uniform draws of K of n ≥ ``observed``).
 
     Exact (enumerating every draw of seeds 2..m against a fixed first draw — the statistic does not
-    depend on which set the first seed drew) when there are at most ``exact_limit`` such tuples, else
-    Monte Carlo with ``draws`` seeded samples and the (1 + hits) / (1 + draws) estimate."""
+    depend on which set the first seed drew) when there are at most ``exact_limit`` such tuples, or for 3 seeds
+    with at most ``pairs_limit`` (:data:`EXACT_PAIRS_SETS`) sets (a matrix of every pair of the other two seeds'
+    draws: K = 4 of 18, 3,060² tuples, in a few seconds), else Monte Carlo with ``draws`` seeded samples and the
+    (1 + hits) / (1 + draws) estimate. (A 20,000-draw Monte-Carlo p for K = 4 of 18 and 3 seeds sat below the exact p in
+    every row of a stability page, 0.00535 vs 0.0064 at its smallest: exact where it can be.)"""
     if not (0 < k <= n) or seeds < 2:
         raise ValueError(f"need 0 < k <= n and >= 2 seeds, got n={n}, k={k}, seeds={seeds}")
     tol = 1e-12  # the observed value was computed from the same ratios: ties count as "≥"
     n_sets = math.comb(n, k)
+    if seeds == 3 and n_sets**2 > exact_limit and n_sets <= pairs_limit:
+        return _exact_three_seeds(n, k, observed, tol)
     if n_sets ** (seeds - 1) <= exact_limit:
         subsets = [frozenset(c) for c in itertools.combinations(range(n), k)]
         first = subsets[0]
