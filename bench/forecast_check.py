@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     from sweeps import forecast as fc
 
     if a.speed_only:
-        print(_speed_json(fc.calibrate(args, node=fc.check_local_request(args))))
+        print(_speed_json(fc.local_speed(args)))
         return
     before = os.getloadavg()
     if a.profile == "local":

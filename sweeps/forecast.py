@@ -43,6 +43,7 @@ from sweeps.forecast_calibrate import (
     calibrate,
     check_local_request,
     load_profile,
+    local_speed,
     machine_load,
     padded_lengths,
     profile_speed,
@@ -73,8 +74,9 @@ __all__ = [
     "BUSY_SHARE", "FLOPS_ADAPTER", "FLOPS_EVAL", "FLOPS_FULL", "PAPERS_GRID", "PROFILE_DIR", "REPEATS", "STEPS",
     "CellWork", "Duration", "Speed", "asha_expected_evals", "asha_trials", "backbone_params", "bert_matmul_params",
     "busy_warning", "calibrate", "calibration_text", "cell_work", "check_flags", "check_local_request", "forecast",
-    "forecast_text", "grid_sizes", "load_profile", "machine_load", "main", "makespan", "mean_of", "padded_lengths",
-    "profile_speed", "run_forecast", "search_runs", "search_trials", "seed_range", "time_repeats", "trial_seconds",
+    "forecast_text", "grid_sizes", "load_profile", "local_speed", "machine_load", "main", "makespan", "mean_of",
+    "padded_lengths", "profile_speed", "run_forecast", "search_runs", "search_trials", "seed_range", "time_repeats",
+    "trial_seconds",
 ]  # fmt: skip
 
 
@@ -258,10 +260,8 @@ def check_flags(args: argparse.Namespace) -> None:
 def run_forecast(args: argparse.Namespace) -> str:
     value = args.forecast or "local"
     check_flags(args)
-    if value == "local":
-        speed = calibrate(args, node=check_local_request(args))  # a request the run refuses is refused here
-    else:
-        speed = profile_speed(args, load_profile(value))
+    # local: a request the run refuses is refused here, with the run's message
+    speed = local_speed(args) if value == "local" else profile_speed(args, load_profile(value))
     return forecast_text(forecast(args, speed, grid_sizes(args)), speed)
 
 

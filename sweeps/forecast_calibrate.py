@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -208,6 +211,52 @@ def check_local_request(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     check_resources(args, trial_memory(args, [resolve_model(args.model)], args.methods), nodes)
     return nodes[0]
+
+
+def local_speed(args: argparse.Namespace) -> Speed:
+    """``--forecast local``: the run's request check (:func:`check_local_request`, which imports Ray) and the
+    calibration (:func:`calibrate`, which imports torch and transformers and times steps), the two side by side:
+    a CPU calibration runs in a child process while this one checks the request and measures every task's batch
+    lengths, so the forecast's wall time is about the calibration's alone. A request the run refuses stops the
+    child and raises the run's message; the child's one-line error is raised here as it would be in-process. GPU
+    calibrations (the slots depend on the nodes Ray declares) run here, after the check."""
+    if float(getattr(args, "gpus_per_trial", 0) or 0) > 0:
+        return calibrate(args, node=check_local_request(args))
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    code = "from sweeps.forecast_calibrate import _calibrate_child; _calibrate_child()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        assert child.stdin is not None
+        child.stdin.write(pickle.dumps(args))
+        child.stdin.close()
+        child.stdin = None  # written and closed: communicate() below only reads
+        check_local_request(args)
+        for task in args.tasks:  # the forecast reads each task's lengths: measured now, beside the calibration
+            padded_lengths(normalize_task(task), args)
+        out, err = child.communicate()
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    if child.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise ValueError(lines[-1] if lines else f"the calibration process exited with {child.returncode}")
+    return pickle.loads(out)
+
+
+def _calibrate_child() -> None:
+    """The child of :func:`local_speed`: the sweep's arguments (pickled) on stdin, the :class:`Speed` (pickled) on
+    stdout; a one-line error (exit 2) on a value the calibration refuses."""
+    args = pickle.loads(sys.stdin.buffer.read())
+    try:
+        speed = calibrate(args)
+    except (ValueError, OSError) as e:
+        print(str(e).splitlines()[0] if str(e) else type(e).__name__, file=sys.stderr)
+        raise SystemExit(2) from None
+    sys.stdout.buffer.write(pickle.dumps(speed))
 
 
 def calibrate(

@@ -183,3 +183,32 @@ def test_forecast_main_answers_without_tune_or_mlflow():
     bad = subprocess.run([*cmd, "--gpus-per-trial", "1.5"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --gpus-per-trial 1.5: a trial takes a share")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_local_speed_calibrates_in_a_child_beside_the_request_check(minilm_path, glue_dir):
+    # the child process times the steps (the fastest of REPEATS) while this one checks the request and measures
+    # the batch lengths; what comes back is the calibration's Speed, as an in-process calibration gives it
+    a = _local_args(minilm_path, glue_dir, "--forecast")
+    threads = torch.get_num_threads()
+    speed = fc.local_speed(a)
+    assert torch.get_num_threads() == threads  # the child's thread count is its own
+    assert speed.name.startswith("this machine, calibrated") and speed.own_threads == 1
+    assert len(speed.train_repeats) == fc.REPEATS and speed.train_tok_s == max(speed.train_repeats) > 0
+    assert speed.cores == os.cpu_count() and speed.startup_s > 1.0
+    key = ("sst2", a.model, a.data_dir, a.max_length, a.batch_size)
+    assert fc.padded_lengths("sst2", a)[0] < a.max_length and key in sys.modules["sweeps.forecast_calibrate"]._LENGTHS
+
+
+def test_a_calibration_that_fails_in_the_child_says_why_in_one_line(tmp_path, minilm_path, glue_dir):
+    # a model folder with the backbone's config but no weights: the request check passes, loading fails
+    broken = tmp_path / "model"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (Path(minilm_path) / name).is_file():
+            (broken / name).write_text((Path(minilm_path) / name).read_text())
+    a = _local_args(minilm_path, glue_dir, "--forecast")
+    a.model = str(broken)
+    with pytest.raises(ValueError) as failed:
+        fc.local_speed(a)
+    assert "\n" not in str(failed.value) and str(failed.value)
