@@ -249,7 +249,8 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
         default=RACE_DEFAULTS["top"],
         metavar="M",
         help="race each cell's M best search candidates (by their search score, on the choice split) on extra seeds "
-        "before the pick, which is then the best mean; 0 = no race (the default until a benchmark chooses one)",
+        "before the pick, which is then the best mean; 0 = no race (the default; the recorded benchmark suggests 3, "
+        "with --race-budget 3, for WeightLoRA)",
     )
     g.add_argument(
         "--race-seeds",

@@ -17,10 +17,11 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "startup_share": 1 / 3,  # TPE: random trials first, as a share of the cell's trials (3 … 10)
 }
 
-#: Racing before the pick (``--race-top``, ``sweeps.pool.Race``): OFF by default for now. Its defaults (how many
-#: candidates race, the seeds per round, the cap on race runs, the stopping threshold) are to be chosen on a
-#: re-recorded benchmark with several seeds per point and the whole dev set, which is not recorded yet; the numbers
-#: here are what the flags fall back to when a race is asked for (``--race-top 2`` or more).
+#: Racing before the pick (``--race-top``, ``sweeps.pool.Race``): OFF by default. On the v2 recorded benchmark (3
+#: seeds a point, whole SST-2 dev; ``bench/results/regret_*_v2.md``) a one-round race of the top 3 gave the lowest
+#: regret on the noisy WeightLoRA table (ICC 0.016) at 0.27x the grid's trial-epochs, but bought nothing beyond the
+#: intervals on LoRA (ICC 0.82) at 0.45x; and a raced sweep cannot yet grow with ``--resume --num-samples``. The
+#: numbers here are what the flags fall back to when a race is asked for (``--race-top 2`` or more).
 RACE_DEFAULTS: dict[str, Any] = {
     "top": 0,  # candidates that race (0: no race; 1 races nothing)
     "seeds": 1,  # extra seeds per candidate per round
