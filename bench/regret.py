@@ -136,6 +136,22 @@ def judge(table: Table, trials: list[dict[str, Any]], key: str) -> tuple[float, 
     return table.grid_best() - (final_mean(unseen) if unseen else table.mean_final(key)), not unseen
 
 
+def paired_regret(table: Table, trials: list[dict[str, Any]], key: str) -> float:
+    """Regret of picking ``key`` on the same seeds for both sides: the best point's mean − the pick's mean, both over
+    the recorded seeds of the pick that the sweep did not see (all of them when every one was seen). A recorded seed
+    is the same seed for every point (the same data order and initial draws), so a seed that lifts every point (a
+    seed effect) cancels here, while the unpaired regret counts it whenever the pick's unseen seeds are the weaker
+    ones. NaN when the best point has none of those seeds."""
+    seen = {t["origin"] for t in trials if t["key"] == key}
+    runs = list(table.points[key]["runs"].values())
+    seeds = {origin(r) for r in runs if origin(r) not in seen} or {origin(r) for r in runs}
+    best = max(table.points, key=table.mean_final)
+    on_best = [r for r in table.points[best]["runs"].values() if origin(r) in seeds]
+    if not on_best:
+        return math.nan
+    return final_mean(on_best) - final_mean([r for r in runs if origin(r) in seeds])
+
+
 def replay(table: Table, st, slots: int, seed: int, budget: int, tie: str) -> dict[str, Any]:
     """One replayed sweep, judged."""
     info: dict[str, Any] = {}
@@ -147,6 +163,7 @@ def replay(table: Table, st, slots: int, seed: int, budget: int, tie: str) -> di
     out["replayed"] = {(t["key"], t["seed"]) for t in trials}
     if out["key"] is not None:
         out["regret"], out["fallback"] = judge(table, trials, out["key"])
+        out["paired"] = paired_regret(table, trials, out["key"])
     return out
 
 
@@ -173,10 +190,11 @@ def evaluate(table: Table, name: str, st, slots: int, budget: int, a: argparse.N
         "fallbacks": sum(r["fallback"] for r in ok), "reused": sum(r["reused"] for r in base),
         "sim_s": _mean([r["seconds"] for r in base]),
     }  # fmt: skip
+    row["mean_paired_regret"] = _mean([r["paired"] for r in ok if not math.isnan(r["paired"])])
     row["ratio"] = row["trial_epochs"] / (table.grid_size * table.epochs)
     row["seen_per_point"] = _mean([len(r["replayed"]) / len({k for k, _ in r["replayed"]}) for r in base])
     t1 = time.perf_counter()
-    boot_regret, boot_within, boot_fallback = [], [], []
+    boot_regret, boot_within, boot_fallback, boot_paired = [], [], [], []
     for b in range(a.boot):
         tb, idx = cache.boot(b)
         memo = {s: replay(tb, st, slots, s, budget, a.tie) for s in sorted(set(idx))}
@@ -184,7 +202,9 @@ def evaluate(table: Table, name: str, st, slots: int, budget: int, a: argparse.N
         boot_regret.append(_mean([r["regret"] for r in ok_b]))
         boot_within.append(_mean([float(r["regret"] <= delta) for r in ok_b]))
         boot_fallback.append(_mean([float(r["fallback"]) for r in ok_b]))
+        boot_paired.append(_mean([r["paired"] for r in ok_b if not math.isnan(r["paired"])]))
     row["regret_lo"], row["regret_hi"] = _ci(boot_regret)
+    row["paired_lo"], row["paired_hi"] = _ci(boot_paired)
     row["within_lo"], row["within_hi"] = _ci(boot_within)
     # the resamples' own centre and fallbacks, beside the estimate's (``--resample runs`` shifts both)
     row["boot_mean_regret"], row["boot_fallback_share"] = _mean(boot_regret), _mean(boot_fallback)
@@ -296,7 +316,9 @@ def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"groups), δ = {head['delta']:.4f} (seed noise), {head['points']} points ({head['collapsed']} collapsed "
         f"twins of a {head['grid_points']}-point grid), {sp[0]}–{sp[1]} recorded seeds per point, {head['runs']} "
         f"runs; best point's mean {head['grid_best']:.4f}. Regret: the best point's mean − the pick's mean on the "
-        f"recorded seeds the sweep did not see. Ties: {head['tie_rule']}. {head['searcher_seeds']} searcher seeds; "
+        f"recorded seeds the sweep did not see; paired regret: the same, the best point's mean also over those seeds "
+        f"only (a seed that lifts every point cancels). Ties: {head['tie_rule']}. "
+        f"{head['searcher_seeds']} searcher seeds; "
         f"95 % CIs from {head['boot']} bootstrap replicates (recorded runs resampled by {head['resample']}, and "
         "searcher seeds); "
         f"leave-one-run-out: {head['loo']}.\n"
@@ -304,8 +326,9 @@ def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     for slots in sorted({r["slots"] for r in rows}):
         out.append(
             f"\n**{slots} slots**\n\n| strategy | trial-epochs (× grid) | mean regret [95 % CI] | LOO worst (run) "
-            "| LOO best (run) | within δ share [CI] | ties broken | n seeds | fallbacks / reused race seeds |\n"
-            "|---|---|---|---|---|---|---|---|---|\n"
+            "| LOO best (run) | paired regret [95 % CI] | within δ share [CI] | ties broken | n seeds "
+            "| fallbacks / reused race seeds |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n"
         )
         for r in (r for r in rows if r["slots"] == slots):
             loo = {}
@@ -316,6 +339,8 @@ def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 f"| {r['strategy']} @ {r['budget']} | {r['trial_epochs']:.1f} ({r['ratio']:.2f}×) "
                 f"| {_f(r['mean_regret'])} [{_f(r['regret_lo'])}, {_f(r['regret_hi'])}] "
                 f"| {loo['worst']} | {loo['best']} "
+                f"| {_f(r.get('mean_paired_regret', math.nan))} [{_f(r.get('paired_lo', math.nan))}, "
+                f"{_f(r.get('paired_hi', math.nan))}] "
                 f"| {_f(r['within'], '.2f')} [{_f(r['within_lo'], '.2f')}, {_f(r['within_hi'], '.2f')}] "
                 f"| {r['ties']} | {r['n']} | {r['fallbacks']} / {r['reused']} |\n"
             )

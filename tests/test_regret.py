@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench.record_curves import point_key
-from bench.regret import Cache, evaluate, icc1, judge, main, pick, race_means, replay
+from bench.regret import Cache, evaluate, icc1, judge, main, paired_regret, pick, race_means, replay
 from bench.replay import Table, strategy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,18 @@ def test_regret_counts_only_the_unseen_seeds_of_the_pick(tmp_path):
     assert judge(w, seen[:1], key(1.0))[0] == pytest.approx(
         w.grid_best() - (runs[1]["weight"] * 0.70 + runs[2]["weight"] * 0.60) / (runs[1]["weight"] + runs[2]["weight"])
     )
+
+
+def test_paired_regret_cancels_a_seed_effect(tmp_path):
+    # seed 2 lifts every point by 0.06 (a shared data order): lr 2.0 is truly 0.02 better than lr 1.0 on every seed
+    t = Table(toy(tmp_path / "t.jsonl", {1.0: [0.80, 0.80, 0.86], 2.0: [0.82, 0.82, 0.88]}), "lora")
+    # the pick lr 1.0 seen on seed 2 (its lucky run): unpaired, its unseen seeds 0 and 1 also carry the seed effect
+    seen = [trial(1.0, 2, 0.86, "a"), trial(2.0, 0, 0.82, "b")]
+    assert judge(t, seen, key(1.0))[0] == pytest.approx(0.84 - 0.80)
+    assert paired_regret(t, seen, key(1.0)) == pytest.approx(0.02)  # the points' true gap, on seeds 0 and 1
+    assert paired_regret(t, seen, key(2.0)) == pytest.approx(0.0)  # the best point itself
+    every = [trial(1.0, s, 0.8, f"x{s}") for s in range(3)]
+    assert paired_regret(t, every, key(1.0)) == pytest.approx(0.02)  # every seed seen: over all of them
 
 
 def test_ties_at_random_or_by_the_earlier_rung(tmp_path):
