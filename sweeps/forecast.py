@@ -280,4 +280,7 @@ def main(defaults: Any, args: argparse.Namespace, parser: argparse.ArgumentParse
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the calibration's child is already stopped (local_speed); one line
+        print("forecast interrupted: nothing was written", file=sys.stderr)
+        return 130
     return 0

@@ -212,3 +212,30 @@ def test_a_calibration_that_fails_in_the_child_says_why_in_one_line(tmp_path, mi
     with pytest.raises(ValueError) as failed:
         fc.local_speed(a)
     assert "\n" not in str(failed.value) and str(failed.value)
+
+
+@pytest.mark.subprocess
+def test_ctrl_c_stops_the_forecast_and_its_calibration_child_with_one_line(tmp_path):
+    import signal
+    import time
+
+    cmd = [sys.executable, str(ROOT / "sweeps" / "glue_sweep.py"), "--preset", "paper-claims-heldout", "--forecast",
+           "--storage-path", str(tmp_path / "runs")]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    children: list[str] = []
+    for _ in range(300):  # until the calibration child is under way (started inside the forecast's main)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if children or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the forecast finished before the interrupt arrived")
+    assert proc.returncode == 130 and out == ""
+    assert err.strip().splitlines() == ["forecast interrupted: nothing was written"]
+    for pid in children:  # the calibration child is gone too
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    assert not (tmp_path / "runs").exists()
