@@ -249,8 +249,7 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
         default=RACE_DEFAULTS["top"],
         metavar="M",
         help="race each cell's M best search candidates (by their search score, on the choice split) on extra seeds "
-        "before the pick, which is then the best mean; 0 = no race (the default; the recorded benchmark suggests 3, "
-        "with --race-budget 3, for WeightLoRA)",
+        "before the pick, which is then the best mean; 0 = no race (default: 3, chosen on the recorded benchmark)",
     )
     g.add_argument(
         "--race-seeds",
@@ -531,6 +530,14 @@ def check_args(args: argparse.Namespace) -> None:
     seeds = args.seeds
     if seeds != "auto" and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0):
         raise ValueError(f"--seeds must be a whole number >= 0 or 'auto', got {seeds!r}")
+    if getattr(args, "multi_objective", False) and int(getattr(args, "race_top", 0) or 0) >= 2:
+        # The race picks one config by its mean score; a multi-objective sweep keeps a Pareto front, not one pick.
+        if given(args, "race_top"):
+            raise ValueError(
+                f"--race-top {args.race_top}: a --multi-objective sweep keeps each cell's Pareto front, not one pick "
+                "to race for; leave --race-top out (no race) or drop --multi-objective"
+            )
+        args.race_top = 0
     race_problem(args)
     if args.protocol == "heldout":
         problem = holdout_problem(args.holdout_size)
@@ -556,8 +563,8 @@ def check_args(args: argparse.Namespace) -> None:
 def race_budget(args: argparse.Namespace) -> int:
     """Race runs per cell at most: ``--race-budget``, else M × S × the default rounds; 0 without a race."""
     top = int(getattr(args, "race_top", 0) or 0)
-    if top < 2:
-        return 0
+    if top < 2 or getattr(args, "multi_objective", False):
+        return 0  # a multi-objective sweep never races (check_args)
     budget = getattr(args, "race_budget", None)
     seeds = int(getattr(args, "race_seeds", RACE_DEFAULTS["seeds"]))
     return int(budget) if budget is not None else top * seeds * RACE_DEFAULTS["rounds"]

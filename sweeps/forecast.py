@@ -127,17 +127,32 @@ def seed_range(args: argparse.Namespace) -> tuple[int, int]:
     return int(args.seeds), int(args.seeds)
 
 
-def race_range(args: argparse.Namespace) -> tuple[int, int]:
+def race_range(args: argparse.Namespace, runs: list[list[tuple[float, int]]] | None = None) -> tuple[int, int]:
     """Race runs per cell (``--race-top``): one round if the first round decides, up to the race budget. They are
     modelled as full-budget runs after the cell's search, beside its seed re-runs (the barrier between rounds is
-    not). Under ``--protocol papers`` the seed re-runs then reuse the pick's race runs, not subtracted here."""
+    not). Only search trials that trained to the end are candidates: with ``runs`` (the cell's search outcomes,
+    :func:`sweeps.forecast_model.search_runs`) the candidates are the top M of the trials expected to reach the
+    end (rounded down and up: the low and high counts; fewer than 2 race nothing). Under ``--protocol papers``
+    the seed re-runs then reuse the pick's race runs, not subtracted here."""
     from sweeps.flags import race_budget
 
     budget = race_budget(args)
     if not budget:
         return 0, 0
-    top = int(args.race_top)
-    return min(budget // top, int(args.race_seeds)) * top, budget
+    top, seeds = int(args.race_top), int(args.race_seeds)
+    if runs is None:
+        low_c = high_c = top
+    else:
+        finals = sum(p for outcomes in runs for p, e in outcomes if e == max(x for _, x in outcomes))
+        low_c, high_c = min(top, math.floor(finals + 1e-9)), min(top, math.ceil(finals - 1e-9))
+
+    def first_round(c: int) -> int:
+        return 0 if c < 2 else min(budget // c, seeds) * c
+
+    def whole_budget(c: int) -> int:
+        return 0 if c < 2 else budget // c * c
+
+    return first_round(low_c), max(whole_budget(c) for c in range(low_c, high_c + 1))
 
 
 def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int]) -> dict[str, Any]:
@@ -149,7 +164,7 @@ def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int])
     n_search = search_trials(args, grid_sizes)
     lo, hi = seed_range(args)
     out: dict[str, Any] = {"cells": len(cells), "slots": speed.slots, "speed": speed.name}
-    out["race_runs"] = race_range(args)
+    races: list[tuple[int, int]] = []
     for label, seeds in (("sweep", (lo, hi)), ("papers_grid", (hi, hi))):
         for which, n_seeds in (("low", seeds[0]), ("high", seeds[1])):
             plan = []
@@ -167,7 +182,9 @@ def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int])
                 sd = [trial_seconds(ws, speed)] * n_seeds
                 epochs += n_seeds * ws.steps * args.batch_size / _n_train(task, args)
                 if label == "sweep":  # --race-top: race runs (full budget, on the search's data) after the search
-                    n_race = race_range(args)[which == "high"]
+                    race = race_range(args, runs)
+                    races.append(race)
+                    n_race = race[which == "high"]
                     sd = [trial_seconds(w, speed)] * n_race + sd
                     epochs += n_race * w.steps * args.batch_size / _n_train(task, args)
                 plan.append((s, sd))
@@ -180,6 +197,7 @@ def forecast(args: argparse.Namespace, speed: Speed, grid_sizes: dict[str, int])
                 "device_hours": seconds * speed.devices_per_trial / 3600,
                 "makespan_s": speed.sweep_overhead_s + makespan(plan, speed.slots),
             }
+    out["race_runs"] = (min(lo for lo, _ in races), max(hi for _, hi in races)) if races else (0, 0)
     return out
 
 

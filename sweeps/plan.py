@@ -423,7 +423,8 @@ def _grow(args: argparse.Namespace, state: dict[str, Any], run_dir: Path, num_sa
     The restored experiment keeps every trial already run; each cell's search goes on from its history (an
     Optuna study from every trial it has seen; random search draws the next configs of its seeded sequence)
     and each cell's ASHA from its rungs. Refused: fewer trials than before, a grid (it runs each grid point
-    once, whatever N), ``--seeds`` (the seed re-runs already ran the best config of the smaller search)."""
+    once, whatever N), ``--seeds`` (the seed re-runs already ran the best config of the smaller search). A raced
+    cell races again once its grown search ends (:meth:`sweeps.pool.Race.rerace`)."""
     before = int(state["args"].get("num_samples") or 0)
     if num_samples == before:
         return
@@ -439,11 +440,6 @@ def _grow(args: argparse.Namespace, state: dict[str, Any], run_dir: Path, num_sa
         raise ValueError(
             f"{what}: this sweep re-ran each cell's best config with --seeds; more search trials could change that "
             "config after its re-runs. Start a new sweep (another --name) with the larger --num-samples"
-        )
-    if int(state["args"].get("race_top") or 0) >= 2:
-        raise ValueError(
-            f"{what}: this sweep raced each cell's top candidates (--race-top) after its search; more search trials "
-            "could change them after the race. Start a new sweep (another --name) with the larger --num-samples"
         )
     cloud = "://" in str(state.get("tune_storage", ""))
     if not cloud and not check_experiment(run_dir / EXPERIMENT):

@@ -105,6 +105,10 @@ class Race:
     last round is shortened to an equal number of runs per candidate that fits; none fits: it stops). The pick
     is the candidate with the best mean; means equal to 1e-12 are tied and ordered by a draw seeded by
     ``draw_seed`` (the search seed and the cell's name) and the round, so a rerun picks the same.
+
+    A grown search (``--resume --num-samples N``) races again (:meth:`rerace`): a fresh race with its own budget
+    over the top candidates of the grown search, in which a candidate that raced before keeps its earlier race
+    runs (they count in its mean, and their seeds are not run again).
     """
 
     top: int = 0
@@ -130,6 +134,8 @@ class Race:
     pick: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     """One record per decision: the round, each candidate's mean and n, the gap and k × its standard error."""
+    earlier: list[dict[str, Any]] = field(default_factory=list)
+    """The races before this one (a grown search races again): each one's candidates, rounds, stop and pick."""
 
     @property
     def done(self) -> bool:
@@ -156,7 +162,8 @@ class Race:
         self.candidates = chosen
         self.configs = {tid: dict(results[tid]["config"]) for tid in chosen}
         self.search_scores = {tid: float(results[tid]["result"][OBJECTIVE]) for tid in chosen}
-        self.seeds_used = {tid: [] for tid in chosen}
+        # A candidate that raced in an earlier race of this cell keeps those runs' seeds (never run again).
+        self.seeds_used = {tid: [r["seed"] for r in self.runs.values() if r["candidate"] == tid] for tid in chosen}
         if len(chosen) < 2:
             self.stop, self.pick = "fewer than 2 candidates", (chosen[0] if chosen else None)
         else:
@@ -202,7 +209,7 @@ class Race:
             params=res.get("method_params"),
             error=bool(error) or not res.get(FINAL_KEY),
         )
-        if not self.live and not self.pending and not self.done:
+        if not self.live and not self.pending and not self.done and self.candidates is not None:
             self.decide(choice_split)
 
     def scores(self, choice_split: str | None = None) -> dict[str, list[float]]:
@@ -213,6 +220,8 @@ class Race:
             v = run.get("score")
             if "error" not in run or run["error"] or v is None or not math.isfinite(v):
                 continue
+            if run["candidate"] not in out:
+                continue  # a run of an earlier race whose config is no longer a candidate
             check_choice_split(run.get("split"), choice_split, "the race's pick")
             out[run["candidate"]].append(float(v))
         return out
@@ -255,6 +264,31 @@ class Race:
             self.stop, self.pick = "ahead", lead["candidate"]
         else:
             self._next_round()
+
+    def rerace(self, top: int | None = None, seeds: int | None = None, budget: int | None = None,
+               k: float | None = None) -> Race:
+        """A fresh race for this cell's grown search (``--resume --num-samples N``), started when the grown search
+        ends: its options (these, or this race's), a budget of its own, and every race run so far carried over —
+        ended ones count for their candidate if it is a candidate again; one still running (an interrupted sweep)
+        is recorded when it ends. What this race decided moves to :attr:`earlier`."""
+        summary = {
+            "candidates": list(self.candidates or []),
+            "rounds": self.rounds,
+            "stop": self.stop,
+            "pick": self.pick,
+            "race_runs": self.used,
+            "history": list(self.history),
+        }
+        return Race(
+            top=self.top if top is None else top,
+            seeds=self.seeds if seeds is None else seeds,
+            budget=self.budget if budget is None else budget,
+            k=self.k if k is None else k,
+            draw_seed=self.draw_seed,
+            runs={tid: dict(run) for tid, run in self.runs.items()},
+            live=set(self.live),
+            earlier=[*getattr(self, "earlier", []), summary] if self.candidates is not None else list(getattr(self, "earlier", [])),
+        )
 
     def reusable(self) -> dict[int, tuple[str, dict[str, Any]]]:
         """The pick's race runs that trained to the end: seed → (race trial id, run)."""
@@ -577,6 +611,13 @@ class PooledSearcher(Searcher):
             if cell.budget > before:
                 seen = len(getattr(getattr(cell.search, "_ot_study", None), "trials", ()) or cell.results)
                 logger.info("%s: %d → %d trials (its search goes on from %d)", cell.name, before, cell.budget, seen)
+                if cell.race is not None and cell.race.top >= 2:
+                    # The grown search may change the top candidates: race again once it ends (earlier race runs
+                    # carried over), with the options of this resume when it names them.
+                    opts = new.race if new.race is not None and new.race.top >= 2 else None
+                    cell.race = cell.race.rerace(
+                        *(() if opts is None else (opts.top, opts.seeds, opts.budget, opts.k))
+                    )
         self._grow = None
 
     def get_state(self) -> dict[str, Any]:

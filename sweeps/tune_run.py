@@ -157,7 +157,9 @@ def _extend(plan: Plan, tune_config, searcher: PooledSearcher) -> None:
     searcher.grow(grown)
     limit = tune_config.max_concurrent_trials
     inner = ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
-    tune_config.search_alg = GrowingSearch(inner, added=sum(c.budget for c in grown))
+    # Room for the grown searches and for each cell's new race (a raced cell races again once its search ends).
+    added = sum(c.budget + race_budget(plan.args) for c in grown)
+    tune_config.search_alg = GrowingSearch(inner, added=added)
     tune_config.max_concurrent_trials = None  # the limiter above is the same one Tune built the first time
     logger.info("extending the sweep from %s to %s trials per cell", plan.args.extend_from, plan.args.num_samples)
 
@@ -276,6 +278,7 @@ def race_summary(race: Race, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "pick": race.pick,
         "rule": f"mean(leader) - mean(runner-up) > {race.k:g} pooled standard errors, or {race.budget} race runs",
         "history": race.history,
+        "earlier": getattr(race, "earlier", []),  # a state saved before re-racing has none
     }
 
 
@@ -296,6 +299,14 @@ def tag_race(plan: Plan, searcher) -> None:
 
     client = MlflowClient(plan.tracking_uri)
     exp = client.get_run(parent).info.experiment_id
+    # A grown sweep raced again: an earlier pick that lost its place loses its tag (one pick per cell).
+    for tag in (RACE_PICK_TAG, SEED_REUSE_TAG):
+        stale = client.search_runs(
+            [exp], filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`{tag}` = '1'", max_results=1000
+        )
+        for run in stale:
+            if marks.get(run.data.tags.get("trial_id")) != tag:
+                client.delete_tag(run.info.run_id, tag)
     for tid, tag in marks.items():
         runs = client.search_runs(
             [exp], filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.trial_id = '{tid}'", max_results=5

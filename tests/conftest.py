@@ -157,7 +157,9 @@ def sweep_cmd(netns, minilm_path, glue_dir, tmp_path, ray_tmp):
     def make(*args: str) -> list[str]:
         inner = [sys.executable, str(ROOT / "sweeps" / "glue_sweep.py"), "--model", str(minilm_path)]
         inner += ["--data-dir", data_dir, "--storage-path", str(tmp_path / "runs")]
-        inner += ["--ray-temp-dir", ray_tmp, *args]
+        # No race unless a test asks for one (a later --race-top wins): the race has its own tests, and the others
+        # count their search trials.
+        inner += ["--ray-temp-dir", ray_tmp, "--race-top", "0", *args]
         return [*NETNS, "bash", "-c", 'ip link set lo up && exec "$@"', "netns", *inner]
 
     return make, env

@@ -26,7 +26,7 @@ SWEEP = [
     "--tasks", "rte", "--methods", "lora", "--ranks", "4", "--num-samples", "4", "--search", "random",
     "--no-asha", "--max-steps", "12", "--eval-every", "2", "--max-length", "32", "--batch-size", "8",
     "--train-subset", "64", "--eval-subset", "32", "--cpus-per-trial", "1", "--max-failures", "2",
-    "--progress-interval", "600",
+    "--progress-interval", "600", "--race-top", "0",
 ]  # fmt: skip
 
 

@@ -191,6 +191,46 @@ def test_race_state_survives_get_state_and_set_state(tmp_path):
     assert a.stop == "ahead" and a.pick == "t1" and [r0["seed"], r1["seed"]] == [1, 1]
 
 
+def test_a_grown_search_races_again_with_earlier_race_runs_carried(tmp_path):
+    """``--resume --num-samples``: a raced cell whose search grows races again once the grown search ends. The
+    new race has its own budget; a candidate that raced before keeps its race runs (in its mean, their seeds not
+    run again); a config that is no longer a candidate drops out; the earlier race is kept in ``earlier``."""
+    s = _searcher([1e-3, 2e-3, 3e-3, 4e-3], budget=2)
+    configs = s.cells["sst2"].search.configs
+    s.cells["sst2"].budget = 2  # the sweep's first 2 trials of a 4-config sequence
+    _search(s, [0.80, 0.79])
+    _round(s, {1e-3: [0.70], 2e-3: [0.78]})
+    first = s.cells["sst2"].race
+    assert first.stop == "budget" and first.pick == "t1"  # means 0.75 vs 0.785
+    assert s.suggest("x") == "FINISHED"
+    path = tmp_path / "searcher.pkl"
+    s.save(str(path))
+
+    grown = _searcher([1e-3, 2e-3, 3e-3, 4e-3], budget=4)  # the resume's cells: 4 trials, a race budget of 4
+    again = _searcher([1e-3, 2e-3], budget=2)
+    again.grow(list(grown.cells.values()))
+    again.restore(str(path))
+    cell = again.cells["sst2"]
+    assert cell.search.configs == configs and not cell.picked and cell.race.candidates is None
+    assert cell.race.budget == 4 and cell.race.earlier[0]["pick"] == "t1"
+    t2, t3 = again.suggest("t2"), again.suggest("t3")
+    assert (t2["lr"], t3["lr"], t2[ROLE_KEY]) == (3e-3, 4e-3, "trial")
+    assert again.suggest("t4") is None  # the race waits for the grown search to end
+    again.on_trial_complete("t2", result=_result(0.795))
+    again.on_trial_complete("t3", result=_result(0.60))
+    runs = _round(again, {1e-3: [0.79], 3e-3: [0.80]}, start=10)
+    race = cell.race
+    assert race.candidates == ["t0", "t2"]  # search scores 0.80 and 0.795: t1 (0.79, the first race's pick) is out
+    # t0 raced before with seed 1: its new run takes seed 2; t2 is new: seed 1
+    assert sorted((c["lr"], c["seed"]) for _, c in runs) == [(1e-3, 2), (3e-3, 1)]
+    assert race.scores()["t0"][:2] == [0.80, 0.70]  # its earlier race run counts
+    assert race.used == 2 and race.rounds == 2 and not race.done  # round 1 within the noise: round 2 handed out
+    # t0: 0.80, 0.70, 0.79 (mean 0.763); t2: 0.795, 0.80 (0.7975); budget 4 leaves no room for another round
+    _round(again, {1e-3: [0.80], 3e-3: [0.81]}, start=20)
+    assert race.stop == "budget" and race.pick == "t2" and race.used == 4
+    assert again.suggest("x") == "FINISHED"
+
+
 def test_a_race_run_scored_on_dev_under_heldout_is_a_selection_leak():
     """Under --protocol heldout the race's pick reads held-out scores only: a race run that reports dev raises
     SelectionLeak when its round is decided."""
@@ -207,8 +247,8 @@ def test_a_race_run_scored_on_dev_under_heldout_is_a_selection_leak():
         s.suggest("r0")
 
 
-def test_no_race_by_default():
-    """--race-top 0 (the default): the cell's pick is its best search trial, seed re-runs follow at once."""
+def test_no_race_with_race_top_0():
+    """--race-top 0: the cell's pick is its best search trial, seed re-runs follow at once."""
     s = _searcher([1e-3, 2e-3], top=0, seeds=1)
     _search(s, [0.70, 0.80])
     cfg = s.suggest("s0")
@@ -281,8 +321,10 @@ def test_real_sweep_races_its_top_two_and_picks_the_best_mean(sweep_cmd, tmp_pat
 
 
 def test_the_forecast_includes_the_race(minilm_path, glue_dir, capsys):
-    """--race-top 2 --race-seeds 2: the forecast counts 4 (one round) to 12 (the default budget, M × S × 3) race
-    runs per cell on top of the search, and says so; without --race-top it counts none."""
+    """The race's runs in the forecast: only search trials that train to the end are candidates, so with ASHA
+    (grace 1, η 2, 8 evaluations) 8 trials leave 1.875 finishers expected: 0 (one finisher races nothing) to the
+    budget's runs for 2 candidates. The default (top 3, one seed, budget 3): 0 – 2; --race-top 2 --race-seeds 2
+    --race-budget 12: 0 – 12; without ASHA all 8 finish: 4 (one round) – 12; --race-top 0: none."""
     from sweeps import forecast
     from sweeps.glue_sweep import DEFAULTS, parser
 
@@ -292,12 +334,29 @@ def test_the_forecast_includes_the_race(minilm_path, glue_dir, capsys):
         assert forecast.main(DEFAULTS, args, parser()) == 0
         return capsys.readouterr().out
 
-    plain, raced = run(), run("--race-top", "2", "--race-seeds", "2")
-    assert "race run" not in plain
-    assert "this sweep includes 4 – 12 race run(s) per cell" in raced
-
     def trials(out):
         line = next(ln for ln in out.splitlines() if ln.strip().startswith("this sweep "))
         return line.split("trials")[1].split("trial-epochs")[0].strip()
 
-    assert (trials(plain), trials(raced)) == ("8", "12 – 20")  # 8 search trials, + 4 … 12 race runs
+    wide = ("--race-top", "2", "--race-seeds", "2", "--race-budget", "12")
+    default, none, raced, all_finish = run(), run("--race-top", "0"), run(*wide), run("--no-asha", *wide)
+    assert "race run" not in none and trials(none) == "8"
+    assert "this sweep includes 0 – 2 race run(s) per cell" in default and trials(default) == "8 – 10"
+    assert "this sweep includes 0 – 12 race run(s) per cell" in raced and trials(raced) == "8 – 20"
+    assert "this sweep includes 4 – 12 race run(s) per cell" in all_finish and trials(all_finish) == "12 – 20"
+
+
+def test_racing_is_on_by_default_and_off_for_a_multi_objective_sweep():
+    """The default races each cell's top 3 on one extra seed each (a budget of 3 race runs). A multi-objective
+    sweep keeps a Pareto front, not one pick: it does not race unless asked, and asking is refused in one line."""
+    from sweeps.flags import check_args, race_budget
+    from sweeps.glue_sweep import parser
+
+    args = parser().parse_args([])
+    assert (args.race_top, args.race_seeds, race_budget(args)) == (3, 1, 3)
+    mo = parser().parse_args(["--multi-objective"])
+    check_args(mo)
+    assert mo.race_top == 0 and race_budget(mo) == 0
+    asked = parser().parse_args(["--multi-objective", "--race-top", "3"])
+    with pytest.raises(ValueError, match="--race-top 3: a --multi-objective sweep keeps each cell's Pareto front"):
+        check_args(asked)

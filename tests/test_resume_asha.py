@@ -114,13 +114,13 @@ def _state(run_dir: Path) -> dict:
     return json.loads((run_dir / "sweep_state.json").read_text())
 
 
-def _children(state: dict) -> list:
+def _children(state: dict, role: str = "trial") -> list:
     from mlflow.tracking import MlflowClient
 
     runs = MlflowClient(state["tracking_uri"]).search_runs(
         [state["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'", max_results=500
     )
-    return [r for r in runs if r.data.tags.get("wlora.role") == "trial"]
+    return [r for r in runs if r.data.tags.get("wlora.role") == role]
 
 
 def _curve(state: dict, run_id: str) -> dict[int, float]:
@@ -215,8 +215,9 @@ def test_interrupted_sweep_resumes_with_its_asha_rungs(sweep_cmd, tmp_path):
 def test_finished_sweep_grows_with_resume_num_samples(sweep_cmd, tmp_path):
     """A finished sweep of 2 Optuna trials per cell, then ``--resume --num-samples 3``: one more trial per cell in
     the same Tune experiment and under the same MLflow parent, each cell's Optuna study going on from its two
-    earlier trials; the tables and report are rebuilt over 3 trials per cell. Shrinking, a grid and a sweep with
-    seed re-runs are refused with one line before anything runs."""
+    earlier trials; the tables and report are rebuilt over 3 trials per cell. The sweep raced its top 2 per cell
+    (--race-top 2); the grown search races again over its new top 2. Shrinking, a grid and a sweep with seed
+    re-runs are refused with one line before anything runs."""
     import csv
 
     from sweeps.glue_sweep import DEFAULTS, parser
@@ -226,11 +227,14 @@ def test_finished_sweep_grows_with_resume_num_samples(sweep_cmd, tmp_path):
     runs = tmp_path / "runs"
     run_dir = runs / "grow"
     args = [*TINY, "--methods", "lora,weightlora", "--num-samples", "2", "--max-concurrent", "2", "--num-cpus", "2"]
+    args += ["--race-top", "2", "--no-asha"]  # both trials of each cell race (no ASHA: both train to the end)
     _run(make(*args, "--name", "grow"), env)
     state = _state(run_dir)
     assert state["status"] == "finished"
     before = {c.data.tags["trial_id"]: (c.info.run_id, c.data.tags["wlora.cell"]) for c in _children(state)}
     assert len(before) == 4
+    first_race = {name: cell["race"] for name, cell in state["cells"].items()}
+    assert all(r["race_runs"] == 2 and r["pick"] in before for r in first_race.values()), first_race
     report = run_dir / "report" / "report.md"
     report_before = report.stat().st_mtime
 
@@ -256,7 +260,7 @@ def test_finished_sweep_grows_with_resume_num_samples(sweep_cmd, tmp_path):
     after = {c.data.tags["trial_id"]: (c.info.run_id, c.data.tags["wlora.cell"]) for c in children}
     assert {t: after[t] for t in before} == before  # the earlier trials kept, none re-run
     assert all(c.data.tags["status"] in ("completed", "asha_stopped") for c in children)
-    assert len(list(run_dir.glob("pool/trial_*"))) == 6  # the same Tune experiment
+    assert len(list(run_dir.glob("pool/trial_*"))) == 6 + 8  # the same Tune experiment: trials and race runs
     for name, cell in state["cells"].items():
         assert cell["n_trials"] == 3, (name, cell)
         earlier = {t for t, (_, c) in before.items() if c == name}
@@ -265,6 +269,24 @@ def test_finished_sweep_grows_with_resume_num_samples(sweep_cmd, tmp_path):
     long = list(csv.DictReader((run_dir / "results" / "table_long.csv").open()))
     assert sorted(r["n_trials"] for r in long) == ["3", "3"]
     assert report.stat().st_mtime > report_before
+    # The grown search raced again: the top 2 of its 3 trials, a candidate that raced before keeping its race
+    # run (no config runs a seed twice); one race pick per cell in MLflow, the state's.
+    races = _children(state, role="race")
+    assert len(races) == 8, [(r.data.tags["wlora.cell"], r.data.params["lr"]) for r in races]
+    for name, cell in state["cells"].items():
+        race = cell["race"]
+        assert race["earlier"][0]["pick"] == first_race[name]["pick"] and race["race_runs"] == 4
+        trials = {c.data.tags["trial_id"]: c for c in children if c.data.tags["wlora.cell"] == name}
+        top2 = sorted(trials, key=lambda t: -trials[t].data.metrics["eval_main"])[:2]
+        assert sorted(c["trial_id"] for c in race["candidates"]) == sorted(top2)
+        mine = [r for r in races if r.data.tags["wlora.cell"] == name]
+        runs = [(r.data.params["lr"], r.data.params["seed"]) for r in mine]
+        assert len(set(runs)) == len(runs) and all(seed != "0" for _, seed in runs), runs
+        for c in race["candidates"]:  # its search run and every race run of its config
+            lr = trials[c["trial_id"]].data.params["lr"]
+            assert c["n"] == 1 + sum(1 for r_lr, _ in runs if r_lr == lr), (c, runs)
+        tagged = [t for t, c in trials.items() if c.data.tags.get("wlora.race_pick") == "1"]
+        assert tagged == [race["pick"]] and cell["best_trial_id"] == race["pick"]
 
 
 def test_random_search_grows_by_the_next_draws_of_its_seeded_sequence(tmp_path):
