@@ -65,8 +65,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.replay import RACED, Table, final_mean, origin, race_options, simulate, strategy
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Grid, random and TPE, each without and with ASHA (TPE + ASHA: the sweep's default, ``tpe_asha``'s numbers while
-#: ``SEARCH_DEFAULTS`` are those), each without and with a race.
+#: Grid, random and TPE, each without and with ASHA (TPE + ASHA: ``default``, the sweep's default search,
+#: ``tpe_asha``'s numbers while ``SEARCH_DEFAULTS`` are those), each without and with a race (``default_race``: the
+#: sweep's default, which races).
 DEFAULT_STRATEGIES = [f"{n}{r}" for r in ("", "_race") for n in ("grid", "random", "tpe", "random_asha", "default")]
 
 

@@ -290,7 +290,8 @@ class Strategy:
 
 
 def default_strategy() -> Strategy:
-    """The sweep's own default (``sweeps.search_defaults``): TPE + ASHA with the default options."""
+    """The sweep's default search (``sweeps.search_defaults``): TPE + ASHA with the default options, without the
+    race the sweep then runs by default (that is ``default_race``, with :func:`race_options`)."""
     from sweeps.search_defaults import SEARCH_DEFAULTS as d
 
     return Strategy(
@@ -302,8 +303,8 @@ def default_strategy() -> Strategy:
 
 
 def race_options() -> dict[str, Any]:
-    """The race of the sweep's ``--race-top`` with its defaults (``sweeps.search_defaults.RACE_DEFAULTS``); while
-    those race nothing (top 0), the top 3 candidates, 1 seed per round, k = 1. Budget: top × seeds × rounds, as
+    """The sweep's default race (``sweeps.search_defaults.RACE_DEFAULTS``: the top 3, one seed, one round); were
+    those to race nothing (top 0), the top 3 candidates, 1 seed per round, k = 1. Budget: top × seeds × rounds, as
     ``sweeps.flags.race_budget`` sets it without ``--race-budget``."""
     from sweeps.search_defaults import RACE_DEFAULTS as r
 

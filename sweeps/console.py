@@ -110,15 +110,24 @@ def race_lines(plan: Plan) -> list[str]:
     budget = race_budget(a)
     if not budget:
         return []
-    reuse = (
-        "its race runs score held-out and the seed re-runs dev, so none is reused"
-        if getattr(a, "protocol", "papers") == "heldout"
-        else "the seed re-runs reuse the pick's race runs"
-    )
+    top, seeds = int(a.race_top), int(a.race_seeds)
+    if budget < 2 * top * seeds:  # room for one round only: no stopping rule to state
+        how = f"get {seeds} extra seed(s) each (one round)"
+    else:
+        how = (
+            f"get {seeds} extra seed(s) a round until the leader's mean beats the runner-up's by > {a.race_k:g} "
+            "pooled standard errors"
+        )
+    if int(getattr(a, "seeds", 0) or 0) <= 0 and not getattr(a, "seeds_auto", False):
+        reuse = ""
+    elif getattr(a, "protocol", "papers") == "heldout":
+        reuse = "; its race runs score held-out and the seed re-runs dev, so none is reused"
+    else:
+        reuse = "; the seed re-runs reuse the pick's race runs"
     return [
-        f"  race: each cell's top {a.race_top} candidates get {a.race_seeds} extra seed(s) a round until the "
-        f"leader's mean beats the runner-up's by > {a.race_k:g} pooled standard errors; pick by mean; "
-        f"at most {budget} race run(s) per cell, {budget * len(plan.cells)} in all (full budget, no ASHA); {reuse}"
+        f"  race: each cell's top {top} candidates (of its search trials that trained to the end) {how}; pick by "
+        f"mean; at most {budget} race run(s) per cell, {budget * len(plan.cells)} in all (full budget, no ASHA)"
+        f"{reuse}; --race-top 0: no race"
     ]
 
 
