@@ -265,12 +265,14 @@ class Race:
         else:
             self._next_round()
 
-    def rerace(self, top: int | None = None, seeds: int | None = None, budget: int | None = None,
-               k: float | None = None) -> Race:
+    def rerace(
+        self, top: int | None = None, seeds: int | None = None, budget: int | None = None, k: float | None = None
+    ) -> Race:
         """A fresh race for this cell's grown search (``--resume --num-samples N``), started when the grown search
         ends: its options (these, or this race's), a budget of its own, and every race run so far carried over —
         ended ones count for their candidate if it is a candidate again; one still running (an interrupted sweep)
         is recorded when it ends. What this race decided moves to :attr:`earlier`."""
+        before = list(getattr(self, "earlier", []))  # a race saved before re-racing existed has none
         summary = {
             "candidates": list(self.candidates or []),
             "rounds": self.rounds,
@@ -287,7 +289,7 @@ class Race:
             draw_seed=self.draw_seed,
             runs={tid: dict(run) for tid, run in self.runs.items()},
             live=set(self.live),
-            earlier=[*getattr(self, "earlier", []), summary] if self.candidates is not None else list(getattr(self, "earlier", [])),
+            earlier=[*before, summary] if self.candidates is not None else before,
         )
 
     def reusable(self) -> dict[int, tuple[str, dict[str, Any]]]:
@@ -615,9 +617,7 @@ class PooledSearcher(Searcher):
                     # The grown search may change the top candidates: race again once it ends (earlier race runs
                     # carried over), with the options of this resume when it names them.
                     opts = new.race if new.race is not None and new.race.top >= 2 else None
-                    cell.race = cell.race.rerace(
-                        *(() if opts is None else (opts.top, opts.seeds, opts.budget, opts.k))
-                    )
+                    cell.race = cell.race.rerace(*(() if opts is None else (opts.top, opts.seeds, opts.budget, opts.k)))
         self._grow = None
 
     def get_state(self) -> dict[str, Any]:

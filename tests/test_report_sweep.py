@@ -199,11 +199,7 @@ def test_selection_diagnostics_per_trial_and_across_seeds(sweep, rebuilt):
     assert_png(rebuilt["stability"][0])
 
     [a] = [c for c in rebuilt["meta"]["claims"] if c["claim"] == "a"]
-    lora = [
-        r.data.metrics["eval_main"]
-        for r in done
-        if _seed_rerun(r) and r.data.tags["method"] == "lora"
-    ]
+    lora = [r.data.metrics["eval_main"] for r in done if _seed_rerun(r) and r.data.tags["method"] == "lora"]
     wl = [r.data.metrics["eval_main"] for r in seeds]
     assert a["task"] == "rte" and a["diff"] == pytest.approx(np.mean(wl) - np.mean(lora))
     # two seeds per arm: too few for a verdict (three are the least a claim's test accepts)

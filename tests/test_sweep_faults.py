@@ -318,7 +318,8 @@ def test_mlflow_server_outage_loses_no_point(netns, minilm_path, glue_dir, tmp_p
         "DOWN": "25",
     }
     sweep = [*TINY, "--methods", "lora,weightlora", "--num-samples", "2", "--no-asha", "--num-cpus", "2"]
-    sweep += ["--race-top", "0", "--model", str(minilm_path), "--data-dir", str(Path(glue_dir).parent), "--name", "outage"]
+    sweep += ["--race-top", "0", "--model", str(minilm_path), "--data-dir", str(Path(glue_dir).parent)]
+    sweep += ["--name", "outage"]
     sweep += ["--storage-path", str(tmp_path / "runs"), "--ray-temp-dir", ray_tmp]
     out = subprocess.run(
         [*NETNS, "bash", str(script), *sweep], env=env, cwd=ROOT, capture_output=True, text=True, timeout=420
