@@ -66,36 +66,11 @@ def test_forecast_counts_and_hours_on_a_toy_plan():
     # 1 task × 2 methods × 1 rank; 512 examples / batch 32 = 16 steps per epoch, 2 epochs = 32 steps,
     # evaluations every 16 steps = 2; 4 random-search trials per cell, ASHA (grace 1, η 2): 1.5 evaluations
     # expected per trial; 3 seed re-runs.
-    a = _args(
-        "--tasks",
-        "sst2",
-        "--methods",
-        "lora,weightlora",
-        "--ranks",
-        "8",
-        "--train-subset",
-        "512",
-        "--max-epochs",
-        "2",
-        "--max-steps",
-        "none",
-        "--eval-every",
-        "16",
-        "--batch-size",
-        "32",
-        "--max-length",
-        "64",
-        "--eval-subset",
-        "100",
-        "--search",
-        "random",
-        "--num-samples",
-        "4",
-        "--seeds",
-        "3",
-        "--race-top",
-        "0",
-    )  # fmt: skip  (the race: tests/test_race.py)
+    # No race here (tests/test_race.py forecasts it).
+    a = _args("--tasks", "sst2", "--methods", "lora,weightlora", "--ranks", "8", "--train-subset", "512",
+              "--max-epochs", "2", "--max-steps", "none", "--eval-every", "16", "--batch-size", "32",
+              "--max-length", "64", "--eval-subset", "100", "--search", "random", "--num-samples", "4",
+              "--seeds", "3", "--race-top", "0")  # fmt: skip
     speed = fc.Speed("toy", slots=2, train_tok_s=2048.0, eval_tok_s=6400.0, startup_s=10.0)
     out = fc.forecast(a, speed, {})
     sweep = out["sweep_high"]
