@@ -3,10 +3,14 @@ per cell (search trials, seed re-runs) and compare the makespan with its measure
 
     python bench/forecast_check.py --run-dir runs/NAME [--profile PROFILE] [--calibrations 3]
     python bench/forecast_check.py --table docs/results/table_long.csv --preset paper-claims-heldout \
-        --measured-min 64.6
+        --measured-min 64.6 [--seed-runs-as-search]
 
 The second form needs only the committed results: the per-cell trial and seed counts of a report's
 ``table_long.csv``, the preset the sweep ran with, and its measured wall time in minutes.
+
+``--seed-runs-as-search``: price the seed re-runs as the sweep's search trials (same evaluation split and
+cadence), for a sweep recorded before commit e5bc996, whose seed re-runs scored the held-out split at every
+``--eval-every`` (the 64.6-min run at commit 7fabb93); today's seed re-runs score dev once, at their end.
 
 Speed: calibrated on this machine as ``--forecast local`` calibrates, ``--calibrations`` times (3), each in a
 fresh Python process (imports and model loading included, as a user's ``--forecast`` pays them), or a profile.
@@ -70,10 +74,13 @@ def from_table(table: str, preset: str) -> tuple[argparse.Namespace, Counter]:
             cell = f"{r['task']}-{r['method']}-r{r['rank']}"
             counts[(cell, "trial")] += int(r["n_trials"])
             counts[(cell, "seed_run")] += int(r["n"])
+    # the table's tasks, not the preset's cli: ones (paper-claims-heldout ran SST-2 + STS-B at 7fabb93, now QNLI):
+    # the calibration's batch length is the mean over them
+    args.tasks = list(dict.fromkeys(c.split("-")[0] for c, _ in counts))
     return args, counts
 
 
-def predicted_minutes(args: argparse.Namespace, counts: Counter, speed) -> float:
+def predicted_minutes(args: argparse.Namespace, counts: Counter, speed, seed_runs_as_search: bool = False) -> float:
     """The forecast makespan (minutes) of the sweep's own plan: the trials it ran per cell, at ``speed``."""
     from sweeps import forecast as fc
 
@@ -81,7 +88,8 @@ def predicted_minutes(args: argparse.Namespace, counts: Counter, speed) -> float
     plan = []
     for cell in sorted({c for c, _ in counts}):
         task, method = cell.split("-")[0], cell.split("-")[1]
-        w, ws = fc.cell_work(task, method, args), fc.cell_work(task, method, args, search=False)
+        w = fc.cell_work(task, method, args)
+        ws = w if seed_runs_as_search else fc.cell_work(task, method, args, search=False)
         runs = fc.search_runs(counts[(cell, "trial")], w.evals, use_asha, args.grace_period, args.reduction_factor)
         plan.append(([[(q, fc.trial_seconds(w, speed, e)) for q, e in o] for o in runs],
                      [fc.trial_seconds(ws, speed)] * counts[(cell, "seed_run")]))  # fmt: skip
@@ -138,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset")
     p.add_argument("--measured-min", type=float)
     p.add_argument("--profile", default="local")
+    p.add_argument(
+        "--seed-runs-as-search",
+        action="store_true",
+        help="seed re-runs evaluate as the search trials do (a sweep recorded before commit e5bc996)",
+    )
     p.add_argument("--calibrations", type=int, default=3, help="independent calibrations (fresh processes)")
     p.add_argument("--speed-only", action="store_true", help=argparse.SUPPRESS)  # one calibration → JSON
     a = p.parse_args(argv)
@@ -167,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"trials: {trials} ({sum(v for (c, r), v in counts.items() if r == 'seed_run')} seed re-runs)")
     predicted = []
     for i, speed in enumerate(speeds, 1):
-        predicted.append(predicted_minutes(args, counts, speed))
+        predicted.append(predicted_minutes(args, counts, speed, a.seed_runs_as_search))
         load = "" if speed.load_1min is None else f", 1-min load {speed.load_1min:.2f} while calibrating"
         print(f"speed {i}: {speed.name}: {speed.train_tok_s:,.0f} / {speed.eval_tok_s:,.0f} tokens/s, "
               f"{speed.startup_s:.1f} s start-up{load} → forecast {predicted[-1]:.1f} min, "

@@ -26,6 +26,7 @@ This module keeps every name the split-off modules define (``from sweeps import 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -69,6 +70,8 @@ from wlora.data.registry import TASKS, normalize_task
 #: The libraries' progress bars and loading reports stay off the console, as the run keeps them
 #: (``sweeps.console.QUIET``, not imported: it loads the sweep machinery).
 QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
+#: The tokenizer measures batch lengths on one thread while the calibration's child times its steps on another.
+QUIET["TOKENIZERS_PARALLELISM"] = "false"
 
 __all__ = [
     "BUSY_SHARE", "FLOPS_ADAPTER", "FLOPS_EVAL", "FLOPS_FULL", "PAPERS_GRID", "PROFILE_DIR", "REPEATS", "STEPS",
@@ -98,16 +101,98 @@ def _n_eval(task: str, args: argparse.Namespace, search: bool) -> int:
     return min(n, args.eval_subset) if args.eval_subset else n
 
 
+def _eval_split(args: argparse.Namespace, search: bool) -> str:
+    return "holdout" if getattr(args, "protocol", "papers") == "heldout" and search else "dev"
+
+
+#: Methods that keep K of their n adapters and remove the rest after T optimizer steps.
+SELECTING = ("weightlora", "weightlora_plus", "weightlora_informed", "random_select")
+
+
+def _method_field(method: str, args: argparse.Namespace, name: str, default: Any) -> Any:
+    """A method field as the sweep pins it: the preset's ``set:``, its ``methods.<method>.set:``, then ``--set``
+    (``KEY=VALUE`` or ``METHOD.KEY=VALUE``)."""
+    fixed = tuple((str(k), str(v)) for k, v in (getattr(args, "fixed", None) or []))
+    return _pinned(str(getattr(args, "preset", None) or ""), method, fixed).get(name, default)
+
+
+@functools.lru_cache(maxsize=64)
+def _pinned(preset_path: str, method: str, fixed: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    from sweeps.flags import load_preset
+
+    preset = load_preset(preset_path) if preset_path else {}
+    pinned = {**(preset.get("set") or {}), **(((preset.get("methods") or {}).get(method) or {}).get("set") or {})}
+    for key, value in fixed:
+        scope, dot, field = key.rpartition(".")
+        if not dot or scope == method:
+            pinned[field] = value
+    return pinned
+
+
+@functools.lru_cache(maxsize=8)
+def _layers_of(model: str) -> int | None:
+    return _num_layers(argparse.Namespace(model=model))
+
+
+def _num_layers(args: argparse.Namespace) -> int | None:
+    """The backbone's transformer layers, from its ``config.json`` (None where it is not at hand)."""
+    import json
+    from pathlib import Path
+
+    try:
+        from wlora.model_source import resolve_model
+
+        cfg = json.loads((Path(resolve_model(args.model)) / "config.json").read_text())
+        return int(cfg.get("num_hidden_layers") or cfg.get("num_layers") or 0) or None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def after_selection_cost(layers: int, per_layer: int, k: int) -> float:
+    """Expected cost of a training step after the selection, relative to a step with every adapter. A step is a
+    forward pass through all ``layers`` and a backward pass (input gradients only: the backbone is frozen) from the
+    top down to the lowest layer that keeps an adapter, so with the lowest kept adapter in layer L (0-based) it
+    costs (2·layers − L) / (2·layers). The K kept of n = layers × per_layer are taken as a uniform draw
+    (hypergeometric: P(L_min ≥ L) = C(n − per_layer·L, K) / C(n, K)); WeightLoRA's choice is not known before it
+    runs and kept the upper layers more often in the 2026-11-30 reproduction, so this is a lower bound on the
+    saving."""
+    n = layers * per_layer
+    if not 1 <= k < n:
+        return 1.0
+    expected_lowest = sum(math.comb(n - per_layer * low, k) for low in range(1, layers)) / math.comb(n, k)
+    return 1.0 - expected_lowest / (2 * layers)
+
+
+def _selection(method: str, args: argparse.Namespace, steps: int) -> tuple[int, float]:
+    """(T, relative cost of a step after T) of a selecting method (``SELECTING``); (0, 1.0) for any other."""
+    layers = _layers_of(str(args.model)) if method in SELECTING else None
+    if not layers:
+        return 0, 1.0
+    t = int(_method_field(method, args, "t", 100))
+    if t >= steps:
+        return 0, 1.0
+    per_layer = 3  # the default targets: query, key, value
+    k = _method_field(method, args, "k", None)
+    frac = float(_method_field(method, args, "k_fraction", None) or 0.25)
+    k = int(k) if k not in (None, "none") else max(1, round(frac * layers * per_layer))
+    return t, after_selection_cost(layers, per_layer, k)
+
+
 def cell_work(task: str, method: str, args: argparse.Namespace, search: bool = True) -> CellWork:
     n = _n_train(task, args)
     per_epoch = math.ceil(n / args.batch_size)
     steps = args.max_steps or max(1, math.ceil(args.max_epochs * per_epoch))
     every = args.eval_every or per_epoch
     evals = math.ceil(steps / every)
-    train_len, eval_len = padded_lengths(task, args) if getattr(args, "measure_lengths", True) else (0, 0)
+    if not search and getattr(args, "protocol", "papers") == "heldout":
+        evals = 1  # the seed re-runs of --protocol heldout score dev once, at their last step (sweeps.plan)
+    n_eval = _n_eval(task, args, search)
+    measure = getattr(args, "measure_lengths", True)
+    train_len, eval_len = padded_lengths(task, args, split=_eval_split(args, search)) if measure else (0, 0)
     train_len, eval_len = train_len or args.max_length, eval_len or args.max_length
-    return CellWork(f"{task}-{method}", steps, evals, round(args.batch_size * train_len),
-                    round(_n_eval(task, args, search) * eval_len), method == "full")  # fmt: skip
+    select_step, after_select = _selection(method, args, steps)
+    return CellWork(f"{task}-{method}", steps, evals, round(args.batch_size * train_len), round(n_eval * eval_len),
+                    method == "full", select_step, after_select)  # fmt: skip
 
 
 def search_trials(args: argparse.Namespace, space_sizes: dict[str, int]) -> int:

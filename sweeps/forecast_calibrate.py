@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import pickle
-import random
 import subprocess
 import sys
 import time
@@ -25,70 +24,15 @@ from typing import Any
 
 import yaml
 
+from sweeps.forecast_lengths import _LENGTHS, padded_lengths, sampled_texts, train_length  # noqa: F401
 from sweeps.forecast_model import FLOPS_ADAPTER, FLOPS_EVAL, Speed
-from wlora.data.registry import TASKS, normalize_task
+from wlora.data.registry import normalize_task
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 #: Timings of the calibration: repeats (the fastest is kept) of a few steps each, after one warm-up step.
-REPEATS, STEPS = 3, 2
+REPEATS, STEPS = 3, 1
 #: Another job holds the cores when the 1-minute load beyond the calibration's own threads exceeds this share.
 BUSY_SHARE = 0.5
-
-_LENGTHS: dict[tuple, tuple[float, float]] = {}
-
-
-def sampled_texts(path: Path, glue: Any, k: int, seed: int = 0) -> tuple[list[str], list[str] | None]:
-    """The sentences (and second sentences of pairs) of ``k`` seeded rows of a GLUE TSV file: the rows that
-    ``random.Random(seed).sample`` draws from the data reader's rows, without parsing the rest of the file
-    (a GLUE row is one line: the files are read unquoted)."""
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        lines = [line.rstrip("\r") for line in f.read().split("\n")]
-    if lines and lines[-1] == "":
-        lines.pop()
-    header = lines.pop(0).split("\t") if glue.header else []
-    col = lambda key: key if isinstance(key, int) else header.index(key)  # noqa: E731
-    rows = [line.split("\t") for line in random.Random(seed).sample(lines, min(k, len(lines)))]
-    a = [r[col(glue.text_a)] for r in rows]
-    return a, ([r[col(glue.text_b)] for r in rows] if glue.text_b is not None else None)
-
-
-def padded_lengths(task: str, args: argparse.Namespace, eval_batch: int = 64) -> tuple[float, float]:
-    """Mean padded length of a training batch and of an evaluation batch: batches are padded to their longest
-    sequence, so short-sentence tasks cost far fewer tokens than ``max_length``. Measured on 2,048 seeded
-    training examples tokenized by the sweep's own tokenizer when the data and the model are at hand (GLUE),
-    else ``max_length`` (as a run padded to its maximum length)."""
-    key = (task, args.model, args.data_dir, args.max_length, args.batch_size)
-    if key in _LENGTHS:
-        return _LENGTHS[key]
-    out = (float(args.max_length), float(args.max_length))
-    spec = TASKS[task]
-    if spec.glue is not None and args.data_dir:
-        try:
-            from transformers import AutoTokenizer
-
-            from wlora.data import read_glue_split
-            from wlora.data.layout import locate_task_files
-            from wlora.model_source import resolve_model
-
-            train_file = Path(locate_task_files(task, args.data_dir)[0])
-            try:
-                a, b = sampled_texts(train_file, spec.glue, 2048)
-            except (KeyError, IndexError, ValueError):  # a file the fast path does not read: the data reader
-                rows = read_glue_split(str(train_file.parent.parent), task, "train")
-                rows = random.Random(0).sample(rows, min(2048, len(rows)))
-                a, b = [r.text_a for r in rows], ([r.text_b for r in rows] if rows[0].text_b is not None else None)
-            tok = AutoTokenizer.from_pretrained(resolve_model(args.model))
-            lens = [len(ids) for ids in tok(a, b, truncation=True, max_length=args.max_length)["input_ids"]]
-
-            def mean_max(size: int) -> float:
-                groups = [lens[i : i + size] for i in range(0, len(lens) - size + 1, size)] or [lens]
-                return sum(max(g) for g in groups) / len(groups)
-
-            out = (mean_max(args.batch_size), mean_max(eval_batch))
-        except (OSError, ValueError, FileNotFoundError):
-            pass  # no local data or tokenizer: assume full-length batches
-    _LENGTHS[key] = out
-    return out
 
 
 def load_profile(value: str) -> dict[str, Any]:
@@ -234,8 +178,10 @@ def local_speed(args: argparse.Namespace) -> Speed:
         child.stdin.close()
         child.stdin = None  # written and closed: communicate() below only reads
         check_local_request(args)
+        splits = ("dev", "holdout") if getattr(args, "protocol", "papers") == "heldout" else ("dev",)
         for task in args.tasks:  # the forecast reads each task's lengths: measured now, beside the calibration
-            padded_lengths(normalize_task(task), args)
+            for split in splits:
+                padded_lengths(normalize_task(task), args, split=split)
         out, err = child.communicate()
     except BaseException:
         child.kill()
@@ -263,18 +209,20 @@ def calibrate(
     args: argparse.Namespace,
     steps: int = STEPS,
     repeats: int = REPEATS,
-    max_batch: int = 8,
+    max_batch: int = 16,
     load: Callable[[], tuple[float, float, float]] | None = None,
     node: dict[str, Any] | None = None,
 ) -> Speed:
     """Time LoRA steps and evaluation batches of the sweep's model on this machine, ``repeats`` times ``steps``
     each after a warm-up, and keep the fastest repeat; read the load (``load``: ``os.getloadavg``) meanwhile.
 
-    On CPUs: the threads a trial gets (``--cpus-per-trial``), slots = CPUs / CPUs per trial; the batch is at
-    most ``max_batch`` sequences of the sweep's length (tokens per second barely change with the batch on a
-    CPU). With ``--gpus-per-trial`` and a GPU here: the sweep's batch on the GPU; slots = the GPUs (``node``:
-    the resources Ray declares, else the devices torch sees) / GPUs per trial, at most CPUs / CPUs per trial;
-    trials packed on one GPU share it (each at 1/√(trials per GPU) of a trial alone, as the profiles assume)."""
+    On CPUs: the threads a trial gets (``--cpus-per-trial``), slots = CPUs / CPUs per trial; the sweep's batch
+    (at most ``max_batch`` sequences) at the mean padded length of its tasks' batches: on one CPU thread tokens
+    per second rise with the tokens a step multiplies (MiniLM-L6, 2026-12-03: 1,298 tokens/s at 8 × 40, 1,488
+    at 32 × 40, 1,377 at 32 × 70), so the 8-sequence batch this used read SST-2's 32-sequence steps 13 % slow.
+    With ``--gpus-per-trial`` and a GPU here: the sweep's batch on the GPU; slots = the GPUs (``node``: the
+    resources Ray declares, else the devices torch sees) / GPUs per trial, at most CPUs / CPUs per trial; trials
+    packed on one GPU share it (each at 1/√(trials per GPU) of a trial alone, as the profiles assume)."""
     import torch
 
     gpus = float(getattr(args, "gpus_per_trial", 0) or 0)
@@ -306,8 +254,10 @@ def _calibrate_timings(args, load, node, steps, repeats, max_batch, gpus, device
     ctl = wlora.build_method("lora", model, {"r": 8})
     load_s = time.perf_counter() - t0
     eng = Engine(model, ctl, lr=1e-3, total_steps=1 + steps * repeats)
-    # at the length the sweep's batches really have (padded to their longest sequence), not max_length
-    train_len, _ = padded_lengths(normalize_task(args.tasks[0]), args)
+    # at the length the sweep's batches really have (padded to their longest sequence), not max_length: the mean
+    # over its tasks (a trial of a longer task runs a little slower per token, a shorter one a little faster)
+    lengths = [train_length(normalize_task(t), args) for t in args.tasks]
+    train_len = sum(lengths) / len(lengths)
     b, n = (args.batch_size if gpus > 0 else min(args.batch_size, max_batch)), max(8, round(train_len))
     batch = {
         "input_ids": torch.randint(5, model.config.vocab_size, (b, n), device=device),

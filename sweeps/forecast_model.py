@@ -53,6 +53,11 @@ class CellWork:
     tokens_per_step: int
     eval_tokens: int
     full_ft: bool
+    #: methods that keep K of the n adapters (WeightLoRA, WeightLoRA+, random selection): the other n − K are
+    #: removed after ``select_step`` optimizer steps, and every later step costs ``after_select`` × a step with
+    #: all n adapters (the frozen backbone's backward pass stops at the lowest kept adapter). 1.0: no selection.
+    select_step: int = 0
+    after_select: float = 1.0
 
 
 def asha_expected_evals(max_t: int, grace: int, eta: float) -> float:
@@ -188,5 +193,7 @@ def trial_seconds(w: CellWork, speed: Speed, evals: float | None = None) -> floa
     """Expected seconds of one trial that runs ``evals`` of its evaluations (all of them by default)."""
     evals = w.evals if evals is None else evals
     steps = w.steps * evals / w.evals
+    before = min(steps, w.select_step) if w.after_select != 1.0 else steps
+    steps = before + (steps - before) * w.after_select  # in units of a step with every adapter
     train = steps * w.tokens_per_step / speed.train_tok_s * (speed.full_ft_factor if w.full_ft else 1.0)
     return speed.startup_s + train + evals * w.eval_tokens / speed.eval_tok_s

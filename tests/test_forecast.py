@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -130,3 +131,31 @@ def test_a_gpu_profile_without_gpus_per_trial_means_one_gpu_each():
     assert fc.profile_speed(a, profile).slots == 32
     a = _args("--tasks", "sst2", "--gpus-per-trial", "0.25")
     assert fc.profile_speed(a, profile).slots == 128
+
+
+def test_a_step_after_the_selection_costs_the_backward_pass_down_to_the_lowest_kept_layer():
+    """K of n = layers × 3 adapters kept at random: a step's backward pass stops at the lowest kept layer L, so it
+    costs (2·layers − L) / (2·layers) of a step with all n. One kept adapter: L uniform over 6 layers, E[L] = 2.5,
+    1 − 2.5/12; all kept: 1; more kept, a lower L expected, a dearer step."""
+    assert fc.after_selection_cost(6, 3, 1) == pytest.approx(1 - 2.5 / 12)
+    assert fc.after_selection_cost(6, 3, 18) == 1.0
+    costs = [fc.after_selection_cost(6, 3, k) for k in range(1, 17)]
+    assert all(a < b for a, b in itertools.pairwise(costs))
+    assert costs[-2] < 1.0 == costs[-1]  # 16 of 18 kept: one sits in layer 0 for sure (only 15 above it)
+    # a trial's seconds: T steps at full cost, the rest at the reduced cost
+    w = fc.CellWork("sst2-weightlora", 100, 1, 1000, 0, False, select_step=20, after_select=0.5)
+    speed = fc.Speed("toy", slots=1, train_tok_s=1000.0, eval_tok_s=1000.0, startup_s=0.0)
+    assert fc.trial_seconds(w, speed) == pytest.approx(20 + 80 * 0.5)
+
+
+def test_heldout_seed_reruns_are_priced_with_one_dev_evaluation(minilm_path, glue_dir):
+    """--protocol heldout: search trials evaluate the held-out split every --eval-every steps, seed re-runs score
+    dev once at their end (as sweeps.plan sets them); the selecting methods' steps after T cost less."""
+    a = parser().parse_args(["--model", str(minilm_path), "--data-dir", str(glue_dir.parent), "--tasks", "sst2",
+                             "--protocol", "heldout", "--max-steps", "60", "--eval-every", "20",
+                             "--set", "weightlora.t=10", "--set", "weightlora.k=4"])  # fmt: skip
+    search, seeds = fc.cell_work("sst2", "lora", a), fc.cell_work("sst2", "lora", a, search=False)
+    assert (search.evals, seeds.evals) == (3, 1)
+    wl = fc.cell_work("sst2", "weightlora", a)
+    assert wl.select_step == 10 and wl.after_select == pytest.approx(fc.after_selection_cost(6, 3, 4))
+    assert (search.select_step, search.after_select) == (0, 1.0)  # LoRA keeps every adapter

@@ -196,8 +196,11 @@ def test_local_speed_calibrates_in_a_child_beside_the_request_check(minilm_path,
     assert speed.name.startswith("this machine, calibrated") and speed.own_threads == 1
     assert len(speed.train_repeats) == fc.REPEATS and speed.train_tok_s == max(speed.train_repeats) > 0
     assert speed.cores == os.cpu_count() and speed.startup_s > 1.0
-    key = ("sst2", a.model, a.data_dir, a.max_length, a.batch_size)
-    assert fc.padded_lengths("sst2", a)[0] < a.max_length and key in sys.modules["sweeps.forecast_calibrate"]._LENGTHS
+    # measured here, beside the child: the training and the dev evaluation batches' lengths
+    cache = sys.modules["sweeps.forecast_calibrate"]._LENGTHS
+    assert ("train", "sst2", a.model, a.data_dir, a.max_length, a.batch_size) in cache
+    assert ("eval", "sst2", a.model, a.data_dir, a.max_length, 64, "dev") in cache
+    assert fc.padded_lengths("sst2", a)[0] < a.max_length
 
 
 def test_a_calibration_that_fails_in_the_child_says_why_in_one_line(tmp_path, minilm_path, glue_dir):
