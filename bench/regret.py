@@ -305,7 +305,7 @@ def header(table: Table, a: argparse.Namespace, delta: float, icc: float) -> dic
         "seeds_per_point": [min(counts), max(counts)], "grid_best": table.grid_best(), "tie": a.tie,
         "tie_rule": tie + "; a race's pick: its best mean (ties: the race's seeded draw)", "commit": commit,
         "command": "python bench/regret.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]), "boot": a.boot,
-        "loo": a.loo, "searcher_seeds": a.seeds, "resample": a.resample,
+        "loo": a.loo, "searcher_seeds": a.seeds, "resample": a.resample, "draw": a.draw,
     }  # fmt: skip
 
 
@@ -322,7 +322,13 @@ def markdown(head: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{head['searcher_seeds']} searcher seeds; "
         f"95 % CIs from {head['boot']} bootstrap replicates (recorded runs resampled by {head['resample']}, and "
         "searcher seeds); "
-        f"leave-one-run-out: {head['loo']}.\n"
+        f"leave-one-run-out: {head['loo']}. Search trials' recorded seeds: "
+        + (
+            "one shared seed per replay (the searcher seed modulo the recorded seeds), as a sweep runs every search "
+            "trial on one seed.\n"
+            if head.get("draw") == "shared"
+            else "a stable hash per trial (seed noise independent between trials).\n"
+        )
     ]
     for slots in sorted({r["slots"] for r in rows}):
         out.append(
@@ -369,6 +375,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--loo", choices=["exact", "off"], default="exact", help="leave-one-run-out")
     p.add_argument("--tie", choices=["random", "rung"], default="random")
+    p.add_argument(
+        "--draw",
+        choices=["stable", "shared"],
+        default="stable",
+        help="the recorded seed a search trial replays: a stable hash per trial (seed noise independent between "
+        "trials), or one shared seed per replay, as a real sweep runs every search trial on its one seed",
+    )
     p.add_argument("--delta", type=float, default=None, help="within-δ threshold (default: the seed noise)")
     p.add_argument("--no-collapse", action="store_true", help="keep points with identical curves apart")
     p.add_argument("--race-top", type=int, default=None, help="race strategies: candidates (default: race_options)")
@@ -382,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        table = Table(a.table, a.method, collapse=not a.no_collapse, draw="stable")
+        table = Table(a.table, a.method, collapse=not a.no_collapse, draw=a.draw)
         slot_counts = [int(s) for s in a.slots.split(",")]
     except ValueError as exc:
         p.error(str(exc))

@@ -65,8 +65,11 @@ class Table:
     → its representative) and a trial suggesting one replays its representative's runs under the representative's
     key. The search space stays the recorded grid (``values``, ``grid_size``). ``draw``: how a trial picks one of
     the point's recorded seeds from its draw string: ``index`` (the hash modulo the number of seeds, the replay's
-    own) or ``stable`` (the seed with the highest hash of draw and seed, so dropping a seed changes only the
-    trials that drew it). A run may carry ``origin``: the recorded seed it copies (a bootstrap resample's runs are
+    own), ``stable`` (the seed with the highest hash of draw and seed, so dropping a seed changes only the
+    trials that drew it) or ``shared`` (every search trial of one replay replays the same recorded seed, the
+    replay's searcher seed modulo the recorded seeds, as a real sweep runs every search trial on its one ``seed``:
+    a seed that lifts every point lifts every trial of the replay alike; a point without that seed: ``stable``).
+    A run may carry ``origin``: the recorded seed it copies (a bootstrap resample's runs are
     relabelled 0 … n − 1); without it, its own seed."""
 
     def __init__(self, path: str | Path, method: str, *, collapse: bool = False, draw: str = "index"):
@@ -102,8 +105,8 @@ class Table:
         return t
 
     def _fill(self, meta: dict[str, Any], runs: list[dict[str, Any]], method: str, draw: str) -> None:
-        if draw not in ("index", "stable"):
-            raise ValueError(f"draw {draw!r}: index or stable")
+        if draw not in ("index", "stable", "shared"):
+            raise ValueError(f"draw {draw!r}: index, stable or shared")
         self.meta, self.method, self.draw = meta, method, draw
         self.points: dict[str, dict[str, Any]] = {}
         self.aliases: dict[str, str] = {}
@@ -218,8 +221,19 @@ class Table:
 
         return sorted(runs, key=arrival)
 
+    def shared_seeds(self) -> list[Any]:
+        """The recorded seeds (origins) of the table, in order: ``draw="shared"`` picks one per replay."""
+        return sorted({origin(r) for p in self.points.values() for r in p["runs"].values()}, key=str)
+
     def run_for(self, config: dict[str, Any], draw: str) -> dict[str, Any]:
+        """The recorded run a search trial replays; ``draw`` is ``"<searcher seed>:<trial id>"``."""
         key = self.key_of(config)
+        if self.draw == "shared":
+            seeds = self.shared_seeds()
+            want = seeds[int(draw.split(":", 1)[0]) % len(seeds)]
+            runs = self.points[key]["runs"]
+            same = [s for s in self._ranked(key, draw) if origin(runs[s]) == want]
+            return runs[same[0] if same else self._ranked(key, draw)[0]]
         if self.draw == "stable":
             return self.points[key]["runs"][self._ranked(key, draw)[0]]
         seeds = sorted(self.points[key]["runs"])

@@ -173,6 +173,30 @@ def test_leave_one_run_out_replays_only_what_it_must(tmp_path):
         assert row["loo_resims"] < 3 * len(t.runs())
 
 
+def test_a_shared_draw_replays_one_recorded_seed_for_every_search_trial(tmp_path):
+    """draw="shared": every search trial of a replay replays the recorded seed (searcher seed mod 3), as a sweep runs
+    every trial on its one seed; a seed effect then lifts every point alike, so the grid's pick is the best point of
+    that seed, judged on the other two. The exact leave-one-run-out still equals replaying everything again."""
+    # seed 2 lifts every point by 0.1; on each seed alone lr 1.0 is best
+    finals = {1.0: [0.80, 0.79, 0.90], 2.0: [0.78, 0.77, 0.88], 3.0: [0.70, 0.71, 0.81]}
+    t = Table(toy(tmp_path / "t.jsonl", finals), "lora", draw="shared")
+    for seed in range(6):
+        r = replay(t, strategy("grid"), 8, seed, 3, "random")
+        assert {x["origin"] for x in r["trials"]} == {seed % 3}
+        unseen = [f for i, f in enumerate(finals[1.0]) if i != seed % 3]
+        assert r["key"] == key(1.0) and r["regret"] == pytest.approx(t.grid_best() - statistics.fmean(unseen))
+    stable = Table(toy(tmp_path / "t.jsonl", finals), "lora", draw="stable")
+    drawn = [{x["origin"] for x in replay(stable, strategy("grid"), 8, s, 3, "random")["trials"]} for s in range(6)]
+    assert any(len(o) > 1 for o in drawn)  # the stable hash mixes seeds within one replay
+    st = strategy("tpe_race")
+    row = evaluate(t, "tpe_race", st, 4, 3, args(seeds=3), t.seed_noise(), Cache(t, 3))
+    full = []
+    for run in t.runs():
+        tr = t.without(run["key"], run["seed"])
+        full.append(statistics.fmean(replay(tr, st, 4, s, 3, "random")["regret"] for s in range(3)))
+    assert row["loo_worst"] == pytest.approx(max(full)) and row["loo_best"] == pytest.approx(min(full))
+
+
 def test_the_command_on_the_recorded_table(tmp_path, capsys):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     cmd = ["--table", str(RECORDED), "--method", "lora", "--slots", "8", "--seeds", "3", "--boot", "3", "--tie", "rung"]
