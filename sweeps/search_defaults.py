@@ -7,8 +7,9 @@ from typing import Any
 #: The sweep's default search and scheduler: the one home of these numbers (the CLI flags, the forecast and the
 #: replayed benchmark, ``bench/replay.py``'s ``default`` strategy, all read them). Checked on the recorded benchmark
 #: (README, "A recorded benchmark and its replay"): with about a third of the grid's points as trials per cell they
-#: end within seed noise of the grid's best more often than the grid, for ~0.2× its trial-epochs; no variant tried
-#: (η 3/4, grace 2, 2 brackets, multivariate TPE, no constant liar, other start-ups) did better beyond the noise.
+#: cost ~0.2x the grid's trial-epochs, and their pick's regret is within the intervals of the grid's (the benchmark
+#: cannot tell TPE from random search); no variant tried (η 3/4, grace 2, 2 brackets, multivariate TPE, no constant
+#: liar, other start-ups) did better beyond the noise.
 SEARCH_DEFAULTS: dict[str, Any] = {
     "grace_period": 1,  # ASHA: evaluations before the first cut
     "reduction_factor": 2.0,  # ASHA: keep 1/factor at each rung
