@@ -135,16 +135,22 @@ def _layers_of(model: str) -> int | None:
 
 
 def _num_layers(args: argparse.Namespace) -> int | None:
-    """The backbone's transformer layers, from its ``config.json`` (None where it is not at hand)."""
+    """The backbone's transformer layers, from its ``config.json``: a local folder's, or a hub id's (that one file,
+    from the cache or the hub; never the weights). None where it is not at hand."""
     import json
     from pathlib import Path
 
     try:
-        from wlora.model_source import resolve_model
+        local = Path(str(args.model)).expanduser()
+        if local.is_dir():
+            config = local / "config.json"
+        else:
+            from huggingface_hub import hf_hub_download
 
-        cfg = json.loads((Path(resolve_model(args.model)) / "config.json").read_text())
+            config = Path(hf_hub_download(str(args.model), "config.json"))
+        cfg = json.loads(config.read_text())
         return int(cfg.get("num_hidden_layers") or cfg.get("num_layers") or 0) or None
-    except (OSError, ValueError, TypeError):
+    except Exception:  # offline, unknown id, no config: the forecast prices every step in full
         return None
 
 
@@ -154,7 +160,7 @@ def after_selection_cost(layers: int, per_layer: int, k: int) -> float:
     top down to the lowest layer that keeps an adapter, so with the lowest kept adapter in layer L (0-based) it
     costs (2·layers − L) / (2·layers). The K kept of n = layers × per_layer are taken as a uniform draw
     (hypergeometric: P(L_min ≥ L) = C(n − per_layer·L, K) / C(n, K)); WeightLoRA's choice is not known before it
-    runs and kept the upper layers more often in the 2026-11-30 reproduction, so this is a lower bound on the
+    runs and kept the upper layers more often in the recorded reproductions, so this is a lower bound on the
     saving."""
     n = layers * per_layer
     if not 1 <= k < n:
