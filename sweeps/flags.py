@@ -249,7 +249,7 @@ def build_parser(defaults: SweepDefaults, description: str = "") -> argparse.Arg
         default=RACE_DEFAULTS["top"],
         metavar="M",
         help="race each cell's M best search candidates (by their search score, on the choice split) on extra seeds "
-        "before the pick, which is then the best mean; 0 = no race, 0.14-0.18x a grid's trial-epochs saved and no "
+        "before the pick, which is then the best mean; 0 = no race, 0.13-0.19x a grid's trial-epochs saved and no "
         "regret lost measurably on the recorded benchmark (default: 3)",
     )
     g.add_argument(

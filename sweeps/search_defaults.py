@@ -22,7 +22,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
 #: two seeds instead of one evaluation: one round of one extra seed for each of the top 3 candidates (3 race runs per
 #: cell). Options fixed on the v2 recorded benchmark's LoRA table. Judged as a sweep runs (one search seed per
 #: replay, ``bench/results/regret_*_v2_shared.md``) the race's regret is within the noise of the search alone on both
-#: tables (LoRA 0.0088 vs 0.0084, WeightLoRA 0.0063 vs 0.0038) for +0.14-0.18x the grid's trial-epochs. A longer
+#: tables (LoRA 0.0088 vs 0.0084, WeightLoRA 0.0063 vs 0.0038) for +0.13-0.19x the grid's trial-epochs. A longer
 #: race (``--race-budget``) goes on while the leader is within ``k`` pooled standard errors of the runner-up.
 RACE_DEFAULTS: dict[str, Any] = {
     "top": 3,  # candidates that race (0: no race; 1 races nothing)
