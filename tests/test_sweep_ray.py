@@ -161,7 +161,7 @@ def test_kill_driver_and_resume(sweep_cmd, tmp_path):
     state = _state(run_dir)
     assert state["finished"], out.stdout[-2000:]
     assert [c["n_trials"] for c in state["cells"].values()] == [1, 1]
-    assert all(c["n_completed"] == 1 for c in state["cells"].values())
+    assert all(c["n_completed"] == 1 for c in state["cells"].values()), (state["cells"], out.stdout[-3000:])
     children = _children(client, state)
     ids = [c.data.tags["trial_id"] for c in children]
     assert len(ids) == 2 == len(set(ids)) and set(ids) == set(before), ids  # no duplicate children
