@@ -209,7 +209,7 @@ def calibrate(
     args: argparse.Namespace,
     steps: int = STEPS,
     repeats: int = REPEATS,
-    max_batch: int = 16,
+    max_batch: int = 8,
     load: Callable[[], tuple[float, float, float]] | None = None,
     node: dict[str, Any] | None = None,
 ) -> Speed:
@@ -217,9 +217,10 @@ def calibrate(
     each after a warm-up, and keep the fastest repeat; read the load (``load``: ``os.getloadavg``) meanwhile.
 
     On CPUs: the threads a trial gets (``--cpus-per-trial``), slots = CPUs / CPUs per trial; the sweep's batch
-    (at most ``max_batch`` sequences) at the mean padded length of its tasks' batches: on one CPU thread tokens
-    per second rise with the tokens a step multiplies (MiniLM-L6, 2026-12-03: 1,298 tokens/s at 8 × 40, 1,488
-    at 32 × 40, 1,377 at 32 × 70), so the 8-sequence batch this used read SST-2's 32-sequence steps 13 % slow.
+    (at most ``max_batch`` sequences) at the mean padded length of its tasks' batches. On one CPU thread tokens
+    per second rise a little with the tokens a step multiplies (MiniLM-L6: 1,298 tokens/s at 8 × 40, 1,488 at
+    32 × 40, 1,377 at 32 × 70), so 8 sequences read a 32-sequence sweep's steps up to ~13 % slow; a 16-sequence
+    calibration cost ~2.5 s more per forecast (over the 10-s bar on the development machine), so 8 it stays.
     With ``--gpus-per-trial`` and a GPU here: the sweep's batch on the GPU; slots = the GPUs (``node``: the
     resources Ray declares, else the devices torch sees) / GPUs per trial, at most CPUs / CPUs per trial; trials
     packed on one GPU share it (each at 1/√(trials per GPU) of a trial alone, as the profiles assume)."""
